@@ -1,0 +1,1 @@
+"""Pure-PyTorch denoiser: no lightning, hydra, omegaconf, deepspeed or wandb imports here."""
