@@ -47,28 +47,23 @@ def inverse_frequencies(num_pairs: int, theta: float) -> Tensor:
 
 @dataclass(frozen=True)
 class RopeTables:
-    """Per-token rotation tables, fp32, laid out for adjacent-pair rotation.
+    """Per-token phasors of the channel pairs: complex64 [B or 1, L, 1, D/2] (heads broadcast).
 
-    cos2: [B or 1, L, 1, D] real part repeated for both channels of a pair.
-    sin2: [B or 1, L, 1, D] imaginary part with the sign of each channel: (-im, +im).
+    The rotation is a complex64 multiply, i.e. fp32 arithmetic on (re, im) pairs: on CPU it measured ~3x faster
+    than the same product spelled with real tensors (stack/flip + multiply-adds), see docs/PERFORMANCE.md.
     """
 
-    cos2: Tensor
-    sin2: Tensor
+    phasor: Tensor
 
     def rotate(self, x: Tensor) -> Tensor:
-        """x: [B, L, heads, D] -> fp32 [B, L, heads, D]; (a + ib)(re + i im) on each channel pair."""
-        x = x.float()
-        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) per pair
-        return torch.addcmul(x * self.cos2, swapped, self.sin2)
+        """x: [B, L, heads, D] -> fp32 [B, L, heads, D]; pair (x[2i], x[2i+1]) times phasor i."""
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [B, L, heads, D/2]
+        return torch.view_as_real(pairs * self.phasor).flatten(-2)
 
     @staticmethod
     def from_phasors(re: Tensor, im: Tensor) -> RopeTables:
-        """re, im: [B, L, D/2] (any float dtype) -> tables in fp32."""
-        re, im = re.float(), im.float()
-        cos2 = torch.stack((re, re), dim=-1).flatten(-2).unsqueeze(2)  # [B, L, 1, D]
-        sin2 = torch.stack((-im, im), dim=-1).flatten(-2).unsqueeze(2)
-        return RopeTables(cos2.contiguous(), sin2.contiguous())
+        """re, im: [B, L, D/2] (any float dtype) -> complex64 tables with a heads axis."""
+        return RopeTables(torch.complex(re.float(), im.float()).unsqueeze(2).contiguous())
 
 
 class ScailRoPE:
