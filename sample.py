@@ -67,7 +67,9 @@ def main(cfg: DictConfig) -> None:
     frames = F.interpolate(preview.permute(0, 3, 1, 2), scale_factor=8, mode="nearest").permute(0, 2, 3, 1)
     out = Path(HydraConfig.get().runtime.output_dir) / "sample_preview.mp4"
     iio.imwrite(out, (frames.numpy() * 255).astype(np.uint8), fps=8, codec="libx264")
-    (out.parent / "sample_config.json").write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=2))
+    (out.parent / "sample_config.json").write_text(
+        json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=2)
+    )
     log.info("wrote %s", out)
 
 

@@ -11,6 +11,7 @@ per forward (shared by 40 layers x q/k = 80 applications) and rotates adjacent p
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -41,7 +42,11 @@ def timed(fn, repeats: int) -> float:
 def bench_rope(repeats: int) -> list[str]:
     heads, head_dim, t, hp, wp = 40, 128, 5, 28, 48
     layout = TokenLayout(
-        (Segment("ref", (1, hp, wp)), Segment("video", (t, hp, wp)), Segment("pose", (t, hp // 2, wp // 2), 2))
+        (
+            Segment("ref", (1, hp, wp)),
+            Segment("video", (t, hp, wp)),
+            Segment("pose", (t, hp // 2, wp // 2), 2),
+        )
     )
     x = torch.randn(1, layout.num_tokens, heads, head_dim)
     rope = ScailRoPE()
@@ -73,6 +78,13 @@ def bench_rope(repeats: int) -> list[str]:
     ]
 
 
+def run(model: SCAILDiT, inputs, autocast: bool, backward: bool) -> None:
+    with torch.set_grad_enabled(backward), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(inputs)
+    if backward:
+        out.square().mean().backward()
+
+
 def bench_forward_backward(repeats: int) -> list[str]:
     rows = [
         "### Denoiser forward + backward (fp32 weights), 64x64 px x 17 frames (latent 8x8x5), batch 1",
@@ -82,27 +94,27 @@ def bench_forward_backward(repeats: int) -> list[str]:
     ]
     sizes = {
         "tiny (dim 64, 2 layers)": tiny_config(),
-        "small (dim 512, 8 heads, 8 layers)": tiny_config(dim=512, ffn_dim=1536, num_heads=8, num_layers=8,
-                                                          text_dim=256, clip_dim=256),
+        "small (dim 512, 8 heads, 8 layers)": tiny_config(
+            dim=512, ffn_dim=1536, num_heads=8, num_layers=8, text_dim=256, clip_dim=256
+        ),
     }
     for name, cfg in sizes.items():
         model = SCAILDiT(cfg)
-        inputs = make_inputs(batch=1, frames=5, height=8, width=8, text_dim=cfg.text_dim, clip_dim=cfg.clip_dim)
+        inputs = make_inputs(
+            batch=1, frames=5, height=8, width=8, text_dim=cfg.text_dim, clip_dim=cfg.clip_dim
+        )
         params = sum(p.numel() for p in model.parameters())
         tokens = 64 // 4 + 5 * 64 // 4 + 5 * 16 // 4
-        results = []
-        for autocast in (False, True):
-            def fwd():
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    model(inputs)
-
-            def fwd_bwd():
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    loss = model(inputs).square().mean()
-                loss.backward()
-
-            results += [timed(fwd, repeats), timed(fwd_bwd, repeats)]
-        rows.append(f"| {name} | {params / 1e6:.2f}M | {tokens} | " + " | ".join(f"{1000 * r:.1f}" for r in results) + " |")
+        results = [
+            timed(functools.partial(run, model, inputs, autocast, backward), repeats)
+            for autocast in (False, True)
+            for backward in (False, True)
+        ]
+        rows.append(
+            f"| {name} | {params / 1e6:.2f}M | {tokens} | "
+            + " | ".join(f"{1000 * r:.1f}" for r in results)
+            + " |"
+        )
     rows += [
         "",
         "On CPU the bf16 path pays off only when matmuls dominate; at these toy sizes the fp32 islands (norms,",
