@@ -23,12 +23,18 @@ from scail_lab.data.shards import make_shards, require_masks_for, summarize  # n
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", required=True, type=Path, help="directory holding example folders (searched recursively)")
+    p.add_argument(
+        "--root", required=True, type=Path, help="directory holding example folders (searched recursively)"
+    )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--prefix", default="shard")
     p.add_argument("--samples-per-shard", type=int, default=100)
-    p.add_argument("--mask-scheme", default="colour", choices=sorted(MASK_SCHEME_NAMES),
-                   help="'none' makes mask files optional")
+    p.add_argument(
+        "--mask-scheme",
+        default="colour",
+        choices=sorted(MASK_SCHEME_NAMES),
+        help="'none' makes mask files optional",
+    )
     p.add_argument("--quick", action="store_true", help="check headers only instead of decoding every frame")
     p.add_argument("--part", type=int, default=0)
     p.add_argument("--num-parts", type=int, default=1)

@@ -58,6 +58,7 @@ def synthetic_jobs(world: SyntheticWorld, split: str, count: int, per_shard: int
 
         def units(indices=indices, keys=keys):
             for index, key in zip(indices, keys, strict=True):
+
                 def load(index=index, key=key) -> dict:
                     files = sample_files(world.sample(split, index), world.config.fps, quality)
                     raw = collect_files(files, key, source=f"synthetic:{split}/{index}")
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not folder.exists():
                     write_folder(sample_files(world.sample(split, index), config.fps, quality), folder)
             if args.format == "both":
-                report = make_shards(root, args.out / "shards" / split, samples_per_shard=args.samples_per_shard)
+                report = make_shards(
+                    root, args.out / "shards" / split, samples_per_shard=args.samples_per_shard
+                )
                 print(f"[{split}] {summarize(report)}")
         else:
             jobs = synthetic_jobs(world, split, counts[split], args.samples_per_shard, quality)

@@ -51,7 +51,9 @@ class ConditionBuilder:
         if int(counts.max()) == 0:
             return None
         if int(counts.max()) >= t:
-            raise ValueError(f"num_history ({int(counts.max())}) must be smaller than the latent frame count ({t})")
+            raise ValueError(
+                f"num_history ({int(counts.max())}) must be smaller than the latent frame count ({t})"
+            )
         frames = torch.arange(t, device=latents.device)
         on = (frames.view(1, t) < counts.view(b, 1)).to(latents.dtype)  # [B, T]
         return on.view(b, 1, t, 1, 1).expand(b, self.history_channels, t, *latents.shape[3:]).contiguous()

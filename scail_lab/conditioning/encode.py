@@ -73,14 +73,18 @@ class ConditionEncoder:
         return self.vae.encode(half_resolution(unit_range(driving)))
 
     @torch.no_grad()
-    def mask_codes(self, ref_mask: Tensor | None, driving_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    def mask_codes(
+        self, ref_mask: Tensor | None, driving_mask: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Reference mask [B,3,H,W] and driving mask video [B,3,N,H,W] -> codes (None for the `none` scheme)."""
         if self.mask_scheme.width == 0:
             return None, None
         if ref_mask is None or driving_mask is None:
             missing = "ref_mask" if ref_mask is None else "driving_mask"
             raise ValueError(f"mask scheme {type(self.mask_scheme).__name__} needs a {missing}")
-        return self.mask_scheme.encode_ref(ref_mask.unsqueeze(2)), self.mask_scheme.encode_driving(driving_mask)
+        return self.mask_scheme.encode_ref(ref_mask.unsqueeze(2)), self.mask_scheme.encode_driving(
+            driving_mask
+        )
 
     @torch.no_grad()
     def text(self, captions: Sequence[str]) -> Tensor:

@@ -62,7 +62,9 @@ def plan_latent_jobs_from_shards(urls: Sequence[str], cacher: LatentCacher) -> l
             for raw in iter_shard(url):
                 yield raw[schema.KEY], (lambda raw=raw: cacher.encode(raw))
 
-        sig = signature_of([str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns)], _cacher_signature(cacher))
+        sig = signature_of(
+            [str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns)], _cacher_signature(cacher)
+        )
         jobs.append(ShardJob(name, sig, units))
     return jobs
 
@@ -103,8 +105,13 @@ def make_latent_shards(
             jobs.append(ShardJob(job.name, sig, units, job.candidates))
     if not cacher.uses_masks:
         notes.append("no mask codes cached (mask scheme 'none'); masks were not required")
-    config = _cacher_signature(cacher) | {"shards": str(shards) if shards else None, "folders": str(folders or "")}
-    return run_jobs(jobs, out_dir, notes=notes, config=config, part=part, num_parts=num_parts, progress=progress)
+    config = _cacher_signature(cacher) | {
+        "shards": str(shards) if shards else None,
+        "folders": str(folders or ""),
+    }
+    return run_jobs(
+        jobs, out_dir, notes=notes, config=config, part=part, num_parts=num_parts, progress=progress
+    )
 
 
 def _folders_of(job: ShardJob, root: Path, found: Sequence[Path]) -> list[Path]:

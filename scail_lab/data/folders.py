@@ -172,7 +172,10 @@ def _required(sample: Mapping, require_masks: bool) -> list[tuple[str, str]]:
     ]
     if require_masks:
         needed += [
-            (schema.image_field(schema.F_REF_MASK, sample) or "ref_mask.*", "reference mask (ref_mask.jpg|ref_mask.png)"),
+            (
+                schema.image_field(schema.F_REF_MASK, sample) or "ref_mask.*",
+                "reference mask (ref_mask.jpg|ref_mask.png)",
+            ),
             (schema.F_DRIVING_MASK, "driving mask (rendered_mask_v2.mp4|replace_mask.mp4)"),
         ]
     return needed
@@ -232,7 +235,9 @@ def validate_sample(
                 raise ValueError(f"{field}: {exc}") from exc
     for image, mask in ((schema.F_REF, schema.F_REF_MASK), (schema.F_REVERSE_REF, schema.F_REVERSE_REF_MASK)):
         if image in image_sizes and mask in image_sizes and image_sizes[image] != image_sizes[mask]:
-            raise ValueError(f"{mask} size {image_sizes[mask]} differs from {image} size {image_sizes[image]}")
+            raise ValueError(
+                f"{mask} size {image_sizes[mask]} differs from {image} size {image_sizes[image]}"
+            )
 
     video_fields = [
         f
@@ -244,7 +249,9 @@ def validate_sample(
     ref = infos[schema.F_DRIVING]
     for field, info in infos.items():
         if info.num_frames != ref.num_frames:
-            raise ValueError(f"frame count mismatch: {field} has {info.num_frames}, driving has {ref.num_frames}")
+            raise ValueError(
+                f"frame count mismatch: {field} has {info.num_frames}, driving has {ref.num_frames}"
+            )
         if abs(info.fps - ref.fps) > FPS_TOLERANCE:
             raise ValueError(f"fps mismatch: {field} is {info.fps:g}, driving is {ref.fps:g}")
         if (info.height, info.width) != (ref.height, ref.width):
@@ -261,7 +268,10 @@ def validate_sample(
     has_reverse = (
         kind == "video"
         and schema.F_REVERSE_REF in image_sizes
-        and (not require_masks or (schema.F_REVERSE_REF_MASK in image_sizes and schema.F_REVERSE_DRIVING_MASK in sample))
+        and (
+            not require_masks
+            or (schema.F_REVERSE_REF_MASK in image_sizes and schema.F_REVERSE_DRIVING_MASK in sample)
+        )
     )
     return SampleInfo(
         key=key,
@@ -271,7 +281,8 @@ def validate_sample(
         width=ref.width,
         mode=mode,
         driving_kind=kind,
-        has_masks=schema.F_DRIVING_MASK in sample and schema.image_field(schema.F_REF_MASK, sample) is not None,
+        has_masks=schema.F_DRIVING_MASK in sample
+        and schema.image_field(schema.F_REF_MASK, sample) is not None,
         has_driving_aug=has_aug,
         has_reverse=has_reverse,
     )

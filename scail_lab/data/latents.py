@@ -107,7 +107,9 @@ class LatentCacher:
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.sampling = sampling or FrameSampling(random_start=False)
         if self.sampling.random_start:
-            raise ValueError("latent caching cuts clips deterministically: use FrameSampling(random_start=False)")
+            raise ValueError(
+                "latent caching cuts clips deterministically: use FrameSampling(random_start=False)"
+            )
         self.buckets = buckets or ResolutionBuckets()
         self.dtype = LATENT_DTYPES[dtype]
         self.include_variants = include_variants
@@ -124,7 +126,9 @@ class LatentCacher:
             z = self.vae.encode(unit_range(video)[None].to(self.device))
         want = ((n - 1) // 4 + 1, h // 8, w // 8)
         if z.dim() != 5 or z.shape[0] != 1 or tuple(z.shape[2:]) != want:
-            raise ValueError(f"VAE returned {tuple(z.shape)} for a [1, 3, {n}, {h}, {w}] video; expected [1, C, *{want}]")
+            raise ValueError(
+                f"VAE returned {tuple(z.shape)} for a [1, 3, {n}, {h}, {w}] video; expected [1, C, *{want}]"
+            )
         return z[0]
 
     def _pose_latents(self, video: Tensor) -> Tensor:
@@ -143,11 +147,15 @@ class LatentCacher:
         """Encode one (ref, driving, target) variant into `out` with field prefix `prefix`."""
         ref, driving = image_tensor(arrays["ref_image"]), video_tensor(arrays["driving"])
         if with_target:
-            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(self._video_latents(video_tensor(arrays["target"])), self.dtype)
+            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(
+                self._video_latents(video_tensor(arrays["target"])), self.dtype
+            )
             out[prefix + schema.F_REF_LATENTS] = npy_bytes(self._video_latents(ref[:, None]), self.dtype)
         out[prefix + schema.F_POSE_LATENTS] = npy_bytes(self._pose_latents(driving), self.dtype)
         if self.uses_masks:
-            ref_code, drv_code = self._masks(image_tensor(arrays["ref_mask"]), video_tensor(arrays["driving_mask"]))
+            ref_code, drv_code = self._masks(
+                image_tensor(arrays["ref_mask"]), video_tensor(arrays["driving_mask"])
+            )
             if with_target:
                 out[prefix + schema.F_REF_MASK_CODE] = npy_bytes(ref_code, np.float16)
             out[prefix + schema.F_DRIVING_MASK_CODE] = npy_bytes(drv_code, np.float16)
@@ -169,7 +177,9 @@ class LatentCacher:
         arrays = decode_fields(raw, stream_fields(raw, Decisions(), self.uses_masks), indices, bucket)
         self._variant(arrays, "", out, with_target=True)
         if self.include_variants and has_aug:
-            aug = decode_fields(raw, stream_fields(raw, Decisions(driving_aug=True), self.uses_masks), indices, bucket)
+            aug = decode_fields(
+                raw, stream_fields(raw, Decisions(driving_aug=True), self.uses_masks), indices, bucket
+            )
             tmp: dict = {}
             self._variant(aug, "", tmp, with_target=False)
             out[schema.F_POSE_LATENTS_AUG] = tmp[schema.F_POSE_LATENTS]
@@ -177,7 +187,12 @@ class LatentCacher:
                 out[schema.F_DRIVING_MASK_CODE_AUG] = tmp[schema.F_DRIVING_MASK_CODE]
         if self.include_variants and has_rev:
             fields = stream_fields(raw, Decisions(reverse=True), self.uses_masks)
-            rev = decode_fields(raw, {k: v for k, v in fields.items() if k in ("ref_image", "ref_mask", "driving_mask")}, indices, bucket)
+            rev = decode_fields(
+                raw,
+                {k: v for k, v in fields.items() if k in ("ref_image", "ref_mask", "driving_mask")},
+                indices,
+                bucket,
+            )
             rev.update(driving=arrays["target"], target=arrays["driving"])
             self._variant(rev, schema.F_REVERSE_PREFIX, out, with_target=True)
         caption = raw[schema.F_CAPTION].decode("utf-8").strip()
@@ -237,12 +252,16 @@ def latent_sample(
     available = 4 * (target.shape[1] - 1) + 1
     fits = [n for n in sampling.frame_buckets if n <= available]
     if not fits:
-        raise ValueError(f"latent sample {key}: {available} cached frames < smallest frame bucket {min(sampling.frame_buckets)}")
+        raise ValueError(
+            f"latent sample {key}: {available} cached frames < smallest frame bucket {min(sampling.frame_buckets)}"
+        )
     t_keep = (fits[0] - 1) // 4 + 1
     rng = sample_rng(seed, epoch, key)
     rev = schema.reverse_field
     has_aug = schema.F_POSE_LATENTS_AUG in raw and (not use_masks or schema.F_DRIVING_MASK_CODE_AUG in raw)
-    has_rev = rev(schema.F_TARGET_LATENTS) in raw and (not use_masks or rev(schema.F_DRIVING_MASK_CODE) in raw)
+    has_rev = rev(schema.F_TARGET_LATENTS) in raw and (
+        not use_masks or rev(schema.F_DRIVING_MASK_CODE) in raw
+    )
     d = decide(augment, rng, driving_kind=kind, continuation=continuation, has_aug=has_aug, has_reverse=has_rev,
                num_latent_frames=t_keep)  # fmt: skip
     prefix = schema.F_REVERSE_PREFIX if d.reverse else ""
@@ -268,7 +287,9 @@ def latent_sample(
         if use_masks:
             sample[schema.DRIVING_MASK_CODE] = torch.zeros_like(sample[schema.DRIVING_MASK_CODE])
     if schema.F_TEXT_EMB in raw:
-        sample[schema.TEXT_EMB] = npy_tensor(raw[schema.F_TEXT_EMB_NULL if d.drop_text else schema.F_TEXT_EMB])
+        sample[schema.TEXT_EMB] = npy_tensor(
+            raw[schema.F_TEXT_EMB_NULL if d.drop_text else schema.F_TEXT_EMB]
+        )
     if prefix + schema.F_CLIP_EMB in raw:
         sample[schema.CLIP_EMB] = npy_tensor(raw[prefix + schema.F_CLIP_EMB])
     sample.update(

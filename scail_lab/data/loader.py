@@ -52,7 +52,9 @@ def resolve_mask_scheme(scheme: str | MaskScheme) -> MaskScheme:
     if isinstance(scheme, MaskScheme):
         return scheme
     if scheme not in MASK_SCHEME_NAMES:
-        raise ValueError(f"mask scheme must be a MaskScheme or one of {tuple(MASK_SCHEME_NAMES)}, got {scheme!r}")
+        raise ValueError(
+            f"mask scheme must be a MaskScheme or one of {tuple(MASK_SCHEME_NAMES)}, got {scheme!r}"
+        )
     return MASK_SCHEME_NAMES[scheme]()
 
 
@@ -162,7 +164,10 @@ class MotionPairStream(IterableDataset):
         mine = order[rank::world][worker::num_workers]
         if len(self.sources) < world * num_workers and worker == 0 and self.epoch == 0:
             logger.warning(
-                "%d sources for %d ranks x %d workers: some workers get no data", len(self.sources), world, num_workers
+                "%d sources for %d ranks x %d workers: some workers get no data",
+                len(self.sources),
+                world,
+                num_workers,
             )
         yield from mine
 
@@ -291,7 +296,9 @@ def build_dataloader(
         world_size=world_size,
     )  # fmt: skip
     extra = {"prefetch_factor": 2, "persistent_workers": False} if num_workers > 0 else {}
-    return EpochDataLoader(stream, start_epoch=start_epoch, num_workers=num_workers, pin_memory=pin_memory, **extra)
+    return EpochDataLoader(
+        stream, start_epoch=start_epoch, num_workers=num_workers, pin_memory=pin_memory, **extra
+    )
 
 
 class FolderDataset(Dataset):

@@ -89,7 +89,9 @@ def decode_video(data: bytes | str | Path, indices: list[int] | np.ndarray | Non
     if not idx:
         raise ValueError("no frame indices to decode")
     if min(idx) < 0 or max(idx) >= total:
-        raise ValueError(f"frame index out of range: video has {total} frames, asked for {min(idx)}..{max(idx)}")
+        raise ValueError(
+            f"frame index out of range: video has {total} frames, asked for {min(idx)}..{max(idx)}"
+        )
     try:
         frames = reader.get_batch(idx).asnumpy()
     except Exception as exc:

@@ -39,7 +39,10 @@ def clip_info(raw: Mapping) -> tuple[dict, int, float, int, int]:
 def has_variants(raw: Mapping, driving_kind: str, load_masks: bool) -> tuple[bool, bool]:
     """(has an augmented driving variant, has the reverse-driving files), given whether masks are needed."""
     has_aug = schema.F_DRIVING_AUG in raw and (not load_masks or schema.F_DRIVING_MASK_AUG in raw)
-    rev_mask = schema.image_field(schema.F_REVERSE_REF_MASK, raw) is not None and schema.F_REVERSE_DRIVING_MASK in raw
+    rev_mask = (
+        schema.image_field(schema.F_REVERSE_REF_MASK, raw) is not None
+        and schema.F_REVERSE_DRIVING_MASK in raw
+    )
     has_rev = (
         driving_kind == "video"
         and schema.image_field(schema.F_REVERSE_REF, raw) is not None
@@ -156,7 +159,9 @@ def pixel_sample(
 def batch_signature(sample: Mapping) -> tuple:
     """Samples with equal signatures can share a batch (same tensor shapes and the same keys)."""
     return tuple(
-        (k, tuple(v.shape)) for k, v in sorted(sample.items()) if isinstance(v, torch.Tensor) and k != schema.TEXT_EMB
+        (k, tuple(v.shape))
+        for k, v in sorted(sample.items())
+        if isinstance(v, torch.Tensor) and k != schema.TEXT_EMB
     )  # text embeddings are padded per batch, so their length does not split batches
 
 
@@ -179,7 +184,9 @@ def collate(samples: Sequence[Mapping]) -> dict:
         else:
             batch[k] = list(values)
     if schema.TEXT_EMB in first:
-        batch[schema.TEXT_EMB], batch[schema.TEXT_EMB_LENGTHS] = pad_text([s[schema.TEXT_EMB] for s in samples])
+        batch[schema.TEXT_EMB], batch[schema.TEXT_EMB_LENGTHS] = pad_text(
+            [s[schema.TEXT_EMB] for s in samples]
+        )
     return batch
 
 

@@ -167,7 +167,9 @@ def run_jobs(
     return write_report(jobs, out_dir, notes=notes, config=config)
 
 
-def write_report(jobs: Sequence[ShardJob], out_dir: Path, *, notes: Sequence[str] = (), config: dict | None = None) -> dict:
+def write_report(
+    jobs: Sequence[ShardJob], out_dir: Path, *, notes: Sequence[str] = (), config: dict | None = None
+) -> dict:
     """Aggregate the shard records of a plan into report.json (missing records are listed as pending)."""
     shards, skipped, pending = [], {}, []
     total = 0
@@ -253,7 +255,9 @@ def plan_folder_jobs(
                 yield key, folder_loader(folder, key, require_masks, full_decode)
 
         extra = {"require_masks": require_masks, "kind": "pixel"}
-        jobs.append(ShardJob(shard_name(prefix, len(jobs)), signature_of(candidates, extra), units, candidates))
+        jobs.append(
+            ShardJob(shard_name(prefix, len(jobs)), signature_of(candidates, extra), units, candidates)
+        )
     return jobs
 
 
@@ -278,9 +282,13 @@ def make_shards(
         folders, root, prefix=prefix, samples_per_shard=samples_per_shard, require_masks=require_masks,
         full_decode=full_decode,
     )  # fmt: skip
-    notes = [] if require_masks else ["masks not required by the mask scheme: samples without masks were kept"]
+    notes = (
+        [] if require_masks else ["masks not required by the mask scheme: samples without masks were kept"]
+    )
     config = {"root": str(root), "samples_per_shard": samples_per_shard, "require_masks": require_masks}
-    return run_jobs(jobs, out_dir, notes=notes, config=config, part=part, num_parts=num_parts, progress=progress)
+    return run_jobs(
+        jobs, out_dir, notes=notes, config=config, part=part, num_parts=num_parts, progress=progress
+    )
 
 
 def require_masks_for(mask_scheme: str) -> bool:

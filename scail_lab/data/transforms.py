@@ -48,7 +48,9 @@ class FrameSampling:
     def __post_init__(self) -> None:
         if not self.frame_buckets:
             raise ValueError("frame_buckets must not be empty")
-        buckets = tuple(sorted({check_frame_count(n, "frame bucket") for n in self.frame_buckets}, reverse=True))
+        buckets = tuple(
+            sorted({check_frame_count(n, "frame bucket") for n in self.frame_buckets}, reverse=True)
+        )
         object.__setattr__(self, "frame_buckets", buckets)
         if self.target_fps is not None and self.target_fps <= 0:
             raise ValueError(f"target_fps must be positive or None, got {self.target_fps}")
@@ -62,7 +64,9 @@ class FrameSampling:
             raise ValueError(f"bad clip: {available} frames at {source_fps} fps")
         stride = source_fps / self.target_fps if self.target_fps else 1.0
         if stride < 1.0 and not _warned_upsample:
-            logger.warning("source fps %.3g < target fps %.3g: frames will repeat", source_fps, self.target_fps)
+            logger.warning(
+                "source fps %.3g < target fps %.3g: frames will repeat", source_fps, self.target_fps
+            )
             _warned_upsample = True
         fits = [n for n in self.frame_buckets if round((n - 1) * stride) <= available - 1]
         if not fits:

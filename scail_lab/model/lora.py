@@ -30,11 +30,18 @@ log = logging.getLogger(__name__)
 PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "model.")
 # diffusers' Wan transformer names -> the official / our names
 DIFFUSERS_TO_OURS = (
-    (r"\.attn1\.to_q$", ".self_attn.q"), (r"\.attn1\.to_k$", ".self_attn.k"), (r"\.attn1\.to_v$", ".self_attn.v"),
-    (r"\.attn1\.to_out\.0$", ".self_attn.o"), (r"\.attn2\.to_q$", ".cross_attn.q"), (r"\.attn2\.to_k$", ".cross_attn.k"),
-    (r"\.attn2\.to_v$", ".cross_attn.v"), (r"\.attn2\.to_out\.0$", ".cross_attn.o"),
-    (r"\.attn2\.add_k_proj$", ".cross_attn.k_img"), (r"\.attn2\.add_v_proj$", ".cross_attn.v_img"),
-    (r"\.ffn\.net\.0\.proj$", ".ffn.0"), (r"\.ffn\.net\.2$", ".ffn.2"),
+    (r"\.attn1\.to_q$", ".self_attn.q"),
+    (r"\.attn1\.to_k$", ".self_attn.k"),
+    (r"\.attn1\.to_v$", ".self_attn.v"),
+    (r"\.attn1\.to_out\.0$", ".self_attn.o"),
+    (r"\.attn2\.to_q$", ".cross_attn.q"),
+    (r"\.attn2\.to_k$", ".cross_attn.k"),
+    (r"\.attn2\.to_v$", ".cross_attn.v"),
+    (r"\.attn2\.to_out\.0$", ".cross_attn.o"),
+    (r"\.attn2\.add_k_proj$", ".cross_attn.k_img"),
+    (r"\.attn2\.add_v_proj$", ".cross_attn.v_img"),
+    (r"\.ffn\.net\.0\.proj$", ".ffn.0"),
+    (r"\.ffn\.net\.2$", ".ffn.2"),
     (r"^condition_embedder\.time_embedder\.linear_1$", "time_embedding.0"),
     (r"^condition_embedder\.time_embedder\.linear_2$", "time_embedding.2"),
     (r"^condition_embedder\.time_proj$", "time_projection.1"),
@@ -45,8 +52,13 @@ DIFFUSERS_TO_OURS = (
     (r"^proj_out$", "head.head"),
 )
 PARTS = {
-    "lora_down.weight": "down", "lora_A.weight": "down", "lora_up.weight": "up", "lora_B.weight": "up",
-    "alpha": "alpha", "diff": "diff", "diff_b": "diff_b",
+    "lora_down.weight": "down",
+    "lora_A.weight": "down",
+    "lora_up.weight": "up",
+    "lora_B.weight": "up",
+    "alpha": "alpha",
+    "diff": "diff",
+    "diff_b": "diff_b",
 }
 
 
@@ -69,7 +81,11 @@ class LoraModule:
             scale = 1.0 if self.alpha is None else self.alpha / rank
             delta = (self.up.flatten(1).float() @ self.down.flatten(1).float()).view(weight_shape) * scale
         if self.diff is not None:
-            delta = self.diff.float().view(weight_shape) if delta is None else delta + self.diff.float().view(weight_shape)
+            delta = (
+                self.diff.float().view(weight_shape)
+                if delta is None
+                else delta + self.diff.float().view(weight_shape)
+            )
         return delta
 
 
@@ -171,7 +187,9 @@ def merge_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> int
     return len(modules)
 
 
-def export_lora(adapters: dict[str, tuple[Tensor, Tensor]], alpha: float, path: str | Path, style: str) -> None:
+def export_lora(
+    adapters: dict[str, tuple[Tensor, Tensor]], alpha: float, path: str | Path, style: str
+) -> None:
     """Write {module: (down [r, in], up [out, r])} as `peft` or `comfy` (lightx2v) style safetensors."""
     if style not in ("peft", "comfy"):
         raise ValueError(f"LoRA export style must be 'peft' or 'comfy', got {style!r}")

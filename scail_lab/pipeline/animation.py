@@ -80,7 +80,12 @@ class AnimationPipeline:
         self.num_steps, self.guide_scale, self.negative_prompt = num_steps, guide_scale, negative_prompt
         self.height, self.width, self.max_frames = height, width, max_frames
         self.segment_len, self.segment_overlap = segment_len, segment_overlap
-        self.precision, self.device, self.offload, self.progress = precision, torch.device(device), offload, progress
+        self.precision, self.device, self.offload, self.progress = (
+            precision,
+            torch.device(device),
+            offload,
+            progress,
+        )
 
     # --- stage 2: encode --------------------------------------------------------------------------------
     def _check_example(self, example: MotionExample) -> None:
@@ -91,7 +96,9 @@ class AnimationPipeline:
         if example.extra_refs and needs_masks and any(m is None for _, m in example.extra_refs):
             raise ValueError(f"{example.name}: extra reference images need their masks for this mask scheme")
         if example.mode not in self.model.modes:
-            raise ValueError(f"{example.name}: mode {example.mode!r} is not one of {sorted(self.model.modes)}")
+            raise ValueError(
+                f"{example.name}: mode {example.mode!r} is not one of {sorted(self.model.modes)}"
+            )
 
     def encode(self, example: MotionExample) -> tuple[Conditions, Tensor | None]:
         """Reference-side conditions for the whole clip (driving latents are per segment) + negative text."""
@@ -148,7 +155,11 @@ class AnimationPipeline:
 
     @torch.no_grad()
     def denoise(
-        self, conditions: Conditions, negative: Tensor | None, history: Tensor | None, generator: torch.Generator,
+        self,
+        conditions: Conditions,
+        negative: Tensor | None,
+        history: Tensor | None,
+        generator: torch.Generator,
         bar=None,
     ) -> Tensor:
         """Latents [1, C, T, H, W] for one segment; `history` [1, C, Th, H, W] clean latents or None."""

@@ -101,9 +101,13 @@ def load_example(
     ref_path = pick(image, schema.REF_IMAGE_FILES, "reference image")
     driving_path = pick(pose, schema.DRIVING_FILES, "driving / pose video")
     ref_mask_path = pick(mask_image, schema.REF_MASK_FILES, "reference mask", required=False)
-    mask_path = pick(mask_video, schema.REPLACE_MASK_FILES + schema.ANIMATE_MASK_FILES, "mask video", required=False)
+    mask_path = pick(
+        mask_video, schema.REPLACE_MASK_FILES + schema.ANIMATE_MASK_FILES, "mask video", required=False
+    )
     if mode is None:
-        mode = "replace" if mask_path is not None and mask_path.name in schema.REPLACE_MASK_FILES else "animate"
+        mode = (
+            "replace" if mask_path is not None and mask_path.name in schema.REPLACE_MASK_FILES else "animate"
+        )
     if mode not in schema.MODES:
         raise ValueError(f"mode must be one of {schema.MODES}, got {mode!r}")
     if prompt is None:
@@ -159,7 +163,9 @@ def prepare(example: MotionExample, height: int, width: int, max_frames: int | N
     def video(v: Tensor | None, nearest: bool = False) -> Tensor | None:
         if v is None:
             return None
-        return cover_crop(v[:, :n].transpose(0, 1), h, w, nearest).transpose(0, 1).contiguous()  # [3, N, H, W]
+        return (
+            cover_crop(v[:, :n].transpose(0, 1), h, w, nearest).transpose(0, 1).contiguous()
+        )  # [3, N, H, W]
 
     def image(i: Tensor | None, nearest: bool = False) -> Tensor | None:
         return None if i is None else cover_crop(i, h, w, nearest)

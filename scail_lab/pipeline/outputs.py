@@ -1,9 +1,9 @@
 """Stage 6: write what people look at. All files are written atomically.
 
-    <name>.mp4                 the result at the driving video's fps
-    <name>_side_by_side.mp4    reference | driving | result, per frame
-    <name>_side_by_side.png    the same triptych at 4 evenly spaced frames, stacked
-    <name>.json                seed, timings, segments and the resolved config
+<name>.mp4                 the result at the driving video's fps
+<name>_side_by_side.mp4    reference | driving | result, per frame
+<name>_side_by_side.png    the same triptych at 4 evenly spaced frames, stacked
+<name>.json                seed, timings, segments and the resolved config
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def side_by_side(result: AnimationResult) -> Tensor:
     return torch.cat([ref, ex.driving[:, :n], result.video], dim=-1)
 
 
-def write_result(result: AnimationResult, out_dir: str | Path, config: dict | None = None, crf: int = 18) -> dict:
+def write_result(
+    result: AnimationResult, out_dir: str | Path, config: dict | None = None, crf: int = 18
+) -> dict:
     """Write the result files; returns {kind: path}."""
     out = Path(out_dir)
     name = result.example.name
@@ -48,7 +50,9 @@ def write_result(result: AnimationResult, out_dir: str | Path, config: dict | No
     media.atomic_write_bytes(paths["side_by_side"], media.encode_video(_frames(triptych), fps, quality=crf))
     picks = np.linspace(0, triptych.shape[1] - 1, num=min(4, triptych.shape[1])).round().astype(int)
     grid = torch.cat([triptych[:, int(i)] for i in picks], dim=1)  # [3, 4H, 3W]
-    media.atomic_write_bytes(paths["grid"], media.encode_image(grid.permute(1, 2, 0).contiguous().numpy(), ".png"))
+    media.atomic_write_bytes(
+        paths["grid"], media.encode_image(grid.permute(1, 2, 0).contiguous().numpy(), ".png")
+    )
     meta = {
         "name": name,
         "seed": result.seed,

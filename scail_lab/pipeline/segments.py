@@ -40,7 +40,9 @@ def plan_segments(num_frames: int, segment_len: int = 81, overlap: int = 5) -> l
     if segment_len < 5 or (segment_len - 1) % 4:
         raise ValueError(f"segment_len must be 4k+1 and >= 5, got {segment_len}")
     if overlap < 1 or (overlap - 1) % 4 or overlap >= segment_len:
-        raise ValueError(f"segment overlap must be 4k+1 and smaller than segment_len ({segment_len}), got {overlap}")
+        raise ValueError(
+            f"segment overlap must be 4k+1 and smaller than segment_len ({segment_len}), got {overlap}"
+        )
     plans = []
     start, history = 0, 0
     while True:

@@ -65,7 +65,9 @@ class Identity:
         """A caption fragment, e.g. 'a tall person with long blond hair in a red and white striped shirt'."""
         build = "tall " if self.height_frac > 0.7 else ("short " if self.height_frac < 0.6 else "")
         hair = "a bald head" if self.hair_style == "bald" else f"{self.hair_style} {self.hair_name} hair"
-        shirt = _garment(self.shirt_names, self.shirt_pattern, "long-sleeved shirt" if self.long_sleeves else "t-shirt")
+        shirt = _garment(
+            self.shirt_names, self.shirt_pattern, "long-sleeved shirt" if self.long_sleeves else "t-shirt"
+        )
         pants = _garment(self.pants_names, self.pants_pattern, "trousers")
         return f"a {build}person with {hair} wearing a {shirt} and {pants}"
 

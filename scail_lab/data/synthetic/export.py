@@ -118,5 +118,7 @@ def write_png(image: np.ndarray, path: str | Path, scale: int = 2) -> None:
     from scail_lab.data.media import atomic_write_bytes
 
     if scale > 1:
-        image = cv2.resize(image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+        image = cv2.resize(
+            image, (image.shape[1] * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST
+        )
     atomic_write_bytes(path, encode_image(image, ".png"))

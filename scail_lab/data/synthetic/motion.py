@@ -62,7 +62,9 @@ def motion_spec(world_seed: int, motion_id: int) -> MotionSpec:
     )
 
 
-def motion_track(spec: MotionSpec, num_frames: int, fps: float, x0: float | None = None) -> dict[str, np.ndarray]:
+def motion_track(
+    spec: MotionSpec, num_frames: int, fps: float, x0: float | None = None
+) -> dict[str, np.ndarray]:
     """Pose parameters over `num_frames` frames at `fps` (see skeleton.POSE_PARAMS)."""
     t = np.arange(num_frames, dtype=np.float64) / fps
     track = neutral_track(num_frames)
@@ -109,7 +111,9 @@ def _wave(track: dict, spec: MotionSpec, t: np.ndarray) -> None:
 def _jump(track: dict, spec: MotionSpec, t: np.ndarray) -> None:
     a = spec.amplitude
     p = (1.0 * spec.speed * t + spec.phase) % 1.0  # jump cycle position
-    crouch = np.where(p < 0.25, np.sin(np.pi * p / 0.25), 0.0) + np.where(p > 0.8, np.sin(np.pi * (p - 0.8) / 0.2), 0.0)
+    crouch = np.where(p < 0.25, np.sin(np.pi * p / 0.25), 0.0) + np.where(
+        p > 0.8, np.sin(np.pi * (p - 0.8) / 0.2), 0.0
+    )
     air = np.where((p >= 0.25) & (p <= 0.8), np.sin(np.pi * (p - 0.25) / 0.55), 0.0)
     track["lift"] = 0.22 * a * air
     for s in ("l", "r"):

@@ -135,7 +135,9 @@ def compose(background: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.nd
 def _pattern(colour, colour2, pattern, p0, p1, period) -> Material:
     axis = np.asarray(p1, np.float64) - np.asarray(p0, np.float64)
     norm = float(np.hypot(*axis)) or 1.0
-    return Material(colour, colour2, pattern, (float(p0[0]), float(p0[1])), (axis[0] / norm, axis[1] / norm), period)
+    return Material(
+        colour, colour2, pattern, (float(p0[0]), float(p0[1])), (axis[0] / norm, axis[1] / norm), period
+    )
 
 
 def character_parts(
@@ -165,9 +167,19 @@ def character_parts(
         shoulder, elbow, wrist = xy[J[f"{s}_shoulder"]], xy[J[f"{s}_elbow"]], xy[J[f"{s}_wrist"]]
         za = (depth[J[f"{s}_shoulder"]] + depth[J[f"{s}_elbow"]] + depth[J[f"{s}_wrist"]]) / 3 + 0.01
         add(za, [("capsule", shoulder, elbow, wd["upper_arm"])], shirt(shoulder, elbow))
-        add(za + 0.001, [("capsule", elbow, wrist, wd["forearm"])], shirt(shoulder, elbow) if ident.long_sleeves else skin)
+        add(
+            za + 0.001,
+            [("capsule", elbow, wrist, wd["forearm"])],
+            shirt(shoulder, elbow) if ident.long_sleeves else skin,
+        )
         add(za + 0.002, [("disc", wrist, wd["hand"])], skin)
-    ls, rs, lh, rh, neck = xy[J["l_shoulder"]], xy[J["r_shoulder"]], xy[J["l_hip"]], xy[J["r_hip"]], xy[J["neck"]]
+    ls, rs, lh, rh, neck = (
+        xy[J["l_shoulder"]],
+        xy[J["r_shoulder"]],
+        xy[J["l_hip"]],
+        xy[J["r_hip"]],
+        xy[J["neck"]],
+    )
     torso = [("poly", [ls, rs, rh, lh]), ("capsule", pelvis, neck, wd["torso"])]
     add(z_pelvis, torso, shirt(neck, pelvis))
     head = xy[J["head"]]
@@ -176,26 +188,40 @@ def character_parts(
     add(z_head - 0.03, [("capsule", neck, head, wd["neck"])], skin)
     hair = Material(ident.hair)
     if ident.hair_style == "long":
-        add(depth[J["head"]] - 0.05 * math.cos(facing), [("capsule", head, head + np.array([0, 1.3 * head_r]), head_r)], hair)
+        add(
+            depth[J["head"]] - 0.05 * math.cos(facing),
+            [("capsule", head, head + np.array([0, 1.3 * head_r]), head_r)],
+            hair,
+        )
     add(z_head, [("disc", head, head_r)], skin)
     front = math.cos(facing)
     if ident.hair_style != "bald":
-        cap = ("disc", head, head_r * 1.02) if front < -0.2 else ("half_disc", head - np.array([0, 0.15 * head_r]), head_r * 1.05)
+        cap = (
+            ("disc", head, head_r * 1.02)
+            if front < -0.2
+            else ("half_disc", head - np.array([0, 0.15 * head_r]), head_r * 1.05)
+        )
         add(z_head + 0.001, [cap], hair)
     if front > 0.15:
         eye_r = max(0.6, 0.16 * head_r)
         for side in (-1.0, 1.0):
-            c = head + np.array([0.4 * head_r * side * front + 0.5 * head_r * math.sin(facing), 0.05 * head_r])
+            c = head + np.array(
+                [0.4 * head_r * side * front + 0.5 * head_r * math.sin(facing), 0.05 * head_r]
+            )
             add(z_head + 0.002, [("disc", c, eye_r)], Material((20, 20, 30)))
     return parts
 
 
 def bone_colours() -> list[tuple[int, int, int]]:
     """One saturated colour per bone (hues spread around the wheel), pose-render style."""
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / len(BONES), 1.0, 1.0)) for i in range(len(BONES))]
+    return [
+        tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / len(BONES), 1.0, 1.0)) for i in range(len(BONES))
+    ]
 
 
-def skeleton_parts(xy: np.ndarray, person: int, radius: float, jitter: np.ndarray | None = None) -> list[Part]:
+def skeleton_parts(
+    xy: np.ndarray, person: int, radius: float, jitter: np.ndarray | None = None
+) -> list[Part]:
     """Stick-figure parts (coloured limbs + white joint dots) of one person in one frame."""
     pts = xy + (jitter if jitter is not None else 0.0)
     parts = []

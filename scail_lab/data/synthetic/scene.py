@@ -30,7 +30,9 @@ class Scene:
         out = np.empty((len(pan_px), h, width, 3), np.uint8)
         for i, offset in enumerate(pan_px):
             shift = np.float32([[1, 0, -float(offset)], [0, 1, 0]])
-            out[i] = cv2.warpAffine(self.canvas, shift, (width, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            out[i] = cv2.warpAffine(
+                self.canvas, shift, (width, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+            )
         return out
 
 
@@ -78,10 +80,16 @@ def _draw_prop(canvas: np.ndarray, kind: str, rng: np.random.Generator, horizon:
     colour = tuple(float(v) for v in rng.integers(20, 235, size=3))
     if kind == "trees":
         trunk = tuple(float(v) for v in (90 + rng.integers(-20, 20), 60, 30))
-        cv2.rectangle(canvas, (x - max(1, size // 8), horizon - size), (x + max(1, size // 8), horizon), trunk, -1)
-        cv2.circle(canvas, (x, horizon - size), max(2, size // 2), (40.0, float(rng.integers(100, 190)), 50.0), -1)
+        cv2.rectangle(
+            canvas, (x - max(1, size // 8), horizon - size), (x + max(1, size // 8), horizon), trunk, -1
+        )
+        cv2.circle(
+            canvas, (x, horizon - size), max(2, size // 2), (40.0, float(rng.integers(100, 190)), 50.0), -1
+        )
     elif kind == "boxes":
         cv2.rectangle(canvas, (x, horizon - size), (x + size, horizon + size // 4), colour, -1)
-        cv2.rectangle(canvas, (x, horizon - size), (x + size, horizon + size // 4), tuple(c * 0.6 for c in colour), 1)
+        cv2.rectangle(
+            canvas, (x, horizon - size), (x + size, horizon + size // 4), tuple(c * 0.6 for c in colour), 1
+        )
     else:
         cv2.rectangle(canvas, (x, max(0, horizon - 3 * size)), (x + max(2, size // 3), horizon), colour, -1)

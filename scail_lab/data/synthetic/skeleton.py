@@ -83,9 +83,13 @@ def body_points(track: dict[str, np.ndarray], lengths: dict[str, float]) -> np.n
         elbow = shoulder + lengths["upper_arm"] * limb_direction(
             track[f"{s}_upper_arm_abd"], track[f"{s}_upper_arm_flex"], sign
         )
-        wrist = elbow + lengths["forearm"] * limb_direction(track[f"{s}_forearm_abd"], track[f"{s}_forearm_flex"], sign)
+        wrist = elbow + lengths["forearm"] * limb_direction(
+            track[f"{s}_forearm_abd"], track[f"{s}_forearm_flex"], sign
+        )
         hip = np.tile(np.array([sign * lengths["hip_half"], 0.0, 0.0]), (n, 1))
-        knee = hip + lengths["thigh"] * limb_direction(track[f"{s}_thigh_abd"], track[f"{s}_thigh_flex"], sign)
+        knee = hip + lengths["thigh"] * limb_direction(
+            track[f"{s}_thigh_abd"], track[f"{s}_thigh_flex"], sign
+        )
         ankle = knee + lengths["shin"] * limb_direction(track[f"{s}_shin_abd"], track[f"{s}_shin_flex"], sign)
         for name, value in (("shoulder", shoulder), ("elbow", elbow), ("wrist", wrist),
                             ("hip", hip), ("knee", knee), ("ankle", ankle)):  # fmt: skip

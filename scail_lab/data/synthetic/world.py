@@ -74,7 +74,9 @@ class WorldConfig:
         for name, least in (("identities", need), ("motions", 2), ("scenes", 2)):
             pools = tuple(int(v) for v in getattr(self, name))
             if len(pools) != 3 or min(pools) < least:
-                raise ValueError(f"{name} must be 3 pool sizes (train, val, test) each >= {least}, got {pools}")
+                raise ValueError(
+                    f"{name} must be 3 pool sizes (train, val, test) each >= {least}, got {pools}"
+                )
             object.__setattr__(self, name, pools)
         if self.supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
@@ -149,7 +151,10 @@ class SyntheticWorld:
         continuation = bool(rng.random() < cfg.p_continuation)
         ids = rng.choice(np.array(cfg.pool("identities", split)), size=3 * num, replace=False)
         ref_ids, drv_ids, aug_ids = ids[:num], ids[num : 2 * num], ids[2 * num :]
-        motions = [motion_spec(cfg.seed, int(m)) for m in rng.choice(np.array(cfg.pool("motions", split)), size=num, replace=False)]
+        motions = [
+            motion_spec(cfg.seed, int(m))
+            for m in rng.choice(np.array(cfg.pool("motions", split)), size=num, replace=False)
+        ]
         scene_ids = rng.choice(np.array(cfg.pool("scenes", split)), size=2, replace=False)
 
         n, fps = cfg.num_frames, cfg.fps
@@ -160,7 +165,11 @@ class SyntheticWorld:
             pan_speed = sign * rng.uniform(0.04, 0.12) * cfg.width
         margin = int(math.ceil(abs(pan_speed) * t[-1])) + 2
         # view offset into the wider scene canvas; it stays inside [0, margin] for the whole clip
-        pan_px = (1.0 if pan_speed > 0 else 0.0) + pan_speed * t if pan_speed >= 0 else (margin - 1.0) + pan_speed * t
+        pan_px = (
+            (1.0 if pan_speed > 0 else 0.0) + pan_speed * t
+            if pan_speed >= 0
+            else (margin - 1.0) + pan_speed * t
+        )
         scene_a, scene_b = (make_scene(cfg.seed, int(s), self.hw, margin) for s in scene_ids)
         ground = float(rng.uniform(0.86, 0.95))
         lanes = [None] if num == 1 else [0.3 + rng.uniform(-0.04, 0.04), 0.7 + rng.uniform(-0.04, 0.04)]
@@ -187,10 +196,14 @@ class SyntheticWorld:
         pose, pose_person = self._skeleton(drv, jitter_rng=None)
         pose_mask = _colour_mask(pose_person, drv_slot, False)
         if kind == "video":
-            aug = self._render([(ident[i], tr) for i, tr in zip(aug_ids, tracks, strict=True)], scene_b, pan_px)
+            aug = self._render(
+                [(ident[i], tr) for i, tr in zip(aug_ids, tracks, strict=True)], scene_b, pan_px
+            )
             driving_aug, driving_mask_aug = aug.frames, _colour_mask(aug.person, drv_slot, white_bg)
         else:
-            driving_aug, aug_person = self._skeleton(drv, jitter_rng=np.random.default_rng(self.sample_seed(split, index) + [2]))
+            driving_aug, aug_person = self._skeleton(
+                drv, jitter_rng=np.random.default_rng(self.sample_seed(split, index) + [2])
+            )
             driving_mask_aug = _colour_mask(aug_person, drv_slot, False)
 
         sample = SyntheticSample(
@@ -220,7 +233,9 @@ class SyntheticWorld:
             order = sorted(range(num), key=lambda j: rev_slot[j])  # B_j stands at position rev_slot[j]
             rev_ref = self._render_still([ident[drv_ids[j]] for j in order], scene_b, ref_pose_rng)
             sample.ref_driving = rev_ref.frames[0]
-            sample.ref_driving_mask = _colour_mask(rev_ref.person, _slots(rev_ref.person[0], rev_ref.joints), False)[0]
+            sample.ref_driving_mask = _colour_mask(
+                rev_ref.person, _slots(rev_ref.person[0], rev_ref.joints), False
+            )[0]
             sample.target_driving_mask = _colour_mask(tgt.person, rev_slot, white_bg)
         by_slot = sorted(range(num), key=lambda j: drv_slot[j])
         sample.gt = {
@@ -239,7 +254,11 @@ class SyntheticWorld:
             "driving_kind": kind,
             "driving_joints": _joint_lists([drv.joints[j] for j in by_slot]),
             "motion_params": [motions[j].to_dict() for j in by_slot],
-            "scene": {"ref": int(scene_ids[0]), "driving": int(scene_ids[1]), "pan_px_per_s": float(pan_speed)},
+            "scene": {
+                "ref": int(scene_ids[0]),
+                "driving": int(scene_ids[1]),
+                "pan_px_per_s": float(pan_speed),
+            },
             "palette": [DEFAULT_PALETTE_NAMES[k] for k in range(num)],
             "height": cfg.height,
             "width": cfg.width,
@@ -248,7 +267,9 @@ class SyntheticWorld:
         return sample
 
     # ----------------------------------------------------------------------------------- rendering
-    def _geometry(self, ident: Identity, track: dict, shift_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def _geometry(
+        self, ident: Identity, track: dict, shift_px: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """Continuous pixel coordinates (pixel i spans [i, i + 1)) [N, 14, 2], depth [N, 14], height."""
         height_px = ident.height_frac * self.hw[0]
         cam = rotate_facing(body_points(track, ident.lengths), track["facing"])
@@ -267,7 +288,9 @@ class SyntheticWorld:
             heights.append(height_px)
             for i in range(n):
                 # supersampled pixel-index coordinates; actor a is drawn in front of actors < a
-                parts = character_parts(ident, xy[i] * ss - 0.5, depth[i] + 10.0 * a, float(track["facing"][i]), height_px * ss, a)
+                parts = character_parts(
+                    ident, xy[i] * ss - 0.5, depth[i] + 10.0 * a, float(track["facing"][i]), height_px * ss, a
+                )
                 frames[i].extend(parts)
         rgb, alpha, person = rasterize(frames, self.hw, ss)
         background = scene.frames(self.hw[1], pan_px)
@@ -276,7 +299,11 @@ class SyntheticWorld:
     def _render_still(self, idents: list[Identity], scene: Scene, rng: np.random.Generator) -> _Render:
         """A standing rest pose (random arm angles, slight turn); person k at the k-th position from the left."""
         num = len(idents)
-        positions = [float(rng.uniform(0.35, 0.65))] if num == 1 else [0.28 + rng.uniform(-0.03, 0.03), 0.72 + rng.uniform(-0.03, 0.03)]
+        positions = (
+            [float(rng.uniform(0.35, 0.65))]
+            if num == 1
+            else [0.28 + rng.uniform(-0.03, 0.03), 0.72 + rng.uniform(-0.03, 0.03)]
+        )
         actors = []
         for ident, x in zip(idents, positions, strict=True):
             track = neutral_track(1)
@@ -289,7 +316,9 @@ class SyntheticWorld:
             actors.append((ident, track))
         return self._render(actors, scene, np.zeros(1))
 
-    def _skeleton(self, drv: _Render, jitter_rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    def _skeleton(
+        self, drv: _Render, jitter_rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Pose render of the driving joints: coloured limbs on black ([N, H, W, 3]) and its person map."""
         ss = self.config.supersample
         n = drv.frames.shape[0]
@@ -299,7 +328,11 @@ class SyntheticWorld:
             if jitter_rng is not None:
                 radius *= float(jitter_rng.uniform(0.6, 1.6))
             for i in range(n):
-                jitter = None if jitter_rng is None else jitter_rng.normal(0.0, 0.012 * height_px * ss, size=xy[i].shape)
+                jitter = (
+                    None
+                    if jitter_rng is None
+                    else jitter_rng.normal(0.0, 0.012 * height_px * ss, size=xy[i].shape)
+                )
                 frames[i].extend(skeleton_parts((xy[i] + 0.5) * ss - 0.5, a, radius, jitter))
         rgb, _, person = rasterize(frames, self.hw, ss)
         return np.clip(np.round(rgb), 0, 255).astype(np.uint8), person  # premultiplied over black
