@@ -1,76 +1,76 @@
-"""Sample a video with the denoiser (Hydra entry point: `python sample.py [overrides]`).
+"""Sample videos with the AnimationPipeline (Hydra entry point).
 
-Interim main job of the foundation: runs the configured denoiser (tiny, randomly initialised by default) on a
-generated conditioning input with a plain Euler flow-matching loop and writes the latents as a preview mp4
-(first three latent channels, normalised, upsampled 8x). The AnimationPipeline replaces this with real
-encoders, samplers and decoding.
+    python sample.py                                   # built-in default: one synthetic test example, tiny model
+    python sample.py inputs='[examples/001,examples/002]' pipeline.height=512 pipeline.width=896
+    python sample.py inputs='[data/synthetic/folders/test/*]' sampler=unipc pipeline.num_steps=40
+    python sample.py image=ref.jpg mask_image=ref_mask.jpg pose=rendered_v2.mp4 mask_video=replace_mask.mp4
+    python sample.py model=scail2_14b weights=/ckpt/SCAIL-2/model/1/fsdp2_rank_0000_checkpoint.pt \
+        'loras=[{path: lightx2v_distill.safetensors, strength: 1.0}]' pipeline.guide_scale=1 pipeline.num_steps=6
+
+Outputs go to the Hydra run directory: <name>.mp4 (driving fps), <name>_side_by_side.{mp4,png}, <name>.json
+(seed, timings, resolved config).
 """
 
 from __future__ import annotations
 
-import json
+import glob
 import logging
 from pathlib import Path
 
 import hydra
-import imageio.v3 as iio
-import numpy as np
-import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from scail_lab.types import DiTInputs
+from scail_lab.build import build_encoder, build_model, build_pipeline
+from scail_lab.pipeline import load_example
+from scail_lab.pipeline.outputs import write_result
 
 log = logging.getLogger("sample")
 
 
-def generated_inputs(model, frames: int, height: int, width: int, seed: int) -> DiTInputs:
-    """A deterministic conditioning input in latent space (a moving blob as the 'pose')."""
-    cfg = model.config
-    g = torch.Generator().manual_seed(seed)
-    t, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
-    pose = torch.zeros(1, cfg.latent_dim, t, h // 2, w // 2)
-    for k in range(t):
-        pose[:, :, k, :, k % (w // 2)] = 1.0
-    masks = {}
-    if model.mask_width:
-        masks = dict(
-            ref_mask=torch.ones(1, model.mask_width, 1, h, w),
-            driving_mask=torch.ones(1, model.mask_width, t, h // 2, w // 2),
-        )
-    return DiTInputs(
-        latents=torch.randn(1, cfg.latent_dim, t, h, w, generator=g),
-        timestep=torch.ones(1),
-        text_emb=torch.randn(1, min(8, cfg.text_len), cfg.text_dim, generator=g),
-        ref_latents=torch.randn(1, cfg.latent_dim, 1, h, w, generator=g),
-        pose_latents=pose,
-        clip_emb=torch.randn(1, 257, cfg.clip_dim, generator=g) if cfg.clip_dim else None,
-        **masks,
-    )
+def default_example(out_dir: Path, seed: int) -> Path:
+    """Write one synthetic test-split example folder (the built-in default input)."""
+    from scail_lab.data.synthetic.export import sample_files, write_folder
+    from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
+
+    world = SyntheticWorld(WorldConfig(seed=seed))
+    sample = world.sample("test", 0)
+    return write_folder(sample_files(sample, world.config.fps), out_dir / "input" / "synthetic_test_0")
+
+
+def input_folders(cfg: DictConfig) -> list[Path]:
+    folders: list[Path] = []
+    for pattern in cfg.inputs or []:
+        matches = sorted(glob.glob(str(pattern)))
+        if not matches:
+            raise FileNotFoundError(f"no example folder matches {pattern!r}")
+        folders += [Path(m) for m in matches if Path(m).is_dir()]
+    return folders
 
 
 @hydra.main(config_path="configs", config_name="sample", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model).eval()
-    inputs = generated_inputs(model, frames=17, height=64, width=64, seed=cfg.seed)
-    x = inputs.latents
-    sigmas = torch.linspace(1.0, 0.0, 9)
-    with torch.no_grad():
-        for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-            v = model(inputs.replace(latents=x, timestep=(s * 1000).expand(1)))
-            x = x + (s_next - s) * v
-    preview = x[0, :3].permute(1, 2, 3, 0)  # [T, h, w, 3]
-    preview = (preview - preview.amin()) / (preview.amax() - preview.amin() + 1e-6)
-    frames = F.interpolate(preview.permute(0, 3, 1, 2), scale_factor=8, mode="nearest").permute(0, 2, 3, 1)
-    out = Path(HydraConfig.get().runtime.output_dir) / "sample_preview.mp4"
-    iio.imwrite(out, (frames.numpy() * 255).astype(np.uint8), fps=8, codec="libx264")
-    (out.parent / "sample_config.json").write_text(
-        json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=2)
-    )
-    log.info("wrote %s", out)
+def main(cfg: DictConfig) -> list[dict]:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    explicit = cfg.image is not None
+    folders = input_folders(cfg)
+    examples = []
+    if explicit:  # explicit paths: everything is read and checked before any model is built
+        examples.append(load_example(image=cfg.image, mask_image=cfg.mask_image, pose=cfg.pose,
+                                     mask_video=cfg.mask_video, prompt=cfg.prompt, mode=cfg.mode))  # fmt: skip
+    if not explicit and not folders:
+        folders = [default_example(out_dir, cfg.seed)]
+    examples += [load_example(f, prompt=cfg.prompt, mode=cfg.mode) for f in folders]
+
+    model = build_model(cfg).eval()
+    encoder = build_encoder(cfg, model)
+    pipeline = build_pipeline(cfg, model, encoder)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    written = []
+    for i, example in enumerate(examples):
+        result = pipeline(example, seed=cfg.seed + i)
+        written.append(write_result(result, out_dir, config=resolved))
+        log.info("%s: %d frames in %.1fs -> %s", example.name, result.video.shape[1], result.seconds, written[-1]["video"])
+    return written
 
 
 if __name__ == "__main__":

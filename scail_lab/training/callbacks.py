@@ -1,0 +1,135 @@
+"""Callbacks: throughput, validation videos through the AnimationPipeline, final safetensors export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from safetensors.torch import save_file
+
+from scail_lab.data import media, schema
+from scail_lab.model.lora import export_lora
+from scail_lab.training.lora import adapter_tensors
+from scail_lab.training.module import tokens_per_sample
+
+log = logging.getLogger(__name__)
+
+
+class Throughput(L.Callback):
+    """Logs samples/s and tokens/s (video + reference + pose tokens) of the training steps."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is None:
+            return
+        seconds = max(time.perf_counter() - self._start, 1e-9)
+        latents = batch.get(schema.TARGET_LATENTS)
+        size = len(batch[schema.SAMPLE_KEY])
+        if latents is not None:
+            tokens = tokens_per_sample(latents) * size
+        else:
+            _, _, n, h, w = batch[schema.TARGET].shape
+            tokens = tokens_per_sample(torch.empty(0, 0, (n - 1) // 4 + 1, h // 8, w // 8)) * size
+        pl_module.log("perf/samples_per_s", size / seconds, batch_size=size)
+        pl_module.log("perf/tokens_per_s", tokens / seconds, batch_size=size)
+
+
+class ValidationVideos(L.Callback):
+    """Every `every_n_steps`, sample the validation examples with the inference pipeline, write mp4s, log them
+    (W&B video when a WandbLogger is attached) and compute weight-free metrics against the targets."""
+
+    def __init__(self, pipeline_factory, examples: Sequence[str], every_n_steps: int = 100, out_dir: str = "val_videos",
+                 seed: int = 0) -> None:  # fmt: skip
+        self.pipeline_factory = pipeline_factory
+        self.examples = list(examples)
+        self.every_n_steps = every_n_steps
+        self.out_dir = Path(out_dir)
+        self.seed = seed
+
+    def _run(self, trainer, pl_module) -> None:
+        from scail_lab.pipeline import load_example
+        from scail_lab.pipeline.outputs import write_result
+
+        was_training = pl_module.model.training
+        pl_module.model.eval()
+        pipeline = self.pipeline_factory(model=pl_module.model, encoder=pl_module.encoder)
+        step_dir = self.out_dir / f"step_{trainer.global_step:07d}"
+        for folder in self.examples:
+            example = load_example(folder)
+            result = pipeline(example, seed=self.seed)
+            paths = write_result(result, step_dir)
+            metrics = self._metrics(result, Path(folder))
+            for name, value in metrics.items():
+                pl_module.log(f"val_video/{name}", value, rank_zero_only=True)
+            self._log_video(trainer, example.name, paths["side_by_side"], trainer.global_step)
+        pl_module.model.train(was_training)
+
+    @staticmethod
+    def _metrics(result, folder: Path) -> dict[str, float]:
+        target_path = next((folder / n for n in schema.TARGET_FILES if (folder / n).is_file()), None)
+        if target_path is None:
+            return {}
+        try:
+            from scail_lab.metrics import compute_weight_free
+        except ImportError:
+            return {}
+        target = torch.from_numpy(media.decode_video(target_path)).permute(3, 0, 1, 2)  # [3, N, H, W]
+        n = min(target.shape[1], result.video.shape[1])
+        if target.shape[-2:] != result.video.shape[-2:]:
+            return {}
+        return compute_weight_free(result.video[:, :n], target[:, :n])
+
+    @staticmethod
+    def _log_video(trainer, name: str, path: str, step: int) -> None:
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                logger.experiment.log({f"val_video/{name}": wandb.Video(path, format="mp4"), "trainer/global_step": step})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.examples and step > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
+            self._run(trainer, pl_module)
+
+
+class ExportWeights(L.Callback):
+    """At the end of training write safetensors for sampling, with the resolved config beside them.
+
+    Full fine-tune: `denoiser.safetensors` (official key names). LoRA: `lora_peft.safetensors` (PEFT / diffusers
+    key style) and `lora_comfy.safetensors` (ComfyUI / lightx2v lora_down / lora_up / alpha style), adapters only.
+    """
+
+    def __init__(self, out_dir: str, config: dict | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.config = config or {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        model = pl_module.model
+        if pl_module.lora.enabled:
+            adapters = {k: (a.float().cpu(), b.float().cpu()) for k, (a, b) in adapter_tensors(model).items()}
+            for style in ("peft", "comfy"):
+                export_lora(adapters, pl_module.lora.alpha, self.out_dir / f"lora_{style}.safetensors", style)
+        else:
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            tmp = self.out_dir / "denoiser.safetensors.tmp"
+            save_file(state, str(tmp), metadata={"format": "pt"})
+            tmp.replace(self.out_dir / "denoiser.safetensors")
+        meta = {"config": self.config, "step": trainer.global_step, "model": model.describe()}
+        tmp = self.out_dir / "config.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        tmp.replace(self.out_dir / "config.json")
+        log.info("exported weights to %s", self.out_dir)

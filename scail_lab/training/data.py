@@ -1,0 +1,52 @@
+"""The LightningDataModule: the motion-pair loaders, aligned to the trainer's step for exact resume.
+
+Every epoch of the data pipeline is a pure function of (seed, epoch) (see scail_lab/data/loader.py), so a resumed
+run re-opens the interrupted epoch and skips the batches already trained on; its batches then match an
+uninterrupted run's. Skipped batches are still read and decoded (cheap for latent shards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+
+
+class StepAlignedLoader:
+    """Wraps an epoch loader; `position()` gives (epoch, batches already consumed in it) at each new iteration."""
+
+    def __init__(self, loader, position: Callable[[], tuple[int, int]]) -> None:
+        self.loader = loader
+        self.position = position
+
+    def __iter__(self):
+        epoch, skip = self.position()
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+        iterator = iter(self.loader)
+        for _ in range(skip):
+            if next(iterator, None) is None:
+                return
+        yield from iterator
+
+
+class MotionPairDataModule(L.LightningDataModule):
+    def __init__(self, train: Callable[[], Iterable] | Iterable, val: Callable[[], Iterable] | Iterable | None = None):
+        super().__init__()
+        self._train, self._val = train, val
+
+    def _position(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        skip = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return trainer.current_epoch, skip
+
+    def train_dataloader(self):
+        loader = self._train() if callable(self._train) else self._train
+        return StepAlignedLoader(loader, self._position)
+
+    def val_dataloader(self):
+        if self._val is None:
+            return []
+        return self._val() if callable(self._val) else self._val

@@ -1,0 +1,126 @@
+"""The Lightning shell: batch -> conditions -> objective -> log. Strategy, precision and checkpointing live in
+config (train.py) and strategies.py; the model is the same pure nn.Module the pipeline samples with.
+
+Randomness: the noise and sigma of step k come from a generator seeded by (seed, k, rank), so a killed and
+resumed run draws exactly what the uninterrupted run drew; the global RNG state is also saved (LoRA dropout).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from scail_lab.conditioning import ConditionEncoder
+from scail_lab.diffusion.objective import FlowMatchingObjective
+from scail_lab.model.dit import SCAILDiT
+from scail_lab.training.batches import conditions_from_batch
+from scail_lab.training.lora import LoraSettings, apply_lora
+from scail_lab.training.optim import OptimizerConfig, build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss is NaN or infinite; the run stops and the last good checkpoint stays."""
+
+
+class SCAILModule(L.LightningModule):
+    def __init__(
+        self,
+        model: SCAILDiT,
+        optimizer: OptimizerConfig,
+        objective: FlowMatchingObjective | None = None,
+        encoder: ConditionEncoder | None = None,
+        lora: LoraSettings | None = None,
+        seed: int = 0,
+        val_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    ) -> None:
+        super().__init__()
+        self.lora = lora or LoraSettings()
+        self.model = apply_lora(model, self.lora) if self.lora.enabled else model
+        self.optimizer_config = optimizer
+        self.objective = objective or FlowMatchingObjective()
+        self.encoder = encoder  # plain object: frozen encoders are not part of checkpoints
+        self.seed = int(seed)
+        if any(not 0.0 < s < 1.0 for s in val_sigmas):
+            raise ValueError(f"val_sigmas must lie in (0, 1), got {val_sigmas}")
+        self.val_sigmas = tuple(float(s) for s in val_sigmas)
+        self.strict_loading = not self.lora.enabled  # LoRA checkpoints hold only the adapters
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    def _generator(self, step: int, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.seed, step, self.global_rank, salt)) % (2**63))
+
+    def on_fit_start(self) -> None:
+        if self.encoder is not None:
+            self.encoder.to(self.device)
+
+    def _conditions(self, batch):
+        return conditions_from_batch(batch, self.encoder, self.device, self.model.mask_width > 0)
+
+    # --- steps -------------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        conditions, x0, num_history = self._conditions(batch)
+        out = self.objective(self.model, conditions, x0, num_history, generator=self._generator(self.global_step, 0))
+        if not torch.isfinite(out.loss):
+            raise NonFiniteLossError(
+                f"non-finite loss {out.loss.item()} at step {self.global_step} (batch keys {batch.get('key')}); "
+                "stopping; the last saved checkpoint is untouched"
+            )
+        b = x0.shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=b)
+        self.log("train/sigma_mean", out.sigma.mean(), batch_size=b)
+        self.log("train/kept_fraction", out.kept_fraction, batch_size=b)
+        return out.loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Held-out flow loss at fixed sigmas with fixed noise: comparable across runs and steps."""
+        conditions, x0, num_history = self._conditions(batch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
+        noise = torch.randn(x0.shape, generator=g).to(x0)
+        losses = []
+        for s in self.val_sigmas:
+            sigma = torch.full((x0.shape[0],), s, device=x0.device)
+            out = self.objective(self.model, conditions, x0, num_history, sigma=sigma, noise=noise)
+            self.log(f"val/loss_sigma_{s:.1f}", out.loss, batch_size=x0.shape[0])
+            losses.append(out.loss)
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=x0.shape[0])
+
+    # --- optimisation ------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters (check the LoRA targets or freezing options)")
+        optimizer, scheduler = build_optimizer(params, self.optimizer_config)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:  # DeepSpeed partitions gradients; there the engine reports its own norm
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", norm)
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora.enabled and "state_dict" in checkpoint:
+            trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        checkpoint["scail_lab"] = {"model": self.model.describe() if hasattr(self.model, "describe") else {},
+                                   "lora": vars(self.lora)}  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
+
+def tokens_per_sample(x0: Tensor) -> int:
+    """Video + reference + pose tokens of one sample for a 2x2 patch (throughput accounting)."""
+    _, _, t, h, w = x0.shape
+    return (t + 1) * h * w // 4 + t * h * w // 16 if h * w else 0
+
+
