@@ -20,7 +20,11 @@ def fill_deterministic(module: torch.nn.Module) -> None:
 
 def sine_video(frames: int = 9, h: int = 24, w: int = 32, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     c, f, y, x = torch.meshgrid(
-        torch.arange(3.0), torch.arange(float(frames)), torch.arange(float(h)), torch.arange(float(w)), indexing="ij"
+        torch.arange(3.0),
+        torch.arange(float(frames)),
+        torch.arange(float(h)),
+        torch.arange(float(w)),
+        indexing="ij",
     )
     return (0.9 * torch.sin(0.3 * y + 0.2 * x + 0.5 * f + c)).unsqueeze(0).to(dtype)  # [1, 3, N, H, W]
 
@@ -98,7 +102,9 @@ def test_matches_numbers_from_the_official_implementation() -> None:
         0.7451254092507761, 0.7417264601084511, 0.3075570525364704, 0.3113811056445822,
         0.3185167187390032, 0.14118545584520603, 0.13467238120555655, 0.1250571554576971,
     ]  # fmt: skip
-    torch.testing.assert_close(z[0, :4, :, 1, 2].flatten(), torch.tensor(z_slice, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        z[0, :4, :, 1, 2].flatten(), torch.tensor(z_slice, dtype=torch.float64), rtol=1e-9, atol=1e-12
+    )
     assert video.shape == (1, 3, 9, 24, 32)
     assert video.sum().item() == pytest.approx(729.7311184697069, rel=1e-9)
     assert video.abs().sum().item() == pytest.approx(18220.181850415636, rel=1e-9)
@@ -107,7 +113,9 @@ def test_matches_numbers_from_the_official_implementation() -> None:
         0.05863795774827737, 0.035415705640936095, -0.0017724540080595451, -0.046978736111768234,
         0.04819124770035949,
     ]  # fmt: skip
-    torch.testing.assert_close(video[0, 0].mean(dim=(1, 2)), torch.tensor(frame_means, dtype=torch.float64), rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(
+        video[0, 0].mean(dim=(1, 2)), torch.tensor(frame_means, dtype=torch.float64), rtol=1e-8, atol=1e-12
+    )
 
 
 # ------------------------------------------------------------------ shapes and streaming
@@ -225,7 +233,9 @@ def test_tiled_encode_decode_close_to_untiled(tiny: WanVAE) -> None:
     """Stated tolerance (random tiny weights, 32x48 frame, 24 px tiles with 8 px overlap): mean abs
     latent difference < 0.35 latent std, decoded pixels < 0.35 mean abs; exact when one tile covers all."""
     torch.manual_seed(4)
-    video = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 8, 12) * 2 - 1, size=(5, 32, 48), mode="trilinear")
+    video = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 5, 8, 12) * 2 - 1, size=(5, 32, 48), mode="trilinear"
+    )
     with torch.no_grad():
         z = tiny.encode(video)
         decoded = tiny.decode(z)

@@ -97,7 +97,9 @@ def read_video(path: Path, size: int, max_frames: int) -> np.ndarray:
             rgb = frame.to_ndarray(format="rgb24")
             h, w = rgb.shape[:2]
             scale = size / min(h, w)
-            rgb = cv2.resize(rgb, (max(size, round(w * scale)), max(size, round(h * scale))), interpolation=cv2.INTER_AREA)
+            rgb = cv2.resize(
+                rgb, (max(size, round(w * scale)), max(size, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
             top, left = (rgb.shape[0] - size) // 2, (rgb.shape[1] - size) // 2
             frames.append(rgb[top : top + size, left : left + size])
             if len(frames) >= max_frames:
@@ -128,7 +130,9 @@ def load_videos(paths: list[Path], size: int, num_frames: int, max_frames: int) 
     return videos
 
 
-def sample_clips(videos: list[np.ndarray], batch: int, num_frames: int, rng: np.random.Generator) -> torch.Tensor:
+def sample_clips(
+    videos: list[np.ndarray], batch: int, num_frames: int, rng: np.random.Generator
+) -> torch.Tensor:
     """Random windows of num_frames frames: float32 [batch, 3, num_frames, S, S] in [-1, 1]."""
     out = []
     for _ in range(batch):
@@ -196,7 +200,9 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
         videos = load_videos(paths[num_eval:], args.size, args.frames, args.max_frames)
         if num_eval:
             eval_videos = load_videos(paths[:num_eval], args.size, args.eval_frames, args.max_frames)
-            held_out_files = sample_clips(eval_videos, args.eval_clips, args.eval_frames, np.random.default_rng(1))
+            held_out_files = sample_clips(
+                eval_videos, args.eval_clips, args.eval_frames, np.random.default_rng(1)
+            )
         stats_clips = sample_clips(videos, 64, args.frames, rng)
     else:
         train_clips = moving_shapes(args.synthetic, args.frames, args.size, seed=args.seed)
@@ -220,7 +226,9 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
         opt.step()
         sched.step()
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{10 * math.log10(4 / max(mse.item(), 1e-12)):.2f}")
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}", psnr=f"{10 * math.log10(4 / max(mse.item(), 1e-12)):.2f}"
+            )
     train_seconds = time.time() - start
 
     model.set_latent_stats(*latent_stats(model, stats_clips))
@@ -229,19 +237,31 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
         metrics.update({f"heldout_files_{k}": v for k, v in evaluate(model, held_out_files).items()})
     metrics["train_seconds"] = train_seconds
     logger.info("metrics: %s", {k: round(v, 3) for k, v in metrics.items()})
-    extra = {"metrics": metrics, "train": {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items()}}
+    extra = {
+        "metrics": metrics,
+        "train": {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items()},
+    }
     path = model.save(args.out, extra=extra)
     grid_path = path.with_suffix(".recon.png")
     write_grid(model, held_out, grid_path)
-    logger.info("wrote %s, %s and %s (held-out originals / reconstructions)", path, path.with_suffix(".json"), grid_path)
+    logger.info(
+        "wrote %s, %s and %s (held-out originals / reconstructions)",
+        path,
+        path.with_suffix(".json"),
+        grid_path,
+    )
     return metrics
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="output .safetensors (the .json config goes next to it)")
     parser.add_argument("--videos", nargs="*", default=None, help="mp4 glob patterns or directories")
-    parser.add_argument("--synthetic", type=int, default=512, help="generated training clips when no --videos")
+    parser.add_argument(
+        "--synthetic", type=int, default=512, help="generated training clips when no --videos"
+    )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=9, help="training clip length, 4k+1")

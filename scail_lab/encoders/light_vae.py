@@ -85,7 +85,9 @@ class LightVAE(nn.Module):
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) != 3 or min(widths) <= 0 or z_dim <= 0:
-            raise ValueError(f"LightVAE needs 3 positive widths and z_dim > 0, got widths={widths}, z_dim={z_dim}")
+            raise ValueError(
+                f"LightVAE needs 3 positive widths and z_dim > 0, got widths={widths}, z_dim={z_dim}"
+            )
         self.latent_channels = int(z_dim)
         self.config: dict[str, Any] = {"widths": widths, "z_dim": int(z_dim)}
         w0, w1, w2 = widths
@@ -122,7 +124,9 @@ class LightVAE(nn.Module):
         """Checked pixels [B, 3, N, H, W] -> unnormalised latents [B, Z, T, h, w] (model dtype)."""
         b, c, n, h, w = video.shape
         t = (n - 1) // GROUP + 1
-        padded = torch.cat([video[:, :, :1].expand(-1, -1, GROUP - 1, -1, -1), video], dim=2)  # [B, 3, G*T, H, W]
+        padded = torch.cat(
+            [video[:, :, :1].expand(-1, -1, GROUP - 1, -1, -1), video], dim=2
+        )  # [B, 3, G*T, H, W]
         groups = padded.reshape(b, c, t, GROUP, h, w).transpose(1, 2)  # [B, T, 3, G, H, W]
         x = self.encoder(groups.reshape(b * t, c * GROUP, h, w))  # [(B T), w2, h, w]
         x = x.reshape(b, t, *x.shape[1:]).transpose(1, 2)  # [B, w2, T, h, w]
@@ -144,7 +148,9 @@ class LightVAE(nn.Module):
         """[B, 3, N, H, W] in [-1, 1], N = 4k + 1 -> normalised latents [B, Z, k + 1, H/8, W/8] (fp32)."""
         check_video(video, self.spatial_factor, self.temporal_factor)
         z = self.encode_raw(video.to(device=self.device, dtype=self.dtype)).float()
-        return (z - self.latents_mean.float().view(1, -1, 1, 1, 1)) / self.latents_std.float().view(1, -1, 1, 1, 1)
+        return (z - self.latents_mean.float().view(1, -1, 1, 1, 1)) / self.latents_std.float().view(
+            1, -1, 1, 1, 1
+        )
 
     def decode(self, latents: Tensor) -> Tensor:
         """Normalised latents [B, Z, T, h, w] -> pixels [B, 3, 4 (T - 1) + 1, 8h, 8w] in [-1, 1] (fp32)."""
@@ -169,7 +175,9 @@ class LightVAE(nn.Module):
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
         """Store per-channel latent statistics [Z] (measured on training data) used by encode/decode."""
         if mean.shape != (self.latent_channels,) or std.shape != (self.latent_channels,) or (std <= 0).any():
-            raise ValueError(f"latent stats must be [{self.latent_channels}] with std > 0, got {tuple(mean.shape)}, {tuple(std.shape)}")
+            raise ValueError(
+                f"latent stats must be [{self.latent_channels}] with std > 0, got {tuple(mean.shape)}, {tuple(std.shape)}"
+            )
         self.latents_mean.copy_(mean)
         self.latents_std.copy_(std)
 
@@ -206,16 +214,22 @@ class LightVAE(nn.Module):
         config_path = path.with_suffix(".json")
         state = read_state_dict(path)
         if not config_path.is_file():
-            raise FileNotFoundError(f"light VAE config {str(config_path)!r} (next to {str(path)!r}) does not exist")
+            raise FileNotFoundError(
+                f"light VAE config {str(config_path)!r} (next to {str(path)!r}) does not exist"
+            )
         try:
             meta = json.loads(config_path.read_text())
             config = dict(meta["config"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"light VAE config {str(config_path)!r} is unreadable or has no 'config' entry: {err}") from err
+            raise ValueError(
+                f"light VAE config {str(config_path)!r} is unreadable or has no 'config' entry: {err}"
+            ) from err
         try:
             model = cls(**config)
         except TypeError as err:
-            raise ValueError(f"light VAE config {str(config_path)!r} has bad entries {config}: {err}") from err
+            raise ValueError(
+                f"light VAE config {str(config_path)!r} has bad entries {config}: {err}"
+            ) from err
         load_checked(model, state, repr(str(path)))
         model = model.to(device=device, dtype=resolve_dtype(dtype))
         # the normalisation statistics stay fp32 whatever the weight dtype

@@ -90,7 +90,9 @@ class WanVAE(nn.Module):
     ) -> None:
         super().__init__()
         if dim <= 0 or z_dim <= 0 or num_res_blocks < 1:
-            raise ValueError(f"WanVAE needs dim, z_dim > 0 and num_res_blocks >= 1, got {dim}, {z_dim}, {num_res_blocks}")
+            raise ValueError(
+                f"WanVAE needs dim, z_dim > 0 and num_res_blocks >= 1, got {dim}, {z_dim}, {num_res_blocks}"
+            )
         if len(dim_mult) < 1 or len(temporal_downsample) != len(dim_mult) - 1:
             raise ValueError(
                 f"WanVAE temporal_downsample needs one flag per downsample (len(dim_mult) - 1 = {len(dim_mult) - 1}), "
@@ -108,8 +110,12 @@ class WanVAE(nn.Module):
             temporal_downsample=[bool(t) for t in temporal_downsample], dropout=dropout,
         )  # fmt: skip
         default_stats = z_dim == len(WAN21_LATENTS_MEAN)
-        self.latents_mean = self._stats(latents_mean, WAN21_LATENTS_MEAN if default_stats else (0.0,) * z_dim, "mean")
-        self.latents_std = self._stats(latents_std, WAN21_LATENTS_STD if default_stats else (1.0,) * z_dim, "std")
+        self.latents_mean = self._stats(
+            latents_mean, WAN21_LATENTS_MEAN if default_stats else (0.0,) * z_dim, "mean"
+        )
+        self.latents_std = self._stats(
+            latents_std, WAN21_LATENTS_STD if default_stats else (1.0,) * z_dim, "std"
+        )
         if min(self.latents_std) <= 0:
             raise ValueError(f"WanVAE latents_std must be positive, got {list(self.latents_std)}")
 
@@ -119,7 +125,9 @@ class WanVAE(nn.Module):
         self.conv2 = CausalConv3d(z_dim, z_dim, 1)
         self.decoder = Decoder3d(dim, z_dim, dim_mult, num_res_blocks, temporal_upsample, dropout)
 
-    def _stats(self, values: Sequence[float] | None, default: Sequence[float], name: str) -> tuple[float, ...]:
+    def _stats(
+        self, values: Sequence[float] | None, default: Sequence[float], name: str
+    ) -> tuple[float, ...]:
         values = tuple(float(v) for v in (default if values is None else values))
         if len(values) != self.latent_channels:
             raise ValueError(f"WanVAE latents_{name} needs {self.latent_channels} values, got {len(values)}")
@@ -253,7 +261,9 @@ def load_vae(
         tile = TileConfig(tile_size, tile_overlap) if tile_size is not None else None
         options = dict(chunked=chunked, tile=tile, **arch)
         if path is not None:
-            return WanVAE.from_checkpoint(path, dtype=dtype, device=device, frozen=frozen, **_checked(WanVAE, options))
+            return WanVAE.from_checkpoint(
+                path, dtype=dtype, device=device, frozen=frozen, **_checked(WanVAE, options)
+            )
         logger.warning("load_vae('wan21') without a checkpoint path: random weights")
         model = WanVAE(**_checked(WanVAE, options)).to(device=device, dtype=resolve_dtype(dtype))
         return freeze(model) if frozen else model
@@ -264,7 +274,9 @@ def load_vae(
             logger.warning("load_vae('light'): chunked/tile options have no effect on the light VAE")
         if path is not None:
             if arch:
-                raise ValueError(f"load_vae('light', path=...): the architecture comes from the checkpoint's json, got arch={arch}")
+                raise ValueError(
+                    f"load_vae('light', path=...): the architecture comes from the checkpoint's json, got arch={arch}"
+                )
             return LightVAE.from_checkpoint(path, dtype=dtype, device=device, frozen=frozen)
         logger.warning("load_vae('light') without a checkpoint path: random weights")
         model = LightVAE(**_checked(LightVAE, arch)).to(device=device, dtype=resolve_dtype(dtype))

@@ -80,7 +80,9 @@ def check_video(video: Tensor, spatial_factor: int = 8, temporal_factor: int = 4
             f"(shape {tuple(video.shape)}); permute [B, N, 3, H, W] inputs first"
         )
     if not video.is_floating_point():
-        raise ValueError(f"VAE encode expects float pixels in [-1, 1], got dtype {video.dtype} (map uint8 p -> p / 127.5 - 1)")
+        raise ValueError(
+            f"VAE encode expects float pixels in [-1, 1], got dtype {video.dtype} (map uint8 p -> p / 127.5 - 1)"
+        )
     num_latent_frames(video.shape[2], temporal_factor)
     h, w = video.shape[-2:]
     if h % spatial_factor or w % spatial_factor:
@@ -142,7 +144,9 @@ def _read_safetensors(path: Path) -> Mapping[str, Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"VAE checkpoint {str(path)!r} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+        raise ValueError(
+            f"VAE checkpoint {str(path)!r} is not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from err
 
 
 def _read_torch(path: Path) -> object:
@@ -151,13 +155,19 @@ def _read_torch(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as err:
         if "mmap" not in str(err):  # files in the legacy (non-zip) format cannot be memory-mapped
-            raise ValueError(f"VAE checkpoint {str(path)!r} could not be read by torch.load (truncated or corrupt?): {err}") from err
+            raise ValueError(
+                f"VAE checkpoint {str(path)!r} could not be read by torch.load (truncated or corrupt?): {err}"
+            ) from err
     except errors as err:
-        raise ValueError(f"VAE checkpoint {str(path)!r} could not be read by torch.load (truncated or corrupt?): {err}") from err
+        raise ValueError(
+            f"VAE checkpoint {str(path)!r} could not be read by torch.load (truncated or corrupt?): {err}"
+        ) from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except errors as err:
-        raise ValueError(f"VAE checkpoint {str(path)!r} could not be read by torch.load (truncated or corrupt?): {err}") from err
+        raise ValueError(
+            f"VAE checkpoint {str(path)!r} could not be read by torch.load (truncated or corrupt?): {err}"
+        ) from err
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str, hint: str = "") -> None:
@@ -179,7 +189,9 @@ def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str
         problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches, e.g. {mismatched[:3]}")
-    raise ValueError(f"state dict from {source} does not match {type(module).__name__}: " + "; ".join(problems) + hint)
+    raise ValueError(
+        f"state dict from {source} does not match {type(module).__name__}: " + "; ".join(problems) + hint
+    )
 
 
 def load_checked(module: nn.Module, state: Mapping[str, Tensor], source: str, hint: str = "") -> nn.Module:

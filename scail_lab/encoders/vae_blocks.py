@@ -178,7 +178,9 @@ class Downsample(nn.Module):
         else:
             parts = [x[:, :, :1]]  # frame 0 alone becomes output frame 0
             seq = x
-        assert seq.shape[2] % 2 == 1, f"temporal downsample needs an odd window count, got {seq.shape[2]} frames"
+        assert seq.shape[2] % 2 == 1, (
+            f"temporal downsample needs an odd window count, got {seq.shape[2]} frames"
+        )
         if seq.shape[2] >= 3:
             parts.append(self.time_conv(seq))  # [B, C, (len - 1) / 2, h, w]
         if state is not None:
@@ -251,7 +253,9 @@ class Encoder3d(nn.Module):
                 stages.append(Downsample(width, temporal=bool(temporal_downsample[level])))
         self.downsamples = nn.Sequential(*stages)
         top = dims[-1]
-        self.middle = nn.Sequential(ResidualBlock(top, top, dropout), AttentionBlock(top), ResidualBlock(top, top, dropout))
+        self.middle = nn.Sequential(
+            ResidualBlock(top, top, dropout), AttentionBlock(top), ResidualBlock(top, top, dropout)
+        )
         self.head = nn.Sequential(RMSNorm(top), nn.SiLU(), CausalConv3d(top, out_dim, 3, padding=1))
 
     def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
@@ -277,7 +281,9 @@ class Decoder3d(nn.Module):
         dims = [dim * m for m in (dim_mult[-1], *reversed(dim_mult))]
         self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
         self.middle = nn.Sequential(
-            ResidualBlock(dims[0], dims[0], dropout), AttentionBlock(dims[0]), ResidualBlock(dims[0], dims[0], dropout)
+            ResidualBlock(dims[0], dims[0], dropout),
+            AttentionBlock(dims[0]),
+            ResidualBlock(dims[0], dims[0], dropout),
         )
         stages: list[nn.Module] = []
         for level, (in_dim, width) in enumerate(zip(dims[:-1], dims[1:], strict=True)):

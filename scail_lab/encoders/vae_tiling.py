@@ -36,7 +36,9 @@ class TileConfig:
 
     def validate(self, spatial_factor: int) -> None:
         if self.size <= 0 or self.size % spatial_factor:
-            raise ValueError(f"tile size must be a positive multiple of {spatial_factor} pixels, got {self.size}")
+            raise ValueError(
+                f"tile size must be a positive multiple of {spatial_factor} pixels, got {self.size}"
+            )
         if self.overlap < 0 or self.overlap % spatial_factor or self.overlap >= self.size:
             raise ValueError(
                 f"tile overlap must be a multiple of {spatial_factor} pixels in [0, {self.size}), got {self.overlap}"
