@@ -1,0 +1,238 @@
+"""A light causal video autoencoder for CPU work, with the Wan VAE's latent interface.
+
+Same contract as the Wan 2.1 VAE: video [B, 3, N, H, W] in [-1, 1], N = 4k + 1, H, W multiples of 8
+-> normalised latents [B, 16, k + 1, H/8, W/8]; latent 0 depends only on pixel frame 0 and latent t only
+on pixel frames <= 4t. It trains on 64x64 clips in minutes on two CPU cores (tools/fit_light_vae.py).
+
+How: frame 0 is repeated 4x in front so the video splits into groups of 4 frames; each group is packed
+into 12 channels and run through a small 2-D conv net (pixel-unshuffle 2x, two stride-2 convs). One causal
+temporal conv at the 8x-downsampled level (kernel 3, zero/earlier frames only) lets latent t use earlier
+groups. The decoder mirrors it and drops the 3 padding frames. Latents are normalised with per-channel
+mean/std buffers that the fit tool measures on its training data (defaults 0 / 1).
+
+Shape legend: B batch, N pixel frames, T = (N - 1) / 4 + 1 groups = latent frames, G = 4 frames per group,
+H, W pixels, h = H/8, w = W/8, Z latent channels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from scail_lab.encoders.vae_base import (
+    check_latents,
+    check_video,
+    freeze,
+    load_checked,
+    read_state_dict,
+    resolve_dtype,
+)
+from scail_lab.encoders.vae_blocks import CausalConv3d, RMSNorm, per_frame
+
+logger = logging.getLogger(__name__)
+
+GROUP = 4  # pixel frames per latent frame
+
+
+class ResBlock2d(nn.Module):
+    """norm-SiLU-conv3x3 twice with an identity skip, on [N, C, H, W]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            RMSNorm(dim, images=True), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1),
+            RMSNorm(dim, images=True), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class TemporalMix(nn.Module):
+    """Residual causal time conv (kernel 3) on [B, C, T, h, w]: frame t sees frames t-2..t only."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.conv = CausalConv3d(dim, dim, (3, 1, 1), padding=(1, 0, 0))
+        nn.init.zeros_(self.conv.weight)  # starts as identity: groups are first learned independently
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(F.silu(self.norm(x)))
+
+
+class LightVAE(nn.Module):
+    """Small causal video autoencoder: 4x8x8 compression, `z_dim` channels.
+
+    Args:
+        widths: channels at 1/2, 1/4 and 1/8 resolution.
+        z_dim: latent channels (16, like the Wan VAE).
+    """
+
+    spatial_factor = 8
+    temporal_factor = GROUP
+
+    def __init__(self, *, widths: Sequence[int] = (32, 64, 96), z_dim: int = 16) -> None:
+        super().__init__()
+        widths = [int(w) for w in widths]
+        if len(widths) != 3 or min(widths) <= 0 or z_dim <= 0:
+            raise ValueError(
+                f"LightVAE needs 3 positive widths and z_dim > 0, got widths={widths}, z_dim={z_dim}"
+            )
+        self.latent_channels = int(z_dim)
+        self.config: dict[str, Any] = {"widths": widths, "z_dim": int(z_dim)}
+        w0, w1, w2 = widths
+        packed = 3 * GROUP * 4  # 3 colours x 4 frames x (2x2 pixel unshuffle)
+        self.encoder = nn.Sequential(
+            nn.PixelUnshuffle(2), nn.Conv2d(packed, w0, 3, padding=1), ResBlock2d(w0),
+            nn.Conv2d(w0, w1, 3, stride=2, padding=1), ResBlock2d(w1),
+            nn.Conv2d(w1, w2, 3, stride=2, padding=1), ResBlock2d(w2),
+        )  # fmt: skip
+        self.encoder_mix = TemporalMix(w2)
+        self.encoder_out = nn.Sequential(RMSNorm(w2, images=True), nn.SiLU(), nn.Conv2d(w2, z_dim, 1))
+        self.decoder_in = nn.Conv2d(z_dim, w2, 3, padding=1)
+        self.decoder_mix = TemporalMix(w2)
+        self.decoder = nn.Sequential(
+            ResBlock2d(w2),
+            nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(w2, w1, 3, padding=1), ResBlock2d(w1),
+            nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(w1, w0, 3, padding=1), ResBlock2d(w0),
+            RMSNorm(w0, images=True), nn.SiLU(), nn.Conv2d(w0, packed, 3, padding=1), nn.PixelShuffle(2),
+        )  # fmt: skip
+        self.register_buffer("latents_mean", torch.zeros(z_dim))
+        self.register_buffer("latents_std", torch.ones(z_dim))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder_in.weight.device
+
+    # ------------------------------------------------------------------ raw (unnormalised) maps
+
+    def encode_raw(self, video: Tensor) -> Tensor:
+        """Checked pixels [B, 3, N, H, W] -> unnormalised latents [B, Z, T, h, w] (model dtype)."""
+        b, c, n, h, w = video.shape
+        t = (n - 1) // GROUP + 1
+        padded = torch.cat(
+            [video[:, :, :1].expand(-1, -1, GROUP - 1, -1, -1), video], dim=2
+        )  # [B, 3, G*T, H, W]
+        groups = padded.reshape(b, c, t, GROUP, h, w).transpose(1, 2)  # [B, T, 3, G, H, W]
+        x = self.encoder(groups.reshape(b * t, c * GROUP, h, w))  # [(B T), w2, h, w]
+        x = x.reshape(b, t, *x.shape[1:]).transpose(1, 2)  # [B, w2, T, h, w]
+        x = self.encoder_mix(x)
+        return per_frame(self.encoder_out, x)  # [B, Z, T, h, w]
+
+    def decode_raw(self, z: Tensor) -> Tensor:
+        """Unnormalised latents [B, Z, T, h, w] -> unclamped pixels [B, 3, 4 (T - 1) + 1, 8h, 8w]."""
+        x = self.decoder_mix(per_frame(self.decoder_in, z))  # [B, w2, T, h, w]
+        b, _, t = x.shape[:3]
+        frames = per_frame(self.decoder, x)  # [B, 3 G, T, H, W]
+        h, w = frames.shape[-2:]
+        frames = frames.reshape(b, 3, GROUP, t, h, w).transpose(2, 3)  # [B, 3, T, G, H, W]
+        return frames.reshape(b, 3, t * GROUP, h, w)[:, :, GROUP - 1 :]  # drop frame 0's 3 padding copies
+
+    # ------------------------------------------------------------------ protocol
+
+    def encode(self, video: Tensor) -> Tensor:
+        """[B, 3, N, H, W] in [-1, 1], N = 4k + 1 -> normalised latents [B, Z, k + 1, H/8, W/8] (fp32)."""
+        check_video(video, self.spatial_factor, self.temporal_factor)
+        z = self.encode_raw(video.to(device=self.device, dtype=self.dtype)).float()
+        return (z - self.latents_mean.float().view(1, -1, 1, 1, 1)) / self.latents_std.float().view(
+            1, -1, 1, 1, 1
+        )
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Normalised latents [B, Z, T, h, w] -> pixels [B, 3, 4 (T - 1) + 1, 8h, 8w] in [-1, 1] (fp32)."""
+        check_latents(latents, self.latent_channels)
+        mean = self.latents_mean.float().view(1, -1, 1, 1, 1)
+        std = self.latents_std.float().view(1, -1, 1, 1, 1)
+        z = latents.to(self.device).float() * std + mean
+        return self.decode_raw(z.to(self.dtype)).float().clamp_(-1.0, 1.0)
+
+    def forward(self, video: Tensor) -> Tensor:
+        """Unclamped reconstruction [B, 3, N, H, W] (for training)."""
+        return self.decode_raw(self.encode_raw(video))
+
+    def reconstruction_loss(self, video: Tensor, latent_l2: float = 1e-4) -> tuple[Tensor, Tensor]:
+        """(loss, mse) on a checked batch [B, 3, N, H, W]: pixel MSE + latent_l2 * mean(z^2) (keeps z bounded)."""
+        check_video(video, self.spatial_factor, self.temporal_factor)
+        z = self.encode_raw(video)
+        mse = F.mse_loss(self.decode_raw(z).float(), video.float())
+        return mse + latent_l2 * z.float().pow(2).mean(), mse.detach()
+
+    @torch.no_grad()
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Store per-channel latent statistics [Z] (measured on training data) used by encode/decode."""
+        if mean.shape != (self.latent_channels,) or std.shape != (self.latent_channels,) or (std <= 0).any():
+            raise ValueError(
+                f"latent stats must be [{self.latent_channels}] with std > 0, got {tuple(mean.shape)}, {tuple(std.shape)}"
+            )
+        self.latents_mean.copy_(mean)
+        self.latents_std.copy_(std)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write `path` (.safetensors) and its config `path.with_suffix('.json')`, each atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ValueError(f"light VAE checkpoints are .safetensors files, got {str(path)!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
+        config_path = path.with_suffix(".json")
+        tmp_json = config_path.with_name(config_path.name + ".tmp")
+        tmp_json.write_text(json.dumps({"kind": "light", "config": self.config, **(extra or {})}, indent=2))
+        tmp.replace(path)
+        tmp_json.replace(config_path)
+        return path
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device = "cpu",
+        frozen: bool = True,
+    ) -> LightVAE:
+        """Load a checkpoint written by `save` (needs the .json config next to the .safetensors)."""
+        path = Path(path)
+        config_path = path.with_suffix(".json")
+        state = read_state_dict(path)
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"light VAE config {str(config_path)!r} (next to {str(path)!r}) does not exist"
+            )
+        try:
+            meta = json.loads(config_path.read_text())
+            config = dict(meta["config"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"light VAE config {str(config_path)!r} is unreadable or has no 'config' entry: {err}"
+            ) from err
+        try:
+            model = cls(**config)
+        except TypeError as err:
+            raise ValueError(
+                f"light VAE config {str(config_path)!r} has bad entries {config}: {err}"
+            ) from err
+        load_checked(model, state, repr(str(path)))
+        model = model.to(device=device, dtype=resolve_dtype(dtype))
+        # the normalisation statistics stay fp32 whatever the weight dtype
+        model.latents_mean.data = model.latents_mean.data.float()
+        model.latents_std.data = model.latents_std.data.float()
+        return freeze(model) if frozen else model

@@ -1,0 +1,130 @@
+"""Light CPU VAE: latent interface, causality, training makes progress, checkpoint files, fit tool."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from scail_lab.encoders import VideoAutoencoder, load_vae
+from scail_lab.encoders.light_vae import LightVAE
+from tools.fit_light_vae import main as fit_main
+from tools.fit_light_vae import moving_shapes
+
+
+@pytest.fixture(scope="module")
+def light() -> LightVAE:
+    torch.manual_seed(0)
+    model = LightVAE(widths=(8, 16, 16)).eval()
+    with torch.no_grad():  # the temporal mixers start at zero; make them matter for the causality tests
+        model.encoder_mix.conv.weight.normal_(0, 0.3)
+        model.decoder_mix.conv.weight.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("frames, latent_frames", [(1, 1), (5, 2), (9, 3)])
+def test_shapes(light: LightVAE, frames: int, latent_frames: int) -> None:
+    assert isinstance(light, VideoAutoencoder)
+    assert (light.latent_channels, light.spatial_factor, light.temporal_factor) == (16, 8, 4)
+    with torch.no_grad():
+        z = light.encode(torch.rand(2, 3, frames, 16, 24) * 2 - 1)
+        assert z.shape == (2, 16, latent_frames, 2, 3) and z.dtype == torch.float32
+        video = light.decode(z)
+    assert video.shape == (2, 3, frames, 16, 24) and video.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("frame", [0, 1, 4, 5, 8])
+def test_encoder_is_causal(light: LightVAE, frame: int) -> None:
+    video = torch.rand(1, 3, 9, 16, 16, generator=torch.Generator().manual_seed(frame)) * 2 - 1
+    changed = video.clone()
+    changed[:, :, frame] = -changed[:, :, frame]
+    with torch.no_grad():
+        z, z_changed = light.encode(video), light.encode(changed)
+    group = 0 if frame == 0 else (frame - 1) // 4 + 1
+    assert torch.equal(z[:, :, :group], z_changed[:, :, :group])
+    assert (z[:, :, group:] - z_changed[:, :, group:]).abs().amax(dim=(0, 1, 3, 4)).min() > 1e-4  # later ones see it
+
+
+def test_decoder_is_causal(light: LightVAE) -> None:
+    z = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    changed = z.clone()
+    changed[:, :, 1] += 1.0
+    with torch.no_grad():
+        video, video_changed = light.decode(z), light.decode(changed)
+    assert torch.equal(video[:, :, :1], video_changed[:, :, :1])
+    assert (video[:, :, 1:5] - video_changed[:, :, 1:5]).abs().max() > 1e-3
+
+
+def test_a_few_training_steps_reduce_reconstruction_loss() -> None:
+    torch.manual_seed(0)
+    model = LightVAE(widths=(8, 8, 16))
+    clips = moving_shapes(2, 5, 32, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(15):
+        loss, mse = model.reconstruction_loss(clips)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(mse.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_latent_statistics_normalise_and_invert(tmp_path: Path, light: LightVAE) -> None:
+    model = LightVAE(widths=(8, 16, 16)).eval()
+    model.load_state_dict(light.state_dict())
+    mean, std = torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16)
+    model.set_latent_stats(mean, std)
+    video = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        raw = model.encode_raw(video)
+        z = model.encode(video)
+        torch.testing.assert_close(z, (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1))
+        torch.testing.assert_close(model.decode(z), model.decode_raw(raw).clamp(-1, 1))
+    path = model.save(tmp_path / "light.safetensors", extra={"metrics": {"psnr": 1.0}})
+    assert json.loads(path.with_suffix(".json").read_text())["config"] == {"widths": [8, 16, 16], "z_dim": 16}
+    loaded = load_vae("light", path)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(video), z)
+    with pytest.raises(ValueError, match="latent stats"):
+        model.set_latent_stats(mean, -std)
+
+
+def test_light_checkpoint_errors(tmp_path: Path, light: LightVAE) -> None:
+    path = light.save(tmp_path / "light.safetensors")
+    path.with_suffix(".json").unlink()
+    with pytest.raises(FileNotFoundError, match="light.json"):
+        load_vae("light", path)
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ValueError, match="light.json.*unreadable"):
+        load_vae("light", path)
+    path.with_suffix(".json").write_text(json.dumps({"config": {"widths": [8, 16, 32], "z_dim": 16}}))
+    with pytest.raises(ValueError, match="shape mismatches"):
+        load_vae("light", path)
+    with pytest.raises(ValueError, match="architecture comes from the checkpoint"):
+        load_vae("light", path, arch={"widths": [8, 8, 8]})
+    with pytest.raises(ValueError, match=".safetensors"):
+        light.save(tmp_path / "light.pt")
+
+
+def test_fit_tool_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "fit" / "light_vae.safetensors"
+    metrics = fit_main(
+        ["--out", str(out), "--steps", "3", "--synthetic", "4", "--batch", "2", "--frames", "5", "--size", "16"]
+        + ["--widths", "8", "8", "8", "--eval-clips", "2", "--eval-frames", "5"]
+    )
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "light_vae.json",
+        "light_vae.recon.png",
+        "light_vae.safetensors",
+    ]
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["metrics"]["heldout_synthetic_psnr"] == pytest.approx(metrics["heldout_synthetic_psnr"])
+    assert 0 < metrics["heldout_synthetic_psnr"] < 60
+    model = load_vae("light", out)
+    assert float(model.latents_std.min()) > 0 and not torch.equal(model.latents_std, torch.ones(16))
+    with pytest.raises(ValueError, match="no video files match"):
+        fit_main(["--out", str(out), "--videos", str(tmp_path / "none_*.mp4"), "--steps", "1"])
