@@ -48,12 +48,12 @@ class ImageEncoder(Protocol):
 
 
 class LayerNorm32(nn.LayerNorm):
-    """LayerNorm computed in fp32 and cast back (the official CLIP does this for fp16 weights)."""
+    """LayerNorm computed in at least fp32 and cast back (the official CLIP does this for fp16 weights)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(
-            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
-        ).type_as(x)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        weight, bias = self.weight.to(dtype), self.bias.to(dtype)
+        return F.layer_norm(x.to(dtype), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
 class SelfAttention(nn.Module):
@@ -181,13 +181,18 @@ class CLIPImageEncoder(nn.Module):
         cls,
         *,
         checkpoint_path: str | Path,
-        dtype: torch.dtype | str = torch.float16,
+        dtype: torch.dtype | str | None = None,
         device: torch.device | str = "cpu",
         offload: bool = False,
         num_blocks: int | None = None,
         **vit_kwargs,
     ) -> CLIPImageEncoder:
-        """Load the official CLIP `.pth` strictly (its `visual.*` keys); vit_kwargs override the ViT-H/14 sizes."""
+        """Load the official CLIP `.pth` strictly (its `visual.*` keys); vit_kwargs override the ViT-H/14 sizes.
+
+        dtype None: float16 on CUDA (as Wan runs it), float32 elsewhere (Wan forces fp32 on CPU too).
+        """
+        if dtype is None:
+            dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
         state = load_torch_file(checkpoint_path)
         if not isinstance(state, Mapping):
             raise ValueError(f"{checkpoint_path}: expected a state dict, got {type(state).__name__}")
