@@ -60,7 +60,9 @@ class DiTInputs:
         """Move tensors; `dtype` applies to floating tensors except the timestep (kept as is)."""
         changes = {}
         for name, value in self.tensors().items():
-            target_dtype = dtype if (dtype is not None and value.is_floating_point() and name != "timestep") else None
+            target_dtype = (
+                dtype if (dtype is not None and value.is_floating_point() and name != "timestep") else None
+            )
             changes[name] = value.to(device=device, dtype=target_dtype)
         return self.replace(**changes)
 
@@ -83,7 +85,9 @@ class DiTInputs:
             values = [getattr(item, field.name) for item in items]
             present = [v is not None for v in values]
             if any(present) and not all(present):
-                raise ValueError(f"DiTInputs.cat: field {field.name!r} is set on some items and missing on others")
+                raise ValueError(
+                    f"DiTInputs.cat: field {field.name!r} is set on some items and missing on others"
+                )
             if all(present):
                 changes[field.name] = torch.cat(values, dim=0)
         modes = tuple(m for item in items for m in item.modes())
@@ -166,7 +170,9 @@ class MotionMode:
         for seg in SEGMENT_NAMES:
             value = tuple(int(v) for v in getattr(self, seg))
             if len(value) != 3 or min(value) < 0:
-                raise ValueError(f"motion mode {self.name!r}: {seg} offset must be 3 non-negative ints, got {value}")
+                raise ValueError(
+                    f"motion mode {self.name!r}: {seg} offset must be 3 non-negative ints, got {value}"
+                )
             object.__setattr__(self, seg, value)
 
     def offset(self, segment: str) -> tuple[int, int, int]:

@@ -158,13 +158,17 @@ class MaskScheme:
     @staticmethod
     def _check_pixels(mask: Tensor) -> Tensor:
         if mask.dim() != 5 or mask.shape[1] not in (1, 3):
-            raise ValueError(f"mask pixels must be [B, 3, N, H, W] (or [B, 1, ...]), got shape {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask pixels must be [B, 3, N, H, W] (or [B, 1, ...]), got shape {tuple(mask.shape)}"
+            )
         if mask.shape[1] == 1:
             mask = mask.expand(-1, 3, -1, -1, -1)
         return mask
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(width={self.width}, threshold={self.threshold}, pooling={self.pooling!r})"
+        return (
+            f"{type(self).__name__}(width={self.width}, threshold={self.threshold}, pooling={self.pooling!r})"
+        )
 
 
 class ColourMaskScheme(MaskScheme):
