@@ -27,6 +27,10 @@ CLIP_NAMES = (
     "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
 )
 SAT_NAMES = ("fsdp2_rank_0000_checkpoint.pt", "mp_rank_00_model_states.pt")
+DENOISER_EXPECTED = (
+    "a Wan-layout *.safetensors or *.safetensors.index.json in the folder, its model/ or a subfolder with "
+    f"config.json, or model/<iteration>/{{{', '.join(SAT_NAMES)}}}"
+)
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "clip", "denoiser")
 
 
@@ -104,10 +108,7 @@ def find_denoiser(root: str | Path) -> Path:
     sat = _sat_checkpoint(root / "model")
     if sat is not None:
         return sat
-    raise FileNotFoundError(
-        f"{root}: no denoiser checkpoint; expected a Wan-layout *.safetensors (or *.safetensors.index.json) in "
-        f"{root} or {root / 'model'}, or model/<iteration>/{{{', '.join(SAT_NAMES)}}}"
-    )
+    raise FileNotFoundError(f"{root}: no denoiser checkpoint; expected {DENOISER_EXPECTED}")
 
 
 def resolve_checkpoint_dir(
@@ -152,9 +153,12 @@ def resolve_checkpoint_dir(
     else:
         try:
             found["denoiser"] = find_denoiser(root)
-        except (FileNotFoundError, ValueError) as error:
+        except FileNotFoundError:
             found["denoiser"] = None
-            denoiser_error = str(error)
+            denoiser_error = DENOISER_EXPECTED
+        except ValueError as error:  # several candidates
+            found["denoiser"] = None
+            denoiser_error = f"one checkpoint, but {error}"
     expected["denoiser"] = denoiser_error
     missing = [f"  {name}: expected {expected[name]}" for name in require if found[name] is None]
     if missing:
