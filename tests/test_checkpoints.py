@@ -257,12 +257,43 @@ def test_foreign_pickle_objects_need_trust(tmp_path):
     torch.save({"optimizer": {"lr": torch.ones(1)}}, path)
     with pytest.raises(ValueError, match="no 'module' entry"):
         load_denoiser_state_dict(path)
+    sat_ok = dict(sat)
     sat["model.diffusion_model.transformer.layers.0.attention.rotary.weight"] = torch.ones(1)
     torch.save({"module": sat}, path)
     with pytest.raises(
         ValueError, match="unknown SAT key 'model.diffusion_model.transformer.layers.0.attention.rot"
     ):
         load_denoiser_state_dict(path)
+    engine = {**sat_ok, "first_stage_model.encoder.conv_in.weight": torch.ones(1)}  # whole SAT engine
+    torch.save({"module": engine}, path)
+    assert (
+        load_denoiser_state_dict(path, expected_shapes=TINY.key_shapes()).keys() == TINY.key_shapes().keys()
+    )
     torch.save({"module": {"model.diffusion_model.foo.weight": torch.ones(1)}}, path)
     with pytest.raises(ValueError, match="unrecognised key layout"):
         load_denoiser_state_dict(path)
+
+
+def test_cli_converts_an_official_folder_and_verifies(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    from scail_lab.checkpoints.convert import verify_conversion
+
+    wan = random_wan_state_dict(TINY, seed=10)
+    write_denoiser_checkpoint(tmp_path / "SCAIL-2", wan, "scail2_fsdp2")
+    tool = [sys.executable, "tools/convert_checkpoint.py", str(tmp_path / "SCAIL-2"), str(tmp_path / "out")]
+    done = subprocess.run(
+        [*tool, "--num-heads", "2", "--verify"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "verified 91 tensors bit for bit" in done.stderr
+    again = subprocess.run([*tool, "--num-heads", "2"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "is not empty" in again.stderr
+    tampered = load_file(str(tmp_path / "out" / "model.safetensors"))
+    tampered["blocks.0.norm3.bias"][3] += 1
+    save_file(tampered, str(tmp_path / "out" / "model.safetensors"))
+    with pytest.raises(ValueError, match="'blocks.0.norm3.bias' differs"):
+        verify_conversion(tmp_path / "SCAIL-2", tmp_path / "out")

@@ -14,6 +14,7 @@ from scail_lab.checkpoints import (
     load_denoiser_state_dict,
 )
 from scail_lab.checkpoints.synthetic import FORMATS, write_denoiser_checkpoint
+from scail_lab.model.dit import DiTConfig
 from tests.conftest import CONFIGS, make_inputs, randomize_
 
 
@@ -50,6 +51,7 @@ def test_every_layout_loads_strictly_and_reproduces_outputs(tmp_path, fmt):
     state = source.state_dict()
     assert {k: tuple(v.shape) for k, v in state.items()} == config.key_shapes()  # model = official table
     assert infer_denoiser_config(config.key_shapes(), num_heads=4, text_len=16) == config
+    assert DiTConfig(**config.dit_config_kwargs()) == source.config
     path = write_denoiser_checkpoint(tmp_path, state, fmt)
 
     target = tiny_model("scail1" if preview else "scail2", "none" if preview else "color28", seed=2)

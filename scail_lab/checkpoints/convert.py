@@ -154,3 +154,27 @@ def convert_checkpoint(
             raise
     logger.info("wrote %s (%d file(s), %d tensors, %s)", out_dir, len(names), len(expected), dtype)
     return config
+
+
+def verify_conversion(
+    src: str | Path, out_dir: str | Path, *, dtype: str = "bf16", trust_pickle: bool = False
+) -> int:
+    """Re-read both checkpoints tensor by tensor and check the output equals the (cast) source bit for bit.
+
+    Returns the number of tensors compared; raises ValueError naming the first key that differs.
+    """
+    target = DTYPES[dtype]
+    with (
+        open_denoiser_checkpoint(src, trust_pickle=trust_pickle) as source,
+        open_denoiser_checkpoint(out_dir) as converted,
+    ):
+        if sorted(source.keys()) != sorted(converted.keys()):
+            raise ValueError(f"{out_dir}: key set differs from {src}")
+        for key in source.keys():
+            expected = source.get(key)
+            if target is not None and expected.is_floating_point():
+                expected = expected.to(target)
+            got = converted.get(key)
+            if got.dtype != expected.dtype or not torch.equal(got, expected):
+                raise ValueError(f"{out_dir}: tensor {key!r} differs from the source")
+        return len(source.keys())

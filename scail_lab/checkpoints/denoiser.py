@@ -59,7 +59,15 @@ class DenoiserSource:
         if not raw_keys:
             raise ValueError(f"{path}: checkpoint holds no tensors")
         self._plan: dict[str, SatPart]
-        if all(k.startswith(SAT_PREFIX) for k in raw_keys):
+        prefixed = [k for k in raw_keys if k.startswith(SAT_PREFIX)]
+        if prefixed:
+            if len(prefixed) < len(
+                raw_keys
+            ):  # a whole diffusion engine: VAE / conditioner weights beside the DiT
+                logger.info(
+                    "%s: ignoring %d keys outside %s", path, len(raw_keys) - len(prefixed), SAT_PREFIX
+                )
+            raw_keys = prefixed
             stripped = [k[len(SAT_PREFIX) :] for k in raw_keys]
             if not any(s.startswith(_SAT_ROOTS) for s in stripped):  # ComfyUI-style prefixed Wan names
                 if not any(s.startswith(_WAN_ROOTS) for s in stripped):

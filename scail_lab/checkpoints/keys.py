@@ -171,6 +171,24 @@ class DenoiserConfig:
         fields["patch_size"] = list(self.patch_size)
         return {"_class_name": "WanSCAILModel", **dict(sorted(fields.items()))}
 
+    def dit_config_kwargs(self) -> dict:
+        """Keyword arguments of `scail_lab.model.dit.DiTConfig` for this checkpoint (latent = in_dim - 4 I2V mask
+        channels; clip_dim 0 for a t2v model). The mask width is chosen by the model's mask scheme (mask_dim)."""
+        return {
+            "dim": self.dim,
+            "ffn_dim": self.ffn_dim,
+            "num_heads": self.num_heads,
+            "num_layers": self.num_layers,
+            "freq_dim": self.freq_dim,
+            "text_dim": self.text_dim,
+            "text_len": self.text_len,
+            "latent_dim": self.in_dim - 4,
+            "out_dim": self.out_dim,
+            "clip_dim": self.clip_dim if self.model_type == "i2v" else 0,
+            "patch_size": self.patch_size,
+            "eps": self.eps,
+        }
+
     @classmethod
     def from_json_dict(cls, data: Mapping) -> DenoiserConfig:
         known = {f.name for f in dataclasses.fields(cls)}
