@@ -186,3 +186,11 @@ def test_light_image_encoder_is_seeded_frozen_and_offloadable():
     assert not any(p.requires_grad for p in a.parameters())
     offloaded = CLIPImageEncoder(visual=a.visual, offload=True)
     assert torch.equal(offloaded(images), out)
+
+
+def test_truncated_clip_file_is_reported(tmp_path):
+    path = tmp_path / CLIP_NAME
+    torch.save(official_clip_state(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt or truncated torch checkpoint"):
+        CLIPImageEncoder.from_wan_checkpoint(checkpoint_path=path, **tiny_kwargs())
