@@ -1,0 +1,101 @@
+"""Pixels and captions -> latents, mask codes and embeddings (the SCAIL-2 recipe, section 5.2 of the spec).
+
+Shapes: images [B, 3, H, W], videos [B, 3, N, H, W] (uint8 [0, 255] or float [-1, 1]), N = 4k + 1,
+H and W multiples of 32. Latents [B, 16, T, H/8, W/8]; driving latents at half resolution [B, 16, T, H/16, W/16].
+
+Encoders are duck-typed: `vae.encode(video [-1,1]) -> latents`, `text_encoder.encode(list[str]) -> list[[L, D]]`,
+`image_encoder.encode(images [-1,1]) -> [B, tokens, D]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from scail_lab.model.masks import MaskScheme
+
+
+def unit_range(x: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]; float input is assumed to be in [-1, 1] already."""
+    return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+
+
+def half_resolution(video: Tensor) -> Tensor:
+    """0.5x bilinear resize of every frame (SCAIL-2 encodes the driving video at half size). [B,3,N,H,W]."""
+    b, c, n, h, w = video.shape
+    frames = video.transpose(1, 2).reshape(b * n, c, h, w)  # [B*N, 3, H, W]
+    frames = F.interpolate(frames, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
+    return frames.view(b, n, c, h // 2, w // 2).transpose(1, 2)
+
+
+def pad_sequences(embs: Sequence[Tensor]) -> Tensor:
+    """list of [L_i, D] -> zero-padded [B, max L, D] (the denoiser zero-pads to text_len anyway)."""
+    length = max(1, max(e.shape[0] for e in embs))
+    out = embs[0].new_zeros(len(embs), length, embs[0].shape[1])
+    for i, e in enumerate(embs):
+        out[i, : e.shape[0]] = e
+    return out
+
+
+def check_pixel_size(name: str, height: int, width: int, multiple: int = 32) -> None:
+    if height % multiple or width % multiple:
+        raise ValueError(
+            f"{name} is {height}x{width} pixels; SCAIL models need H and W to be multiples of {multiple} "
+            f"(latent multiples of {multiple // 8}, so the half-resolution pose grid patchifies)"
+        )
+
+
+class ConditionEncoder:
+    """Frozen encoders + the mask scheme. Every method runs under no_grad."""
+
+    def __init__(self, vae, mask_scheme: MaskScheme, text_encoder=None, image_encoder=None) -> None:
+        self.vae = vae
+        self.mask_scheme = mask_scheme
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+
+    @torch.no_grad()
+    def video_latents(self, video: Tensor) -> Tensor:
+        """[B, 3, N, H, W] -> [B, 16, T, H/8, W/8]."""
+        return self.vae.encode(unit_range(video))
+
+    @torch.no_grad()
+    def ref_latents(self, image: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, 16, 1, H/8, W/8] (the reference as a one-frame video)."""
+        return self.vae.encode(unit_range(image).unsqueeze(2))
+
+    @torch.no_grad()
+    def pose_latents(self, driving: Tensor) -> Tensor:
+        """[B, 3, N, H, W] -> [B, 16, T, H/16, W/16]: 0.5x bilinear, then the VAE."""
+        return self.vae.encode(half_resolution(unit_range(driving)))
+
+    @torch.no_grad()
+    def mask_codes(
+        self, ref_mask: Tensor | None, driving_mask: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Reference mask [B,3,H,W] and driving mask video [B,3,N,H,W] -> codes (None for the `none` scheme)."""
+        if self.mask_scheme.width == 0:
+            return None, None
+        if ref_mask is None or driving_mask is None:
+            missing = "ref_mask" if ref_mask is None else "driving_mask"
+            raise ValueError(f"mask scheme {type(self.mask_scheme).__name__} needs a {missing}")
+        return self.mask_scheme.encode_ref(ref_mask.unsqueeze(2)), self.mask_scheme.encode_driving(
+            driving_mask
+        )
+
+    @torch.no_grad()
+    def text(self, captions: Sequence[str]) -> Tensor:
+        """list of B captions -> [B, L, D] zero-padded."""
+        if self.text_encoder is None:
+            raise ValueError("no text encoder configured")
+        return pad_sequences(self.text_encoder.encode(list(captions)))
+
+    @torch.no_grad()
+    def clip(self, image: Tensor) -> Tensor | None:
+        """[B, 3, H, W] -> [B, tokens, D], or None without an image encoder."""
+        if self.image_encoder is None:
+            return None
+        return self.image_encoder.encode(unit_range(image))

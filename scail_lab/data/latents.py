@@ -1,0 +1,304 @@
+"""Latent caching: pixel samples -> VAE latents, mask codes and (optionally) text / CLIP embeddings.
+
+Encoders are duck-typed against small protocols, so any VAE / text / image encoder with these
+signatures works (the Wan VAE, a light CPU encoder, a test fixture):
+    VideoEncoder.encode(video [B, 3, N, H, W] in [-1, 1], N = 4k+1) -> [B, 16, (N-1)/4+1, H/8, W/8]
+    TextEncoder.encode(list[str]) -> list[[L_i, D]]
+    ImageEncoder.encode(images [B, 3, H, W] in [-1, 1]) -> [B, 257, 1280]
+
+Per sample (frames cut with `random_start=False`, fitted to the resolution bucket): target latents
+[16, T, h, w]; ref latents [16, 1, h, w]; pose latents from the 0.5x bilinear-resized driving video
+[16, T, h/2, w/2]; ref mask code `scheme.encode_ref` [Cm, 1, h, w]; driving mask code
+`scheme.encode_driving` [Cm, T, h/2, w/2]; the augmented-driving and reverse-driving variants when the
+sample has them; text embeddings of the caption and of "" (for text dropout); CLIP tokens of the ref.
+Arrays are stored as `.npy` (no pickle).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from scail_lab.data import schema
+from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng
+from scail_lab.data.pixels import (
+    clip_info,
+    decode_fields,
+    has_variants,
+    image_tensor,
+    stream_fields,
+    video_tensor,
+)
+from scail_lab.data.transforms import FrameSampling, ResolutionBuckets
+from scail_lab.model.masks import MaskScheme
+
+LATENT_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@runtime_checkable
+class VideoEncoder(Protocol):
+    def encode(self, video: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    def encode(self, texts: list[str]) -> list[Tensor]: ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    def encode(self, images: Tensor) -> Tensor: ...
+
+
+def npy_bytes(array: Tensor | np.ndarray, dtype: np.dtype | None = None) -> bytes:
+    value = array.detach().cpu().float().numpy() if isinstance(array, Tensor) else np.asarray(array)
+    buf = io.BytesIO()
+    np.save(buf, value.astype(dtype) if dtype is not None else value, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_tensor(data: bytes) -> Tensor:
+    """`.npy` bytes -> float32 tensor."""
+    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
+
+
+def unit_range(x: Tensor) -> Tensor:
+    """uint8 pixels -> float32 in [-1, 1]."""
+    return x.float() / 127.5 - 1.0
+
+
+def half_resolution(video: Tensor) -> Tensor:
+    """[B, 3, N, H, W] -> [B, 3, N, H/2, W/2] by bilinear resize (SCAIL-2's driving preprocessing)."""
+    b, c, n, h, w = video.shape
+    frames = video.transpose(1, 2).reshape(b * n, c, h, w)  # [B*N, 3, H, W]
+    frames = F.interpolate(frames, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
+    return frames.view(b, n, c, h // 2, w // 2).transpose(1, 2)  # [B, 3, N, H/2, W/2]
+
+
+class LatentCacher:
+    """Turns raw pixel samples into latent-shard samples (field -> bytes)."""
+
+    def __init__(
+        self,
+        *,
+        vae: VideoEncoder,
+        mask_scheme: MaskScheme,
+        text_encoder: TextEncoder | None = None,
+        image_encoder: ImageEncoder | None = None,
+        sampling: FrameSampling | None = None,
+        buckets: ResolutionBuckets | None = None,
+        dtype: str = "float32",
+        include_variants: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if dtype not in LATENT_DTYPES:
+            raise ValueError(f"latent dtype must be one of {tuple(LATENT_DTYPES)}, got {dtype!r}")
+        for name, enc in (("vae", vae), ("text_encoder", text_encoder), ("image_encoder", image_encoder)):
+            if enc is not None and not callable(getattr(enc, "encode", None)):
+                raise ValueError(f"{name} must have an encode() method, got {type(enc).__name__}")
+        self.vae, self.scheme = vae, mask_scheme
+        self.text_encoder, self.image_encoder = text_encoder, image_encoder
+        self.sampling = sampling or FrameSampling(random_start=False)
+        if self.sampling.random_start:
+            raise ValueError(
+                "latent caching cuts clips deterministically: use FrameSampling(random_start=False)"
+            )
+        self.buckets = buckets or ResolutionBuckets()
+        self.dtype = LATENT_DTYPES[dtype]
+        self.include_variants = include_variants
+        self.device = torch.device(device)
+
+    @property
+    def uses_masks(self) -> bool:
+        return self.scheme.num_classes > 0
+
+    def _video_latents(self, video: Tensor) -> Tensor:
+        """[3, N, H, W] uint8 -> [16, T, H/8, W/8]."""
+        n, h, w = video.shape[1:]
+        with torch.inference_mode():
+            z = self.vae.encode(unit_range(video)[None].to(self.device))
+        want = ((n - 1) // 4 + 1, h // 8, w // 8)
+        if z.dim() != 5 or z.shape[0] != 1 or tuple(z.shape[2:]) != want:
+            raise ValueError(
+                f"VAE returned {tuple(z.shape)} for a [1, 3, {n}, {h}, {w}] video; expected [1, C, *{want}]"
+            )
+        return z[0]
+
+    def _pose_latents(self, video: Tensor) -> Tensor:
+        """Driving [3, N, H, W] uint8 -> latents of the 0.5x bilinear resize [16, T, H/16, W/16]."""
+        with torch.inference_mode():
+            half = half_resolution(unit_range(video)[None])  # [1, 3, N, H/2, W/2]
+            z = self.vae.encode(half.to(self.device))
+        return z[0]
+
+    def _masks(self, ref_mask: Tensor, driving_mask: Tensor) -> tuple[Tensor, Tensor]:
+        ref_code = self.scheme.encode_ref(ref_mask[None, :, None])  # [1, Cm, 1, h, w]
+        drv_code = self.scheme.encode_driving(driving_mask[None])  # [1, Cm, T, h/2, w/2]
+        return ref_code[0], drv_code[0]
+
+    def _variant(self, arrays: Mapping[str, np.ndarray], prefix: str, out: dict, with_target: bool) -> None:
+        """Encode one (ref, driving, target) variant into `out` with field prefix `prefix`."""
+        ref, driving = image_tensor(arrays["ref_image"]), video_tensor(arrays["driving"])
+        if with_target:
+            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(
+                self._video_latents(video_tensor(arrays["target"])), self.dtype
+            )
+            out[prefix + schema.F_REF_LATENTS] = npy_bytes(self._video_latents(ref[:, None]), self.dtype)
+        out[prefix + schema.F_POSE_LATENTS] = npy_bytes(self._pose_latents(driving), self.dtype)
+        if self.uses_masks:
+            ref_code, drv_code = self._masks(
+                image_tensor(arrays["ref_mask"]), video_tensor(arrays["driving_mask"])
+            )
+            if with_target:
+                out[prefix + schema.F_REF_MASK_CODE] = npy_bytes(ref_code, np.float16)
+            out[prefix + schema.F_DRIVING_MASK_CODE] = npy_bytes(drv_code, np.float16)
+        if with_target and self.image_encoder is not None:
+            with torch.inference_mode():
+                clip = self.image_encoder.encode(unit_range(ref)[None].to(self.device))
+            if clip.dim() != 3 or clip.shape[0] != 1:
+                raise ValueError(f"image encoder returned {tuple(clip.shape)}; expected [1, tokens, dim]")
+            out[prefix + schema.F_CLIP_EMB] = npy_bytes(clip[0], self.dtype)
+
+    def encode(self, raw: Mapping) -> dict:
+        """Raw pixel sample -> latent sample (field -> bytes). ValueError when the sample is unusable."""
+        meta, num_frames, fps, height, width = clip_info(raw)
+        kind = meta.get(schema.META_DRIVING_KIND, "video")
+        indices, fps_out = self.sampling.choose(num_frames, fps, None)
+        bucket = self.buckets.choose(height, width)
+        has_aug, has_rev = has_variants(raw, kind, self.uses_masks)
+        out: dict = {}
+        arrays = decode_fields(raw, stream_fields(raw, Decisions(), self.uses_masks), indices, bucket)
+        self._variant(arrays, "", out, with_target=True)
+        if self.include_variants and has_aug:
+            aug = decode_fields(
+                raw, stream_fields(raw, Decisions(driving_aug=True), self.uses_masks), indices, bucket
+            )
+            tmp: dict = {}
+            self._variant(aug, "", tmp, with_target=False)
+            out[schema.F_POSE_LATENTS_AUG] = tmp[schema.F_POSE_LATENTS]
+            if self.uses_masks:
+                out[schema.F_DRIVING_MASK_CODE_AUG] = tmp[schema.F_DRIVING_MASK_CODE]
+        if self.include_variants and has_rev:
+            fields = stream_fields(raw, Decisions(reverse=True), self.uses_masks)
+            rev = decode_fields(
+                raw,
+                {k: v for k, v in fields.items() if k in ("ref_image", "ref_mask", "driving_mask")},
+                indices,
+                bucket,
+            )
+            rev.update(driving=arrays["target"], target=arrays["driving"])
+            self._variant(rev, schema.F_REVERSE_PREFIX, out, with_target=True)
+        caption = raw[schema.F_CAPTION].decode("utf-8").strip()
+        if self.text_encoder is not None:
+            with torch.inference_mode():
+                embs = self.text_encoder.encode([caption, ""])
+            out[schema.F_TEXT_EMB] = npy_bytes(embs[0], self.dtype)
+            out[schema.F_TEXT_EMB_NULL] = npy_bytes(embs[1], self.dtype)
+        meta_out = {
+            k: meta[k] for k in (schema.META_MODE, schema.META_DRIVING_KIND, schema.META_CONTINUATION,
+                                 schema.META_SOURCE, schema.META_SPLIT, schema.META_NUM_CHARACTERS) if k in meta
+        }  # fmt: skip
+        meta_out.update(
+            {
+                schema.META_FPS: fps_out,
+                schema.META_NUM_FRAMES: len(indices),
+                schema.META_FRAME_INDICES: [int(i) for i in indices],
+                schema.META_BUCKET: list(bucket),
+                schema.META_MASK_SCHEME: self.scheme.name,
+                schema.META_MASK_WIDTH: self.scheme.width,
+            }
+        )
+        out[schema.F_META] = json.dumps(meta_out, sort_keys=True).encode()
+        out[schema.F_CAPTION] = caption.encode()
+        if schema.F_GT in raw:
+            out[schema.F_GT] = raw[schema.F_GT]
+        return out
+
+
+# ------------------------------------------------------------------------------ latent sample (training)
+def latent_sample(
+    raw: Mapping,
+    *,
+    sampling: FrameSampling,
+    augment: AugmentConfig,
+    use_masks: bool,
+    mask_width: int | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+) -> dict:
+    """Latent-shard sample -> training sample (unbatched tensors, see schema batch keys).
+
+    Time: the cached clip has T latent frames (N = 4(T-1)+1 pixel frames at the cached fps); the sample
+    keeps the first T' latent frames, T' from the largest frame bucket <= N. The Wan VAE is causal, so
+    the first T' latents equal the encoding of the first 4(T'-1)+1 frames.
+    """
+    key = str(raw.get(schema.KEY, ""))
+    meta = json.loads(raw[schema.F_META]) if schema.F_META in raw else {}
+    kind = meta.get(schema.META_DRIVING_KIND, "video")
+    continuation = bool(meta.get(schema.META_CONTINUATION, False)) or schema.is_continuation_key(key)
+    for field in (schema.F_TARGET_LATENTS, schema.F_REF_LATENTS, schema.F_POSE_LATENTS, schema.F_CAPTION):
+        if field not in raw:
+            raise ValueError(f"latent sample {key} has no {field}")
+    if use_masks and schema.F_DRIVING_MASK_CODE not in raw:
+        raise ValueError(f"latent sample {key} has no mask codes but the mask scheme needs them")
+    target = npy_tensor(raw[schema.F_TARGET_LATENTS])
+    available = 4 * (target.shape[1] - 1) + 1
+    fits = [n for n in sampling.frame_buckets if n <= available]
+    if not fits:
+        raise ValueError(
+            f"latent sample {key}: {available} cached frames < smallest frame bucket {min(sampling.frame_buckets)}"
+        )
+    t_keep = (fits[0] - 1) // 4 + 1
+    rng = sample_rng(seed, epoch, key)
+    rev = schema.reverse_field
+    has_aug = schema.F_POSE_LATENTS_AUG in raw and (not use_masks or schema.F_DRIVING_MASK_CODE_AUG in raw)
+    has_rev = rev(schema.F_TARGET_LATENTS) in raw and (
+        not use_masks or rev(schema.F_DRIVING_MASK_CODE) in raw
+    )
+    d = decide(augment, rng, driving_kind=kind, continuation=continuation, has_aug=has_aug, has_reverse=has_rev,
+               num_latent_frames=t_keep)  # fmt: skip
+    prefix = schema.F_REVERSE_PREFIX if d.reverse else ""
+    pose_field = schema.F_POSE_LATENTS_AUG if d.driving_aug else prefix + schema.F_POSE_LATENTS
+    code_field = schema.F_DRIVING_MASK_CODE_AUG if d.driving_aug else prefix + schema.F_DRIVING_MASK_CODE
+    if d.reverse:
+        target = npy_tensor(raw[prefix + schema.F_TARGET_LATENTS])
+    sample = {
+        schema.TARGET_LATENTS: target[:, :t_keep],
+        schema.REF_LATENTS: npy_tensor(raw[prefix + schema.F_REF_LATENTS]),
+        schema.POSE_LATENTS: npy_tensor(raw[pose_field])[:, :t_keep],
+    }
+    if use_masks:
+        sample[schema.REF_MASK_CODE] = npy_tensor(raw[prefix + schema.F_REF_MASK_CODE])
+        sample[schema.DRIVING_MASK_CODE] = npy_tensor(raw[code_field])[:, :t_keep]
+        if mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:
+            raise ValueError(
+                f"latent sample {key} has {sample[schema.REF_MASK_CODE].shape[0]} mask channels, "
+                f"the configured mask scheme has {mask_width}"
+            )
+    if d.drop_pose:
+        sample[schema.POSE_LATENTS] = torch.zeros_like(sample[schema.POSE_LATENTS])
+        if use_masks:
+            sample[schema.DRIVING_MASK_CODE] = torch.zeros_like(sample[schema.DRIVING_MASK_CODE])
+    if schema.F_TEXT_EMB in raw:
+        sample[schema.TEXT_EMB] = npy_tensor(
+            raw[schema.F_TEXT_EMB_NULL if d.drop_text else schema.F_TEXT_EMB]
+        )
+    if prefix + schema.F_CLIP_EMB in raw:
+        sample[schema.CLIP_EMB] = npy_tensor(raw[prefix + schema.F_CLIP_EMB])
+    sample.update(
+        {
+            schema.CAPTION: "" if d.drop_text else raw[schema.F_CAPTION].decode("utf-8"),
+            schema.MODE: meta.get(schema.META_MODE, "animate"),
+            schema.NUM_HISTORY_FRAMES: d.num_history_frames,
+            schema.FPS: float(meta.get(schema.META_FPS, 16.0)),
+            schema.SAMPLE_KEY: key,
+        }
+    )
+    return sample

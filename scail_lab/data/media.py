@@ -1,0 +1,133 @@
+"""Encode and decode the media of a motion pair: mp4 videos (ffmpeg out, decord in) and jpg/png images.
+
+Frames are numpy uint8 RGB: videos [N, H, W, 3], images [H, W, 3].
+
+Video codecs (encoded in-process with PyAV):
+- `lossless` (default for masks): H.264 in RGB (`libx264rgb`, qp 0). decord decodes it back bit-exactly,
+  so palette colours of mask videos survive encoding everywhere, including the edges.
+- `crf` (an int 0..51): ordinary yuv420p H.264 at that CRF (what real data usually is). Chroma
+  subsampling blends colours at edges; interiors of flat colours survive.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+LOSSLESS = "lossless"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+def encode_video(frames: np.ndarray, fps: float, quality: str | int = LOSSLESS) -> bytes:
+    """[N, H, W, 3] uint8 RGB -> mp4 bytes (in-process PyAV). `quality`: "lossless" or a yuv420p CRF (0..51)."""
+    import av
+
+    frames = np.ascontiguousarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"video frames must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    n, h, w, _ = frames.shape
+    if quality == LOSSLESS:
+        codec, pix_fmt, options = "libx264rgb", "rgb24", {"qp": "0"}
+    elif isinstance(quality, int) and not isinstance(quality, bool) and 0 <= quality <= 51:
+        if h % 2 or w % 2:
+            raise ValueError(f"yuv420p needs even frame sizes, got {h}x{w}")
+        codec, pix_fmt, options = "libx264", "yuv420p", {"crf": str(quality)}
+    else:
+        raise ValueError(f"video quality must be 'lossless' or a CRF int in [0, 51], got {quality!r}")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        stream.options = {**options, "preset": "veryfast", "threads": "1"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+def _reader(data: bytes | str | Path):
+    import decord
+
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else str(data)
+    try:
+        return decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
+    except Exception as exc:  # decord raises its own DECORDError for unreadable streams
+        raise ValueError(f"unreadable video: {exc}".splitlines()[0]) from exc
+
+
+def probe_video(data: bytes | str | Path) -> VideoInfo:
+    """Frame count, fps and size from the container (cheap: no full decode)."""
+    reader = _reader(data)
+    num_frames = len(reader)
+    if num_frames == 0:
+        raise ValueError("video has no frames")
+    h, w = reader[0].shape[:2]
+    return VideoInfo(num_frames=num_frames, fps=float(reader.get_avg_fps()), height=int(h), width=int(w))
+
+
+def decode_video(data: bytes | str | Path, indices: list[int] | np.ndarray | None = None) -> np.ndarray:
+    """mp4 bytes or path -> [n, H, W, 3] uint8 RGB frames (all frames, or `indices`)."""
+    reader = _reader(data)
+    total = len(reader)
+    idx = list(range(total)) if indices is None else [int(i) for i in indices]
+    if not idx:
+        raise ValueError("no frame indices to decode")
+    if min(idx) < 0 or max(idx) >= total:
+        raise ValueError(
+            f"frame index out of range: video has {total} frames, asked for {min(idx)}..{max(idx)}"
+        )
+    try:
+        frames = reader.get_batch(idx).asnumpy()
+    except Exception as exc:
+        raise ValueError(f"video frames could not be decoded: {exc}".splitlines()[0]) from exc
+    return frames
+
+
+def encode_image(image: np.ndarray, ext: str = ".png", jpeg_quality: int = 95) -> bytes:
+    """[H, W, 3] uint8 RGB -> encoded bytes (`.png` lossless or `.jpg`)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"could not encode image as {ext}")
+    return buf.tobytes()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """jpg/png bytes -> [H, W, 3] uint8 RGB (grey images are expanded to 3 channels)."""
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise ValueError("unreadable image")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temp file in the same directory and `os.replace` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,199 @@
+"""Raw sample (field -> encoded bytes, from a pixel shard or a folder) -> pixel tensors, and pixel batches.
+
+One decoder serves shards, folders and the latent cache, so every path sees the same frames.
+Per-sample output (uint8): ref_image [3, H, W], ref_mask [3, H, W], driving [3, N, H, W],
+driving_mask [3, N, H, W] (only when masks are loaded), target [3, N, H, W]; plus caption, mode,
+num_history_frames (latent frames), fps and key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from scail_lab.data import schema
+from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng
+from scail_lab.data.folders import read_meta
+from scail_lab.data.media import decode_image, decode_video, probe_video
+from scail_lab.data.transforms import FrameSampling, ResolutionBuckets, resize_cover_crop
+
+IMAGE_ROLES = ("ref_image", "ref_mask")
+VIDEO_ROLES = ("driving", "driving_mask", "target")
+MASK_ROLES = ("ref_mask", "driving_mask")
+
+
+def clip_info(raw: Mapping) -> tuple[dict, int, float, int, int]:
+    """(meta, num_frames, fps, height, width): from meta.json when make_shards recorded it, else probed."""
+    meta = read_meta(raw)
+    keys = (schema.META_NUM_FRAMES, schema.META_FPS, schema.META_HEIGHT, schema.META_WIDTH)
+    if meta.get(schema.META_VALIDATED) and all(k in meta for k in keys):
+        return meta, int(meta[keys[0]]), float(meta[keys[1]]), int(meta[keys[2]]), int(meta[keys[3]])
+    if schema.F_DRIVING not in raw:
+        raise ValueError("sample has no driving video")
+    info = probe_video(raw[schema.F_DRIVING])
+    return meta, info.num_frames, info.fps, info.height, info.width
+
+
+def has_variants(raw: Mapping, driving_kind: str, load_masks: bool) -> tuple[bool, bool]:
+    """(has an augmented driving variant, has the reverse-driving files), given whether masks are needed."""
+    has_aug = schema.F_DRIVING_AUG in raw and (not load_masks or schema.F_DRIVING_MASK_AUG in raw)
+    rev_mask = (
+        schema.image_field(schema.F_REVERSE_REF_MASK, raw) is not None
+        and schema.F_REVERSE_DRIVING_MASK in raw
+    )
+    has_rev = (
+        driving_kind == "video"
+        and schema.image_field(schema.F_REVERSE_REF, raw) is not None
+        and (not load_masks or rev_mask)
+    )
+    return has_aug, has_rev
+
+
+def stream_fields(raw: Mapping, decisions: Decisions, load_masks: bool) -> dict[str, str]:
+    """Role (ref_image, ref_mask, driving, driving_mask, target) -> the raw field that fills it."""
+    if decisions.reverse:
+        fields = {
+            "ref_image": schema.image_field(schema.F_REVERSE_REF, raw),
+            "ref_mask": schema.image_field(schema.F_REVERSE_REF_MASK, raw),
+            "driving": schema.F_TARGET,
+            "driving_mask": schema.F_REVERSE_DRIVING_MASK,
+            "target": schema.F_DRIVING,
+        }
+    else:
+        aug = decisions.driving_aug
+        fields = {
+            "ref_image": schema.image_field(schema.F_REF, raw),
+            "ref_mask": schema.image_field(schema.F_REF_MASK, raw),
+            "driving": schema.F_DRIVING_AUG if aug else schema.F_DRIVING,
+            "driving_mask": schema.F_DRIVING_MASK_AUG if aug else schema.F_DRIVING_MASK,
+            "target": schema.F_TARGET,
+        }
+    if not load_masks:
+        fields = {k: v for k, v in fields.items() if k not in MASK_ROLES}
+    for role, field in fields.items():
+        if field is None or field not in raw:
+            raise ValueError(f"sample has no {role} ({field or 'image missing'})")
+    return fields
+
+
+def decode_fields(
+    raw: Mapping, fields: Mapping[str, str], indices: np.ndarray, bucket: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """Decode and fit each field to `bucket`: images -> [H, W, 3], videos -> [n, H, W, 3] (uint8)."""
+    out = {}
+    for role, field in fields.items():
+        nearest = "mask" in role
+        if field.split(".")[-1] in schema.IMAGE_FIELD_EXTS:
+            try:
+                image = decode_image(raw[field])
+            except ValueError as exc:
+                raise ValueError(f"{field}: {exc}") from exc
+            out[role] = resize_cover_crop(image[None], bucket, nearest=nearest)[0]
+        else:
+            try:
+                frames = decode_video(raw[field], indices)
+            except ValueError as exc:
+                raise ValueError(f"{field}: {exc}") from exc
+            out[role] = resize_cover_crop(frames, bucket, nearest=nearest)
+    return out
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] uint8 -> [3, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+
+
+def video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """[N, H, W, 3] uint8 -> [3, N, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
+
+
+def pixel_sample(
+    raw: Mapping,
+    *,
+    sampling: FrameSampling,
+    buckets: ResolutionBuckets,
+    augment: AugmentConfig,
+    load_masks: bool,
+    seed: int = 0,
+    epoch: int = 0,
+) -> dict:
+    """One training sample in pixels (see module docstring). ValueError when the sample is unusable."""
+    key = str(raw.get(schema.KEY, ""))
+    meta, num_frames, fps, height, width = clip_info(raw)
+    kind = meta.get(schema.META_DRIVING_KIND, "video")
+    continuation = bool(meta.get(schema.META_CONTINUATION, False)) or schema.is_continuation_key(key)
+    rng = sample_rng(seed, epoch, key)
+    indices, fps_out = sampling.choose(num_frames, fps, rng)
+    has_aug, has_rev = has_variants(raw, kind, load_masks)
+    decisions = decide(
+        augment, rng, driving_kind=kind, continuation=continuation, has_aug=has_aug, has_reverse=has_rev,
+        num_latent_frames=(len(indices) - 1) // 4 + 1,
+    )  # fmt: skip
+    bucket = buckets.choose(height, width)
+    arrays = decode_fields(raw, stream_fields(raw, decisions, load_masks), indices, bucket)
+    if decisions.drop_pose:
+        arrays["driving"] = np.zeros_like(arrays["driving"])
+        if "driving_mask" in arrays:
+            arrays["driving_mask"] = np.zeros_like(arrays["driving_mask"])
+    caption = "" if decisions.drop_text else raw[schema.F_CAPTION].decode("utf-8").strip()
+    sample = {role: image_tensor(arrays[role]) for role in IMAGE_ROLES if role in arrays}
+    sample.update({role: video_tensor(arrays[role]) for role in VIDEO_ROLES if role in arrays})
+    rename = {"ref_image": schema.REF_IMAGE, "ref_mask": schema.REF_MASK, "driving": schema.DRIVING,
+              "driving_mask": schema.DRIVING_MASK, "target": schema.TARGET}  # fmt: skip
+    sample = {rename[k]: v for k, v in sample.items()}
+    sample.update(
+        {
+            schema.CAPTION: caption,
+            schema.MODE: meta.get(schema.META_MODE, "animate"),
+            schema.NUM_HISTORY_FRAMES: decisions.num_history_frames,
+            schema.FPS: fps_out,
+            schema.SAMPLE_KEY: key,
+        }
+    )
+    return sample
+
+
+def batch_signature(sample: Mapping) -> tuple:
+    """Samples with equal signatures can share a batch (same tensor shapes and the same keys)."""
+    return tuple(
+        (k, tuple(v.shape))
+        for k, v in sorted(sample.items())
+        if isinstance(v, torch.Tensor) and k != schema.TEXT_EMB
+    )  # text embeddings are padded per batch, so their length does not split batches
+
+
+def collate(samples: Sequence[Mapping]) -> dict:
+    """Stack same-shape samples: tensors -> [B, ...]; text fields -> lists; history -> LongTensor; fps -> float."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    first = samples[0]
+    batch: dict = {}
+    for k, v in first.items():
+        values = [s[k] for s in samples]
+        if isinstance(v, torch.Tensor):
+            batch[k] = torch.stack(values)
+        elif k == schema.NUM_HISTORY_FRAMES:
+            batch[k] = torch.tensor(values, dtype=torch.long)
+        elif k == schema.FPS:
+            batch[k] = torch.tensor(values, dtype=torch.float32)
+        elif k == schema.TEXT_EMB:
+            continue
+        else:
+            batch[k] = list(values)
+    if schema.TEXT_EMB in first:
+        batch[schema.TEXT_EMB], batch[schema.TEXT_EMB_LENGTHS] = pad_text(
+            [s[schema.TEXT_EMB] for s in samples]
+        )
+    return batch
+
+
+def pad_text(embs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[L_i, D] each -> zero-padded [B, max L, D] and lengths [B]."""
+    lengths = torch.tensor([e.shape[0] for e in embs], dtype=torch.long)
+    out = embs[0].new_zeros((len(embs), int(lengths.max()), embs[0].shape[-1]))
+    for i, e in enumerate(embs):
+        out[i, : e.shape[0]] = e
+    return out, lengths

@@ -1,0 +1,385 @@
+"""The synthetic motion-transfer world: procedural motion pairs with exact ground truth.
+
+A sample is deterministic from (world seed, split, index). Per sample:
+- reference image of identity A (+ colour mask), standing in its own scene (scene_a);
+- driving video of identity B doing motion M in scene_b (+ per-frame colour mask), the skeleton render
+  of M (coloured limbs on black, + its colour mask), and an augmented driving variant (identity C doing M
+  for end-to-end samples; a jittered skeleton with other limb widths for pose-driven samples);
+- the ground-truth target: A doing M along B's trajectory, on scene_a for animation or in scene_b for
+  replacement (whose driving mask is the colour silhouette on a white background);
+- reverse-driving extras for end-to-end samples: a reference of B and the target's own driving mask;
+- caption, gt.json content (target joints, identity colours, ...), target foreground mask.
+
+Two-character samples bind people with the SCAIL palette: people are sorted left-to-right by the centre
+of their first-frame bounding box, slot k gets DEFAULT_PALETTE[k] (blue, red, green, magenta, cyan,
+yellow) in both the reference and the driving masks, and the reference person in slot k performs the
+motion of the driving person in slot k. A single character takes the first colour (blue).
+
+Splits (identities, motions and scenes are disjoint id pools): ids [0, n_train) are train,
+[n_train, n_train + n_val) val, the next n_test ids test. A sample of split s draws every identity,
+motion and scene from split s's pools, so val/test identities and motions never appear in train.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scail_lab.data.synthetic.character import Identity, make_identity
+from scail_lab.data.synthetic.motion import motion_spec, motion_track
+from scail_lab.data.synthetic.render import character_parts, compose, rasterize, skeleton_parts
+from scail_lab.data.synthetic.scene import Scene, make_scene
+from scail_lab.data.synthetic.skeleton import JOINT_NAMES, body_points, neutral_track, place, rotate_facing
+
+SPLITS = ("train", "val", "test")
+# SCAIL-Pose DEFAULT_PALETTE order (blue, red, green, magenta, cyan, yellow) as RGB mask colours.
+DEFAULT_PALETTE = ((0, 0, 255), (255, 0, 0), (0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0))
+DEFAULT_PALETTE_NAMES = ("blue", "red", "green", "magenta", "cyan", "yellow")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Sizes, clip length, split pools and sample-kind probabilities of the synthetic world."""
+
+    height: int = 64
+    width: int = 64
+    num_frames: int = 17
+    fps: float = 8.0
+    seed: int = 0
+    identities: tuple[int, int, int] = (48, 12, 12)  # pool sizes: train, val, test
+    motions: tuple[int, int, int] = (60, 12, 12)  # multiples of 6 give every family to every split
+    scenes: tuple[int, int, int] = (32, 8, 8)
+    p_replace: float = 0.3
+    p_pose_driven: float = 0.25  # among animation samples
+    p_two_characters: float = 0.2
+    p_pan: float = 0.3
+    p_continuation: float = 0.2
+    supersample: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v % 32 or not 32 <= v <= 256:
+                raise ValueError(f"{name} must be a multiple of 32 in [32, 256], got {v}")
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise ValueError(f"num_frames must be 4k+1, got {self.num_frames}")
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        for name in ("p_replace", "p_pose_driven", "p_two_characters", "p_pan", "p_continuation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        need = 6 if self.p_two_characters > 0 else 3
+        for name, least in (("identities", need), ("motions", 2), ("scenes", 2)):
+            pools = tuple(int(v) for v in getattr(self, name))
+            if len(pools) != 3 or min(pools) < least:
+                raise ValueError(
+                    f"{name} must be 3 pool sizes (train, val, test) each >= {least}, got {pools}"
+                )
+            object.__setattr__(self, name, pools)
+        if self.supersample < 1:
+            raise ValueError(f"supersample must be >= 1, got {self.supersample}")
+
+    def pool(self, kind: str, split: str) -> range:
+        """Ids of `kind` ("identities" | "motions" | "scenes") that belong to `split`."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        sizes = getattr(self, kind)
+        start = sum(sizes[: SPLITS.index(split)])
+        return range(start, start + sizes[SPLITS.index(split)])
+
+
+@dataclass
+class SyntheticSample:
+    """All media of one sample as uint8 RGB arrays ([N, H, W, 3] videos, [H, W, 3] images) plus GT."""
+
+    key: str
+    split: str
+    index: int
+    mode: str
+    driving_kind: str
+    continuation: bool
+    num_characters: int
+    ref: np.ndarray
+    ref_mask: np.ndarray
+    raw_driving: np.ndarray
+    driving: np.ndarray  # the model's driving input: raw_driving (video) or pose (pose-driven)
+    driving_mask: np.ndarray
+    driving_aug: np.ndarray
+    driving_mask_aug: np.ndarray
+    pose: np.ndarray
+    pose_mask: np.ndarray
+    target: np.ndarray
+    target_mask: np.ndarray
+    caption: str
+    gt: dict
+    ref_driving: np.ndarray | None = None
+    ref_driving_mask: np.ndarray | None = None
+    target_driving_mask: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Render:
+    frames: np.ndarray  # [N, H, W, 3]
+    person: np.ndarray  # [N, H, W] actor index, -1 background
+    joints: list[np.ndarray]  # per actor [N, 14, 2], pixel-index coordinates (centre of pixel 0 = 0)
+    heights: list[float]
+
+
+class SyntheticWorld:
+    """Generates samples; `sample(split, index)` is a pure function of the config, split and index."""
+
+    def __init__(self, config: WorldConfig | None = None) -> None:
+        self.config = config or WorldConfig()
+        self.hw = (self.config.height, self.config.width)
+
+    # ----------------------------------------------------------------------------------------- api
+    def sample_seed(self, split: str, index: int) -> list[int]:
+        return [self.config.seed, SPLITS.index(split), int(index)]
+
+    def sample(self, split: str, index: int) -> SyntheticSample:
+        cfg = self.config
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        rng = np.random.default_rng(self.sample_seed(split, index))
+        num = 2 if rng.random() < cfg.p_two_characters else 1
+        mode = "replace" if rng.random() < cfg.p_replace else "animate"
+        kind = "pose" if (mode == "animate" and rng.random() < cfg.p_pose_driven) else "video"
+        pan = rng.random() < cfg.p_pan
+        continuation = bool(rng.random() < cfg.p_continuation)
+        ids = rng.choice(np.array(cfg.pool("identities", split)), size=3 * num, replace=False)
+        ref_ids, drv_ids, aug_ids = ids[:num], ids[num : 2 * num], ids[2 * num :]
+        motions = [
+            motion_spec(cfg.seed, int(m))
+            for m in rng.choice(np.array(cfg.pool("motions", split)), size=num, replace=False)
+        ]
+        scene_ids = rng.choice(np.array(cfg.pool("scenes", split)), size=2, replace=False)
+
+        n, fps = cfg.num_frames, cfg.fps
+        t = np.arange(n) / fps
+        pan_speed = 0.0
+        if pan:
+            sign = motions[0].direction if motions[0].family == "walk" else int(rng.choice([-1, 1]))
+            pan_speed = sign * rng.uniform(0.04, 0.12) * cfg.width
+        margin = int(math.ceil(abs(pan_speed) * t[-1])) + 2
+        # view offset into the wider scene canvas; it stays inside [0, margin] for the whole clip
+        pan_px = (
+            (1.0 if pan_speed > 0 else 0.0) + pan_speed * t
+            if pan_speed >= 0
+            else (margin - 1.0) + pan_speed * t
+        )
+        scene_a, scene_b = (make_scene(cfg.seed, int(s), self.hw, margin) for s in scene_ids)
+        ground = float(rng.uniform(0.86, 0.95))
+        lanes = [None] if num == 1 else [0.3 + rng.uniform(-0.04, 0.04), 0.7 + rng.uniform(-0.04, 0.04)]
+        tracks = []
+        for spec, lane in zip(motions, lanes, strict=True):
+            track = motion_track(spec, n, fps, x0=lane)
+            track["ground_y"][:] = ground
+            tracks.append(track)
+        ident = {i: make_identity(cfg.seed, int(i)) for i in ids}
+
+        # driving video of B (slots = left-to-right order in its first frame)
+        drv = self._render([(ident[i], tr) for i, tr in zip(drv_ids, tracks, strict=True)], scene_b, pan_px)
+        drv_slot = _slots(drv.person[0], drv.joints)
+        # reference image of A: person at slot k stands at the k-th position from the left
+        ref_pose_rng = np.random.default_rng(self.sample_seed(split, index) + [1])
+        ref_render = self._render_still([ident[i] for i in ref_ids], scene_a, ref_pose_rng)
+        ref_slot = _slots(ref_render.person[0], ref_render.joints)
+        ref_at_slot = {s: a for a, s in enumerate(ref_slot)}
+        tgt_ids = [ref_ids[ref_at_slot[drv_slot[j]]] for j in range(num)]
+        tgt_scene = scene_a if mode == "animate" else scene_b
+        tgt = self._render([(ident[i], tr) for i, tr in zip(tgt_ids, tracks, strict=True)], tgt_scene, pan_px)
+        white_bg = mode == "replace"
+        driving_mask = _colour_mask(drv.person, drv_slot, white_bg)
+        pose, pose_person = self._skeleton(drv, jitter_rng=None)
+        pose_mask = _colour_mask(pose_person, drv_slot, False)
+        if kind == "video":
+            aug = self._render(
+                [(ident[i], tr) for i, tr in zip(aug_ids, tracks, strict=True)], scene_b, pan_px
+            )
+            driving_aug, driving_mask_aug = aug.frames, _colour_mask(aug.person, drv_slot, white_bg)
+        else:
+            driving_aug, aug_person = self._skeleton(
+                drv, jitter_rng=np.random.default_rng(self.sample_seed(split, index) + [2])
+            )
+            driving_mask_aug = _colour_mask(aug_person, drv_slot, False)
+
+        sample = SyntheticSample(
+            key=f"{split}_{index:06d}",
+            split=split,
+            index=int(index),
+            mode=mode,
+            driving_kind=kind,
+            continuation=continuation,
+            num_characters=num,
+            ref=ref_render.frames[0],
+            ref_mask=_colour_mask(ref_render.person, ref_slot, False)[0],
+            raw_driving=drv.frames,
+            driving=drv.frames if kind == "video" else pose,
+            driving_mask=driving_mask if kind == "video" else pose_mask,
+            driving_aug=driving_aug,
+            driving_mask_aug=driving_mask_aug,
+            pose=pose,
+            pose_mask=pose_mask,
+            target=tgt.frames,
+            target_mask=np.repeat(((tgt.person >= 0) * 255).astype(np.uint8)[..., None], 3, axis=-1),
+            caption=self._caption(mode, [ident[i] for i in tgt_ids], motions, drv_slot, tgt_scene, pan_speed),
+            gt={},
+        )
+        if kind == "video":
+            rev_slot = _slots(tgt.person[0], tgt.joints)
+            order = sorted(range(num), key=lambda j: rev_slot[j])  # B_j stands at position rev_slot[j]
+            rev_ref = self._render_still([ident[drv_ids[j]] for j in order], scene_b, ref_pose_rng)
+            sample.ref_driving = rev_ref.frames[0]
+            sample.ref_driving_mask = _colour_mask(
+                rev_ref.person, _slots(rev_ref.person[0], rev_ref.joints), False
+            )[0]
+            sample.target_driving_mask = _colour_mask(tgt.person, rev_slot, white_bg)
+        by_slot = sorted(range(num), key=lambda j: drv_slot[j])
+        sample.gt = {
+            "joints": _joint_lists([tgt.joints[j] for j in by_slot]),
+            "joint_names": _joint_names(num),
+            "identity_colors": [c for j in by_slot for c in ident[tgt_ids[j]].colours],
+            "fps": float(fps),
+            "mode": mode,
+            "motion": "+".join(motions[j].family for j in by_slot),
+            "identity_ref": "+".join(ident[tgt_ids[j]].name for j in by_slot),
+            "identity_driving": "+".join(ident[drv_ids[j]].name for j in by_slot),
+            "split": split,
+            "seed": self.config.seed,
+            "index": int(index),
+            "num_characters": num,
+            "driving_kind": kind,
+            "driving_joints": _joint_lists([drv.joints[j] for j in by_slot]),
+            "motion_params": [motions[j].to_dict() for j in by_slot],
+            "scene": {
+                "ref": int(scene_ids[0]),
+                "driving": int(scene_ids[1]),
+                "pan_px_per_s": float(pan_speed),
+            },
+            "palette": [DEFAULT_PALETTE_NAMES[k] for k in range(num)],
+            "height": cfg.height,
+            "width": cfg.width,
+            "num_frames": n,
+        }
+        return sample
+
+    # ----------------------------------------------------------------------------------- rendering
+    def _geometry(
+        self, ident: Identity, track: dict, shift_px: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Continuous pixel coordinates (pixel i spans [i, i + 1)) [N, 14, 2], depth [N, 14], height."""
+        height_px = ident.height_frac * self.hw[0]
+        cam = rotate_facing(body_points(track, ident.lengths), track["facing"])
+        xy, depth = place(cam, track, height_px, self.hw, shift_px, ident.widths["foot"] / 2)
+        return xy, depth, height_px
+
+    def _render(self, actors: list[tuple[Identity, dict]], scene: Scene, pan_px: np.ndarray) -> _Render:
+        ss = self.config.supersample
+        n = len(pan_px)
+        frames = [[] for _ in range(n)]
+        joints, heights = [], []
+        for a, (ident, track) in enumerate(actors):
+            # the camera moves by pan_px - pan_px[0]: characters start where their track puts them
+            xy, depth, height_px = self._geometry(ident, track, pan_px - pan_px[0])
+            joints.append(xy - 0.5)
+            heights.append(height_px)
+            for i in range(n):
+                # supersampled pixel-index coordinates; actor a is drawn in front of actors < a
+                parts = character_parts(
+                    ident, xy[i] * ss - 0.5, depth[i] + 10.0 * a, float(track["facing"][i]), height_px * ss, a
+                )
+                frames[i].extend(parts)
+        rgb, alpha, person = rasterize(frames, self.hw, ss)
+        background = scene.frames(self.hw[1], pan_px)
+        return _Render(compose(background, rgb, alpha), person, joints, heights)
+
+    def _render_still(self, idents: list[Identity], scene: Scene, rng: np.random.Generator) -> _Render:
+        """A standing rest pose (random arm angles, slight turn); person k at the k-th position from the left."""
+        num = len(idents)
+        positions = (
+            [float(rng.uniform(0.35, 0.65))]
+            if num == 1
+            else [0.28 + rng.uniform(-0.03, 0.03), 0.72 + rng.uniform(-0.03, 0.03)]
+        )
+        actors = []
+        for ident, x in zip(idents, positions, strict=True):
+            track = neutral_track(1)
+            track["root_x"][:] = x
+            track["ground_y"][:] = rng.uniform(0.86, 0.95)
+            track["facing"][:] = rng.uniform(-0.25, 0.25)
+            for s in ("l", "r"):
+                track[f"{s}_upper_arm_abd"][:] = rng.uniform(0.1, 0.5)
+                track[f"{s}_forearm_abd"][:] = rng.uniform(0.05, 0.6)
+            actors.append((ident, track))
+        return self._render(actors, scene, np.zeros(1))
+
+    def _skeleton(
+        self, drv: _Render, jitter_rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pose render of the driving joints: coloured limbs on black ([N, H, W, 3]) and its person map."""
+        ss = self.config.supersample
+        n = drv.frames.shape[0]
+        frames = [[] for _ in range(n)]
+        for a, (xy, height_px) in enumerate(zip(drv.joints, drv.heights, strict=True)):
+            radius = max(0.6, 0.022 * height_px) * ss
+            if jitter_rng is not None:
+                radius *= float(jitter_rng.uniform(0.6, 1.6))
+            for i in range(n):
+                jitter = (
+                    None
+                    if jitter_rng is None
+                    else jitter_rng.normal(0.0, 0.012 * height_px * ss, size=xy[i].shape)
+                )
+                frames[i].extend(skeleton_parts((xy[i] + 0.5) * ss - 0.5, a, radius, jitter))
+        rgb, _, person = rasterize(frames, self.hw, ss)
+        return np.clip(np.round(rgb), 0, 255).astype(np.uint8), person  # premultiplied over black
+
+    # ------------------------------------------------------------------------------------- caption
+    @staticmethod
+    def _caption(mode, idents, motions, drv_slot, scene, pan_speed) -> str:
+        where = f"in front of {scene.description}" if mode == "animate" else f"among {scene.description}"
+        camera = "" if pan_speed == 0 else f", the camera pans {'right' if pan_speed > 0 else 'left'}"
+        if len(idents) == 1:
+            return f"{idents[0].describe()} {motions[0].verb} {where}{camera}."
+        order = sorted(range(len(idents)), key=lambda j: drv_slot[j])
+        left, right = order[0], order[1]
+        return (
+            f"Two people {where}{camera}: on the left, {idents[left].describe()} {motions[left].verb}; "
+            f"on the right, {idents[right].describe()} {motions[right].verb}."
+        )
+
+
+def _slots(person0: np.ndarray, joints: list[np.ndarray]) -> list[int]:
+    """Slot of each actor: rank of its first-frame bounding-box centre from the left (root x if unseen)."""
+    centres = []
+    for a, xy in enumerate(joints):
+        cols = np.nonzero((person0 == a).any(axis=0))[0]
+        centres.append((cols.min() + cols.max()) / 2.0 if cols.size else float(xy[0, :, 0].mean()))
+    order = np.argsort(np.array(centres), kind="stable")
+    slots = [0] * len(joints)
+    for rank, a in enumerate(order):
+        slots[int(a)] = rank
+    return slots
+
+
+def _colour_mask(person: np.ndarray, slots: list[int], white_background: bool) -> np.ndarray:
+    """Person map [N, H, W] -> palette colour mask [N, H, W, 3] (black or white background)."""
+    mask = np.full((*person.shape, 3), 255 if white_background else 0, np.uint8)
+    for a, slot in enumerate(slots):
+        mask[person == a] = DEFAULT_PALETTE[slot]
+    return mask
+
+
+def _joint_lists(per_actor: list[np.ndarray]) -> list:
+    """[P] x [N, 14, 2] -> [N][P * 14][2] rounded floats (JSON)."""
+    stacked = np.concatenate(per_actor, axis=1)  # [N, P*14, 2]
+    return np.round(stacked, 3).tolist()
+
+
+def _joint_names(num: int) -> list[str]:
+    if num == 1:
+        return list(JOINT_NAMES)
+    return [f"p{p}_{name}" for p in range(num) for name in JOINT_NAMES]

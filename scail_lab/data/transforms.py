@@ -1,0 +1,151 @@
+"""Frame sampling (4k+1 frames at a target fps) and orientation-aware resolution buckets.
+
+Frame rule: stride = source_fps / target_fps (1 when no target fps). The clip gets the largest frame
+bucket n with (n - 1) * stride <= available - 1 frames; frames are start + round(i * stride), with
+`start` uniform over the valid range in training and 0 in evaluation. A source slower than the target
+fps repeats frames (stride < 1); that is allowed but logged once.
+
+Bucket rule (SCAIL-2's PoseLatentBucketHelper, plus a fallback): among buckets of the source's
+orientation (landscape W > H, portrait H > W, square), take the largest one that fits inside the source
+(no upscaling), ties to the closest aspect ratio; if none fits, the closest aspect ratio (ties to the
+smaller area), upscaled; if no bucket has that orientation, all buckets are candidates.
+
+Crop/resize policy: scale to cover the bucket keeping the aspect ratio (area filter when shrinking,
+bilinear when enlarging), then centre-crop. Masks use nearest-neighbour so palette colours stay exact.
+The reference image is fitted to the bucket chosen from the video (same policy), as SCAIL's
+`resize_for_rectangle_crop` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+_warned_upsample = False
+
+
+def check_frame_count(n: int, name: str = "num_frames") -> int:
+    """Validate that n = 4k + 1 >= 1."""
+    if int(n) != n or n < 1 or (n - 1) % 4 != 0:
+        raise ValueError(f"{name} must be 4k+1 (1, 5, 9, 13, 17, ...), got {n}")
+    return int(n)
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """How clips are cut in time. `frame_buckets`: allowed pixel frame counts (4k+1), largest preferred."""
+
+    frame_buckets: tuple[int, ...] = (17,)
+    target_fps: float | None = None
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.frame_buckets:
+            raise ValueError("frame_buckets must not be empty")
+        buckets = tuple(
+            sorted({check_frame_count(n, "frame bucket") for n in self.frame_buckets}, reverse=True)
+        )
+        object.__setattr__(self, "frame_buckets", buckets)
+        if self.target_fps is not None and self.target_fps <= 0:
+            raise ValueError(f"target_fps must be positive or None, got {self.target_fps}")
+
+    def choose(
+        self, available: int, source_fps: float, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, float]:
+        """-> (frame indices [n] into the source, output fps). ValueError when the clip is too short."""
+        global _warned_upsample
+        if available < 1 or source_fps <= 0:
+            raise ValueError(f"bad clip: {available} frames at {source_fps} fps")
+        stride = source_fps / self.target_fps if self.target_fps else 1.0
+        if stride < 1.0 and not _warned_upsample:
+            logger.warning(
+                "source fps %.3g < target fps %.3g: frames will repeat", source_fps, self.target_fps
+            )
+            _warned_upsample = True
+        fits = [n for n in self.frame_buckets if round((n - 1) * stride) <= available - 1]
+        if not fits:
+            raise ValueError(
+                f"clip too short: {available} frames at {source_fps:g} fps cannot give "
+                f"{min(self.frame_buckets)} frames at {self.target_fps or source_fps:g} fps"
+            )
+        n = fits[0]
+        span = round((n - 1) * stride)
+        start = int(rng.integers(0, available - span)) if (self.random_start and rng is not None) else 0
+        indices = start + np.round(np.arange(n) * stride).astype(np.int64)
+        return indices, float(self.target_fps or source_fps)
+
+
+def orientation(h: int, w: int) -> str:
+    return "landscape" if w > h else ("portrait" if h > w else "square")
+
+
+@dataclass(frozen=True)
+class ResolutionBuckets:
+    """Allowed (H, W) pixel sizes, each a multiple of `multiple` (32: the DiT's pose tokens need H/32)."""
+
+    sizes: tuple[tuple[int, int], ...] = ((64, 64),)
+    multiple: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.sizes:
+            raise ValueError("resolution buckets must not be empty")
+        sizes = []
+        for size in self.sizes:
+            if len(size) != 2:
+                raise ValueError(f"a resolution bucket is (H, W), got {size!r}")
+            h, w = int(size[0]), int(size[1])
+            if h <= 0 or w <= 0 or h % self.multiple or w % self.multiple:
+                raise ValueError(f"resolution bucket {h}x{w} must be positive multiples of {self.multiple}")
+            sizes.append((h, w))
+        object.__setattr__(self, "sizes", tuple(dict.fromkeys(sizes)))
+
+    def choose(self, h: int, w: int) -> tuple[int, int]:
+        """The bucket for a source of h x w pixels (rule in the module docstring)."""
+        if h <= 0 or w <= 0:
+            raise ValueError(f"source size must be positive, got {h}x{w}")
+        same = [s for s in self.sizes if orientation(*s) == orientation(h, w)] or list(self.sizes)
+        aspect = math.log(w / h)
+
+        def aspect_gap(s: tuple[int, int]) -> float:
+            return abs(math.log(s[1] / s[0]) - aspect)
+
+        fitting = [s for s in same if s[0] <= h and s[1] <= w]
+        if fitting:
+            return min(fitting, key=lambda s: (-s[0] * s[1], aspect_gap(s)))
+        return min(same, key=lambda s: (aspect_gap(s), s[0] * s[1]))
+
+
+def resize_cover_crop(frames: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """[..., h, w, C] uint8 -> [..., H, W, C]: scale to cover (H, W) keeping aspect, then centre-crop."""
+    th, tw = size
+    h, w = frames.shape[-3:-1]
+    if (h, w) == (th, tw):
+        return frames
+    scale = max(th / h, tw / w)
+    rh, rw = max(th, math.ceil(h * scale - 1e-6)), max(tw, math.ceil(w * scale - 1e-6))
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    else:
+        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    lead = frames.shape[:-3]
+    flat = frames.reshape(-1, h, w, frames.shape[-1])  # [M, h, w, C]
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    out = np.empty((flat.shape[0], th, tw, flat.shape[-1]), dtype=frames.dtype)
+    for i, frame in enumerate(flat):
+        resized = cv2.resize(frame, (rw, rh), interpolation=interp)
+        if resized.ndim == 2:
+            resized = resized[..., None]
+        out[i] = resized[top : top + th, left : left + tw]
+    return out.reshape(*lead, th, tw, frames.shape[-1])
+
+
+def frame_buckets_for(num_frames: Sequence[int] | int) -> tuple[int, ...]:
+    """Normalise an int or a list of frame counts into validated frame buckets."""
+    values = [num_frames] if isinstance(num_frames, int) else list(num_frames)
+    return tuple(check_frame_count(int(n), "frame bucket") for n in values)

@@ -1,0 +1,1 @@
+"""Flow-matching objective pieces, sigma schedules, samplers and guidance (pure torch)."""

@@ -1,0 +1,201 @@
+"""AnimationPipeline: determinism, guidance cost, long-video coverage, LoRA merge, errors before model work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scail_lab.conditioning import ConditionEncoder
+from scail_lab.data import media
+from scail_lab.diffusion.samplers import EulerSampler, UniPCSampler
+from scail_lab.model.dit import SCAILDiT
+from scail_lab.model.lora import export_lora, merge_lora
+from scail_lab.model.masks import ColourMaskScheme
+from scail_lab.pipeline import AnimationPipeline, MotionExample, load_example
+from scail_lab.pipeline.outputs import write_result
+from scail_lab.pipeline.segments import next_valid_length, plan_segments
+from tests.conftest import randomize_, tiny_config
+from tests.standins import HashTextEncoder, PoolImageEncoder, PoolVAE
+
+
+def make_example(frames=9, size=(64, 64), mode="animate", seed=0) -> MotionExample:
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    ref = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+    driving = torch.randint(0, 256, (3, frames, h, w), generator=g, dtype=torch.uint8)
+    ref_mask = torch.zeros(3, h, w, dtype=torch.uint8)
+    ref_mask[2, h // 4 :, w // 4 : 3 * w // 4] = 255  # a blue character
+    driving_mask = ref_mask.unsqueeze(1).repeat(1, frames, 1, 1)
+    return MotionExample(ref, driving, ref_mask, driving_mask, prompt="a person dances", fps=8.0, mode=mode)
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.batches: list[int] = []
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward(self, inputs):
+        self.batches.append(inputs.batch_size)
+        return self.inner(inputs)
+
+
+def make_pipeline(model=None, **kwargs) -> AnimationPipeline:
+    model = model if model is not None else randomize_(SCAILDiT(tiny_config()), seed=0, std=0.02)
+    encoder = ConditionEncoder(PoolVAE(), ColourMaskScheme(), HashTextEncoder(32), PoolImageEncoder(32))
+    options = dict(
+        num_steps=3, guide_scale=1.0, height=64, width=64, segment_len=9, segment_overlap=5, progress=False
+    )
+    options.update(kwargs)
+    return AnimationPipeline(model, encoder, options.pop("sampler", EulerSampler(shift=3.0)), **options)
+
+
+def test_plan_segments_cover_every_frame_exactly_once():
+    for n in range(1, 60):
+        plans = plan_segments(n, segment_len=17, overlap=5)
+        covered = [i for p in plans for i in p.new_frames]
+        assert covered == list(range(n)), n
+        assert all((p.length - 1) % 4 == 0 and p.length <= 17 for p in plans)
+        assert plans[0].history == 0 and all(p.history == 5 for p in plans[1:])
+    assert next_valid_length(10) == 13 and next_valid_length(9) == 9
+    with pytest.raises(ValueError, match="overlap"):
+        plan_segments(30, 17, 4)
+
+
+def test_same_seed_same_video_and_a_different_seed_differs():
+    pipe = make_pipeline()
+    example = make_example()
+    a, b, c = pipe(example, seed=1), pipe(example, seed=1), pipe(example, seed=2)
+    assert a.video.dtype == torch.uint8 and a.video.shape == (3, 9, 64, 64)
+    assert torch.equal(a.video, b.video)
+    assert not torch.equal(a.video, c.video)
+
+
+def test_guide_scale_one_runs_one_forward_per_step_and_above_one_batches_cond_and_uncond():
+    model = CountingModel(randomize_(SCAILDiT(tiny_config()), seed=0, std=0.02))
+    make_pipeline(model, guide_scale=1.0, num_steps=4)(make_example())
+    assert model.batches == [1] * 4
+    model.batches.clear()
+    make_pipeline(model, guide_scale=4.0, num_steps=4, sampler=UniPCSampler(shift=3.0))(make_example())
+    assert model.batches == [2] * 4
+
+
+@pytest.mark.parametrize("frames", [9, 14, 21, 30])
+def test_long_videos_cover_every_driving_frame(frames):
+    model = CountingModel(randomize_(SCAILDiT(tiny_config()), seed=0, std=0.02))
+    result = make_pipeline(model, num_steps=2)(make_example(frames=frames))
+    assert result.video.shape[1] == frames
+    assert len(result.segments) == len(plan_segments(frames, 9, 5))
+    assert len(model.batches) == 2 * len(result.segments)
+
+
+def test_history_frames_stay_clean_through_denoising():
+    pipe = make_pipeline(num_steps=3)
+    example = pipe_example = make_example(frames=9)
+    base, negative = pipe.encode(pipe_example)
+    conditions = pipe._segment_conditions(base, example, plan_segments(9, 9, 5)[0])
+    history = torch.randn(1, 16, 2, 8, 8)
+    latents = pipe.denoise(conditions, negative, history, torch.Generator().manual_seed(0))
+    assert torch.equal(latents[:, :, :2], history)
+
+
+def test_outputs_are_written(tmp_path):
+    result = make_pipeline()(make_example())
+    paths = write_result(result, tmp_path, config={"k": 1})
+    video = media.decode_video(paths["video"])
+    assert video.shape == (9, 64, 64, 3)
+    assert media.decode_video(paths["side_by_side"]).shape == (9, 64, 192, 3)
+    assert media.decode_image(open(paths["grid"], "rb").read()).shape == (4 * 64, 192, 3)
+    assert '"seed": 0' in open(paths["meta"]).read()
+
+
+@pytest.mark.parametrize("style", ["peft", "comfy"])
+def test_merged_lora_equals_unmerged_adapter_forward(style, tmp_path):
+    peft = pytest.importorskip("peft")
+    from tests.conftest import make_inputs
+
+    base = randomize_(SCAILDiT(tiny_config()), seed=4)
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    targets = ["self_attn.q", "self_attn.v", "cross_attn.o", "ffn.0"]
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0)
+    adapted = peft.get_peft_model(base, config)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    inputs = make_inputs(batch=1)
+    expected = adapted(inputs)
+    adapters = {}
+    for name, module in adapted.base_model.model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            adapters[name] = (
+                module.lora_A["default"].weight.detach(),
+                module.lora_B["default"].weight.detach(),
+            )
+    assert len(adapters) == 4 * 2  # 2 blocks
+    export_lora(adapters, alpha=8, path=tmp_path / "lora.safetensors", style=style)
+    fresh = SCAILDiT(tiny_config())
+    fresh.load_state_dict(state)
+    assert merge_lora(fresh, tmp_path / "lora.safetensors") == 8
+    assert (fresh(inputs) - expected).abs().max().item() < 1e-5
+    assert (fresh(inputs) - SCAILDiT(tiny_config()).requires_grad_(False)(inputs)).abs().max().item() > 0
+
+
+def test_lora_files_that_match_nothing_are_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(
+        {"diffusion_model.blocks.0.nope.lora_down.weight": torch.zeros(2, 4)}, str(tmp_path / "x.safetensors")
+    )
+    with pytest.raises(ValueError, match="match no module"):
+        merge_lora(SCAILDiT(tiny_config()), tmp_path / "x.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="cannot read"):
+        merge_lora(SCAILDiT(tiny_config()), tmp_path / "bad.safetensors")
+
+
+def write_folder(root, frames=9, mask_frames=None, mask_name="rendered_mask_v2.mp4", size=64):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    (root / "ref.png").write_bytes(media.encode_image(img))
+    (root / "ref_mask.png").write_bytes(media.encode_image(np.zeros_like(img)))
+    video = rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
+    (root / "rendered_v2.mp4").write_bytes(media.encode_video(video, 8.0))
+    mask = np.zeros((mask_frames or frames, size, size, 3), dtype=np.uint8)
+    (root / mask_name).write_bytes(media.encode_video(mask, 8.0))
+    (root / "prompt.txt").write_text("a dancer\n")
+    return root
+
+
+def test_load_example_reads_a_scail2_folder_and_infers_the_mode(tmp_path):
+    ex = load_example(write_folder(tmp_path / "a"))
+    assert ex.mode == "animate" and ex.prompt == "a dancer" and ex.fps == pytest.approx(8.0)
+    assert ex.driving.shape == (3, 9, 64, 64) and ex.driving_mask.shape == (3, 9, 64, 64)
+    assert load_example(write_folder(tmp_path / "b", mask_name="replace_mask.mp4")).mode == "replace"
+
+
+def test_bad_inputs_fail_before_any_model_work(tmp_path):
+    model = CountingModel(SCAILDiT(tiny_config()))
+    pipe = make_pipeline(model)
+    with pytest.raises(FileNotFoundError, match="reference image"):
+        load_example(tmp_path)
+    broken = write_folder(tmp_path / "broken")
+    (broken / "rendered_v2.mp4").write_bytes(b"\x00\x01 not an mp4")
+    with pytest.raises(ValueError, match="rendered_v2.mp4"):
+        load_example(broken)
+    with pytest.raises(ValueError, match="frames"):
+        load_example(write_folder(tmp_path / "mismatch", mask_frames=5))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        make_pipeline(model, height=48)
+    with pytest.raises(ValueError, match="ref_mask"):
+        pipe(make_example().replace(ref_mask=None))
+    assert model.batches == []
