@@ -21,6 +21,7 @@ from torch import Tensor
 from scail_lab.metrics.base import Metric, check_same_shape, to_frames
 
 SSIM_VARIANTS = ("gaussian11", "disco_gray7")
+SSIM_BORDERS = ("valid", "reflect")
 L1_CONVENTIONS = ("unit", "disco")
 FRAME_CHUNK = 8  # frames per float64 chunk: bounds memory at high resolution
 
@@ -88,8 +89,16 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
     return torch.outer(g, g)
 
 
-def _ssim_map_mean(x: Tensor, y: Tensor, window: Tensor, sample_covariance: bool) -> Tensor:
-    """Mean SSIM over the valid region of each image. x, y: float64 [B, C, H, W] 0..255 -> [B, C]."""
+def _ssim_map_mean(x: Tensor, y: Tensor, window: Tensor, sample_covariance: bool, border: str = "valid") -> Tensor:
+    """Mean SSIM map of each image. x, y: float64 [B, C, H, W] 0..255 -> [B, C].
+
+    border "valid": windows fully inside the image (Wang's MATLAB code, skimage); "reflect": reflect-pad by
+    half a window first and average the full-size map (torchmetrics).
+    """
+    if border == "reflect":
+        pad = (window.shape[-1] - 1) // 2
+        x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
     c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
     channels = x.shape[1]
     kernel = window.to(x)[None, None].expand(channels, 1, *window.shape)  # [C, 1, k, k] depthwise
@@ -114,17 +123,19 @@ def _to_gray_uint8(frames: Tensor) -> Tensor:
     return torch.from_numpy(gray).double()[:, None]  # [N, H, W] -> [N, 1, H, W]
 
 
-def ssim_per_frame(pred: Tensor, target: Tensor, variant: str = "gaussian11") -> Tensor:
+def ssim_per_frame(pred: Tensor, target: Tensor, variant: str = "gaussian11", border: str = "valid") -> Tensor:
     """Per-frame SSIM [N] (float64).
 
     gaussian11: Wang et al. 2004: 11x11 Gaussian window sigma 1.5, K1 0.01, K2 0.03, L = 255, population
-        covariance, per RGB channel, mean over channels and the valid region (= torchmetrics / skimage with
-        gaussian_weights=True, use_sample_covariance=False).
+        covariance, per RGB channel, mean over channels and the SSIM map (= skimage with gaussian_weights=True,
+        use_sample_covariance=False for border "valid"; = torchmetrics for border "reflect").
     disco_gray7: DisCo's TikTok code: OpenCV grayscale uint8 frames, 7x7 uniform window, sample covariance
         (skimage `structural_similarity` defaults).
     """
     if variant not in SSIM_VARIANTS:
         raise ValueError(f"ssim variant must be one of {SSIM_VARIANTS}, got {variant!r}")
+    if border not in SSIM_BORDERS:
+        raise ValueError(f"ssim border must be one of {SSIM_BORDERS}, got {border!r}")
     if min(pred.shape[-2:]) < (11 if variant == "gaussian11" else 7):
         raise ValueError(f"ssim: frames {tuple(pred.shape[-2:])} are smaller than the {variant} window")
     out = []
@@ -132,10 +143,10 @@ def ssim_per_frame(pred: Tensor, target: Tensor, variant: str = "gaussian11") ->
         p = pred[start : start + FRAME_CHUNK]
         t = target[start : start + FRAME_CHUNK]
         if variant == "gaussian11":
-            values = _ssim_map_mean(p.double(), t.double(), gaussian_window(11, 1.5), sample_covariance=False)
+            values = _ssim_map_mean(p.double(), t.double(), gaussian_window(11, 1.5), False, border)
         else:
             uniform = torch.full((7, 7), 1.0 / 49.0, dtype=torch.float64)
-            values = _ssim_map_mean(_to_gray_uint8(p), _to_gray_uint8(t), uniform, sample_covariance=True)
+            values = _ssim_map_mean(_to_gray_uint8(p), _to_gray_uint8(t), uniform, True, border)
         out.append(values.mean(dim=1))
     return torch.cat(out)
 
@@ -146,23 +157,26 @@ class SSIM(Metric):
     name = "ssim"
     higher_is_better = True
 
-    def __init__(self, variant: str = "gaussian11", name: str | None = None) -> None:
+    def __init__(self, variant: str = "gaussian11", border: str = "valid", name: str | None = None) -> None:
         super().__init__()
         if variant not in SSIM_VARIANTS:
             raise ValueError(f"ssim variant must be one of {SSIM_VARIANTS}, got {variant!r}")
-        self.variant = variant
+        if border not in SSIM_BORDERS:
+            raise ValueError(f"ssim border must be one of {SSIM_BORDERS}, got {border!r}")
+        self.variant, self.border = variant, border
         self.name = name or ("ssim" if variant == "gaussian11" else f"ssim_{variant}")
 
     def protocol(self) -> dict[str, Any]:
         if self.variant == "gaussian11":
             return {"variant": self.variant, "window": "gaussian 11x11 sigma 1.5", "color": "rgb",
-                    "covariance": "population"}
-        return {"variant": self.variant, "window": "uniform 7x7", "color": "opencv gray", "covariance": "sample"}
+                    "covariance": "population", "border": self.border}
+        return {"variant": self.variant, "window": "uniform 7x7", "color": "opencv gray", "covariance": "sample",
+                "border": self.border}
 
     def _score(self, pred: Tensor, target: Tensor, **extras: Any) -> float:
         p, t = to_frames(pred), to_frames(target)
         check_same_shape(self.name, p, t)
-        return float(ssim_per_frame(p, t, self.variant).mean())
+        return float(ssim_per_frame(p, t, self.variant, self.border).mean())
 
 
 # --------------------------------------------------------------------------------------------------
