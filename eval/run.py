@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -39,7 +40,13 @@ def build_metrics(metric_cfg: DictConfig) -> dict[str, Metric]:
     for key, node in metric_cfg.items():
         if node is None:
             continue
-        metric = instantiate(node)
+        try:
+            metric = instantiate(node)
+        except InstantiationException as err:
+            cause = err.__cause__
+            if isinstance(cause, FileNotFoundError | ValueError):  # surface our own clear message, with the key
+                raise type(cause)(f"metrics.{key}: {cause}") from cause
+            raise
         if not isinstance(metric, Metric):
             raise ValueError(f"metrics.{key} built a {type(metric).__name__}, not a scail_lab.metrics.Metric")
         if metric.name in metrics:
@@ -85,6 +92,10 @@ def resolve_rows(path: str, gt_dir: str | None, max_samples: int | None) -> tupl
 def run_eval(cfg: DictConfig) -> list[RunResult]:
     """Evaluate every run in `cfg.runs` with `cfg.metrics` and write the reports to `cfg.out_dir`."""
     runs = parse_runs(cfg.runs)
+    for name, path in parse_runs(cfg.run_list).items():
+        if name in runs:
+            raise ValueError(f"run name {name!r} is in both runs and run_list")
+        runs[name] = path
     if not runs:
         raise ValueError("no runs given: use --runs name=folder ... or +runs.name=folder")
     if cfg.on_missing_weights not in ("error", "skip"):
