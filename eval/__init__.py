@@ -1,0 +1,1 @@
+"""Evaluation runner: manifests, metric loop, reports (entry point: eval/run.py)."""

@@ -1,0 +1,108 @@
+"""Run a set of metrics over one run's manifest: load each pair once, feed every metric, record everything.
+
+Bad samples (unreadable video, wrong sizes with `size_mismatch: error`, a metric's ValueError) are recorded in
+the per-sample records and skipped; the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from eval.manifest import ManifestRow
+from scail_lab.metrics import Frames, Metric, MetricResult, SyntheticGT, to_masks
+from scail_lab.metrics.video_io import read_video
+
+logger = logging.getLogger(__name__)
+
+FRAME_MISMATCH = ("truncate", "error")
+SIZE_MISMATCH = ("resize", "error")
+
+
+@dataclass
+class RunResult:
+    name: str
+    results: dict[str, MetricResult]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    unmatched: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def num_failed(self) -> int:
+        return sum(1 for r in self.records if r.get("error"))
+
+
+def load_pair(row: ManifestRow, frame_mismatch: str = "truncate", size_mismatch: str = "resize") -> tuple[dict[str, Any], list[str]]:
+    """Decode one sample -> (inputs for Metric.update, notes about adjustments made)."""
+    notes: list[str] = []
+    pred = torch.from_numpy(read_video(row.pred)).permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W]
+    target = torch.from_numpy(read_video(row.target)).permute(0, 3, 1, 2).float()
+    pred_mask = to_masks(read_video(row.pred_mask)) if row.pred_mask else None
+    target_mask = to_masks(read_video(row.target_mask)) if row.target_mask else None
+    num = min(pred.shape[0], target.shape[0])
+    if pred.shape[0] != target.shape[0]:
+        if frame_mismatch == "error":
+            raise ValueError(f"generated video has {pred.shape[0]} frames, ground truth {target.shape[0]}")
+        notes.append(f"frames truncated to {num} (generated {pred.shape[0]}, ground truth {target.shape[0]})")
+    pred, target = pred[:num], target[:num]
+    pred_mask = pred_mask[:num] if pred_mask is not None else None
+    target_mask = target_mask[:num] if target_mask is not None else None
+    if pred.shape[-2:] != target.shape[-2:]:
+        if size_mismatch == "error":
+            raise ValueError(f"generated frames are {tuple(pred.shape[-2:])}, ground truth {tuple(target.shape[-2:])}")
+        notes.append(f"generated frames resized from {tuple(pred.shape[-2:])} to {tuple(target.shape[-2:])}")
+        pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        pred = pred.clamp(0, 255)
+        if pred_mask is not None:
+            pred_mask = F.interpolate(pred_mask[:, None].float(), size=target.shape[-2:], mode="nearest")[:, 0] > 0.5
+    gt = SyntheticGT.load(row.gt_json) if row.gt_json else None
+    if gt is not None and gt.joints.shape[0] != num:
+        if gt.joints.shape[0] < num:
+            raise ValueError(f"{row.gt_json} has joints for {gt.joints.shape[0]} frames, the videos have {num}")
+        gt = SyntheticGT(gt.joints[:num], gt.joint_names, gt.identity_colors, gt.fps)
+    inputs = {"pred": Frames(pred), "target": Frames(target), "pred_mask": pred_mask, "target_mask": target_mask, "gt": gt}
+    return inputs, notes
+
+
+def evaluate_run(
+    name: str,
+    rows: list[ManifestRow],
+    metrics: Mapping[str, Metric],
+    frame_mismatch: str = "truncate",
+    size_mismatch: str = "resize",
+) -> RunResult:
+    """Evaluate one run. Metrics are reset first, so one set of (weight-loaded) metrics serves several runs."""
+    if frame_mismatch not in FRAME_MISMATCH:
+        raise ValueError(f"frame_mismatch must be one of {FRAME_MISMATCH}, got {frame_mismatch!r}")
+    if size_mismatch not in SIZE_MISMATCH:
+        raise ValueError(f"size_mismatch must be one of {SIZE_MISMATCH}, got {size_mismatch!r}")
+    for metric in metrics.values():
+        metric.reset()
+    records: list[dict[str, Any]] = []
+    for row in tqdm(rows, desc=f"eval {name}", unit="sample"):
+        record: dict[str, Any] = {"id": row.id, "pred": row.pred, "target": row.target, "metrics": {}, "errors": {}}
+        try:
+            inputs, notes = load_pair(row, frame_mismatch, size_mismatch)
+        except (OSError, ValueError) as err:
+            logger.warning("run %s: skipping sample %s: %s", name, row.id, err)
+            record["error"] = str(err)
+            records.append(record)
+            continue
+        record["notes"] = notes
+        record["num_frames"] = int(inputs["pred"].data.shape[0])
+        for metric in metrics.values():
+            try:
+                value = metric.update(sample_id=row.id, **inputs)
+            except ValueError as err:
+                record["errors"][metric.name] = str(err)
+                continue
+            if value is not None:
+                record["metrics"][metric.name] = float(value)
+        records.append(record)
+    results = {metric.name: metric.compute() for metric in metrics.values()}
+    return RunResult(name, results, records)
