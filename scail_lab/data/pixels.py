@@ -173,14 +173,14 @@ def collate(samples: Sequence[Mapping]) -> dict:
     batch: dict = {}
     for k, v in first.items():
         values = [s[k] for s in samples]
+        if k == schema.TEXT_EMB:
+            continue  # padded below
         if isinstance(v, torch.Tensor):
             batch[k] = torch.stack(values)
         elif k == schema.NUM_HISTORY_FRAMES:
             batch[k] = torch.tensor(values, dtype=torch.long)
         elif k == schema.FPS:
             batch[k] = torch.tensor(values, dtype=torch.float32)
-        elif k == schema.TEXT_EMB:
-            continue
         else:
             batch[k] = list(values)
     if schema.TEXT_EMB in first:

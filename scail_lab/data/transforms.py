@@ -1,7 +1,7 @@
 """Frame sampling (4k+1 frames at a target fps) and orientation-aware resolution buckets.
 
 Frame rule: stride = source_fps / target_fps (1 when no target fps). The clip gets the largest frame
-bucket n with (n - 1) * stride <= available - 1 frames; frames are start + round(i * stride), with
+bucket n with (n - 1) * stride <= available - 1 frames; frames are start + floor(i * stride + 1/2), with
 `start` uniform over the valid range in training and 0 in evaluation. A source slower than the target
 fps repeats frames (stride < 1); that is allowed but logged once.
 
@@ -68,17 +68,21 @@ class FrameSampling:
                 "source fps %.3g < target fps %.3g: frames will repeat", source_fps, self.target_fps
             )
             _warned_upsample = True
-        fits = [n for n in self.frame_buckets if round((n - 1) * stride) <= available - 1]
+        fits = [n for n in self.frame_buckets if _round_half_up((n - 1) * stride) <= available - 1]
         if not fits:
             raise ValueError(
                 f"clip too short: {available} frames at {source_fps:g} fps cannot give "
                 f"{min(self.frame_buckets)} frames at {self.target_fps or source_fps:g} fps"
             )
         n = fits[0]
-        span = round((n - 1) * stride)
+        span = _round_half_up((n - 1) * stride)
         start = int(rng.integers(0, available - span)) if (self.random_start and rng is not None) else 0
-        indices = start + np.round(np.arange(n) * stride).astype(np.int64)
+        indices = start + np.floor(np.arange(n) * stride + 0.5).astype(np.int64)
         return indices, float(self.target_fps or source_fps)
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
 
 
 def orientation(h: int, w: int) -> str:

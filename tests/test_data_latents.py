@@ -1,0 +1,162 @@
+"""Latent caching and latent batches, with a small deterministic encoder fixture (not a product VAE)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scail_lab.data import (
+    AugmentConfig,
+    FolderDataset,
+    FrameSampling,
+    LatentCacher,
+    build_dataloader,
+    make_shards,
+)
+from scail_lab.data.caching import make_latent_shards
+from scail_lab.data.folders import collect_folder
+from scail_lab.data.latents import half_resolution, latent_sample, npy_tensor, unit_range
+from scail_lab.data.shards import iter_shard
+from scail_lab.model.masks import ColourMaskScheme, NoMaskScheme
+from tests.test_data_fixtures import write_synthetic
+
+SAMPLING = FrameSampling(frame_buckets=(9,), random_start=False)
+
+
+class PoolVAE:
+    """8x8 average pool, a fixed 3 -> 16 linear map, and a temporal stride-4 pick (frames 0, 4, 8, ...)."""
+
+    def __init__(self) -> None:
+        self.proj = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool3d(video, kernel_size=(1, 8, 8))[:, :, ::4]  # [B, 3, T, H/8, W/8]
+        return torch.einsum("oc,bcthw->bothw", self.proj, pooled)
+
+
+class HashText:
+    """One 8-d vector per word (+1 end token), from a hash of the word."""
+
+    def encode(self, texts: list[str]) -> list[torch.Tensor]:
+        out = []
+        for text in texts:
+            words = text.split() + ["</s>"]
+            seeds = [int(hashlib.md5(w.encode()).hexdigest()[:8], 16) for w in words]
+            out.append(torch.stack([torch.randn(8, generator=torch.Generator().manual_seed(s)) for s in seeds]))
+        return out
+
+
+class MeanClip:
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(1, 2, 3))[:, None, None].expand(-1, 257, 1280).clone()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lat")
+    write_synthetic(root / "folders", 4, p_two_characters=0.0, p_replace=0.5, p_pose_driven=0.0)
+    report = make_shards(root / "folders", root / "pixels", samples_per_shard=2, progress=False)
+    return {"root": root, "pattern": report["pattern"]}
+
+
+def cacher(scheme=None, **kwargs) -> LatentCacher:
+    return LatentCacher(vae=PoolVAE(), mask_scheme=scheme or ColourMaskScheme(), text_encoder=HashText(),
+                        image_encoder=MeanClip(), sampling=SAMPLING, **kwargs)  # fmt: skip
+
+
+def test_cached_latents_equal_the_encoder_on_the_loader_pixels(data):
+    folder = sorted((data["root"] / "folders").iterdir())[0]
+    pixels = FolderDataset([str(folder)], sampling=SAMPLING)[0]  # the pixel path's tensors
+    out = cacher().encode(collect_folder(folder))
+    vae, scheme = PoolVAE(), ColourMaskScheme()
+    target = npy_tensor(out["target_latents.npy"])
+    assert target.shape == (16, 3, 8, 8)
+    torch.testing.assert_close(target, vae.encode(unit_range(pixels["target"])[None])[0], rtol=0, atol=1e-6)
+    pose = npy_tensor(out["pose_latents.npy"])
+    assert pose.shape == (16, 3, 4, 4)
+    torch.testing.assert_close(pose, vae.encode(half_resolution(unit_range(pixels["driving"])[None]))[0], rtol=0, atol=1e-6)
+    ref = npy_tensor(out["ref_latents.npy"])
+    torch.testing.assert_close(ref, vae.encode(unit_range(pixels["ref_image"])[None, :, None])[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(npy_tensor(out["ref_mask_code.npy"]), scheme.encode_ref(pixels["ref_mask"][None, :, None])[0])
+    torch.testing.assert_close(npy_tensor(out["driving_mask_code.npy"]), scheme.encode_driving(pixels["driving_mask"][None])[0])
+    assert npy_tensor(out["driving_mask_code.npy"]).shape == (28, 3, 4, 4)
+    assert npy_tensor(out["text_emb.npy"]).shape == (len(pixels["caption"].split()) + 1, 8)
+    assert npy_tensor(out["text_emb_null.npy"]).shape == (1, 8)
+    assert npy_tensor(out["clip_emb.npy"]).shape == (257, 1280)
+    # reverse variant: the target latents of the reverse pair encode the forward driving video
+    torch.testing.assert_close(npy_tensor(out["reverse_target_latents.npy"]), vae.encode(unit_range(pixels["driving"])[None])[0],
+                               rtol=0, atol=1e-6)  # fmt: skip
+    sample = latent_sample(out, sampling=FrameSampling(frame_buckets=(5,)), augment=AugmentConfig.off(), use_masks=True)
+    assert sample["target_latents"].shape == (16, 2, 8, 8) and sample["driving_mask_code"].shape == (28, 2, 4, 4)
+    torch.testing.assert_close(sample["target_latents"], target[:, :2])
+
+
+@pytest.fixture(scope="module")
+def latents(data):
+    out = data["root"] / "latents"
+    report = make_latent_shards(cacher(), out, shards=data["pattern"], progress=False)
+    return out, report
+
+
+def test_latent_shards_feed_latent_batches(data, latents):
+    out, report = latents
+    assert report["num_samples"] == 4 and report["num_skipped"] == 0 and report["num_shards"] == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    make_latent_shards(cacher(), out, shards=data["pattern"], progress=False)  # resume: nothing redone
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == stamps
+    loader = build_dataloader(shards=str(out), kind="latent", batch_size=4, sampling=SAMPLING, augment={"text_dropout": 0.0})
+    (batch,) = list(loader)
+    assert batch["target_latents"].shape == (4, 16, 3, 8, 8) and batch["ref_latents"].shape == (4, 16, 1, 8, 8)
+    assert batch["pose_latents"].shape == (4, 16, 3, 4, 4)
+    assert batch["ref_mask_code"].shape == (4, 28, 1, 8, 8) and batch["driving_mask_code"].shape == (4, 28, 3, 4, 4)
+    assert batch["clip_emb"].shape == (4, 257, 1280)
+    lengths = batch["text_emb_lengths"]
+    assert batch["text_emb"].shape == (4, int(lengths.max()), 8)
+    for i, caption in enumerate(batch["caption"]):
+        assert int(lengths[i]) == len(caption.split()) + 1
+        assert torch.all(batch["text_emb"][i, int(lengths[i]) :] == 0)
+    assert set(batch["mode"]) <= {"animate", "replace"} and batch["num_history_frames"].dtype == torch.long
+
+
+def test_latent_augmentation_switches_variants(latents):
+    out, _ = latents
+    plain = {b["key"][0]: b for b in build_dataloader(shards=str(out), kind="latent", augment=AugmentConfig.off())}
+    aug = AugmentConfig(**{**AugmentConfig.off().__dict__, "driving_aug_e2e": 1.0, "text_dropout": 1.0, "pose_dropout": 0.0})
+    for batch in build_dataloader(shards=str(out), kind="latent", augment=aug):
+        key = batch["key"][0]
+        assert not torch.equal(batch["pose_latents"], plain[key]["pose_latents"])  # augmented driving variant
+        torch.testing.assert_close(batch["target_latents"], plain[key]["target_latents"])
+        assert batch["caption"] == [""] and batch["text_emb"].shape[1] == 1  # the "" embedding
+    rev = AugmentConfig(**{**AugmentConfig.off().__dict__, "reverse_driving": 1.0, "pose_dropout": 1.0})
+    for batch in build_dataloader(shards=str(out), kind="latent", augment=rev):
+        assert not torch.equal(batch["target_latents"], plain[batch["key"][0]]["target_latents"])
+        assert torch.all(batch["pose_latents"] == 0) and torch.all(batch["driving_mask_code"] == 0)
+
+
+def test_none_scheme_caches_no_mask_codes(data):
+    out = data["root"] / "latents_nomask"
+    report = make_latent_shards(cacher(NoMaskScheme()), out, folders=data["root"] / "folders", progress=False)
+    assert report["num_samples"] == 4
+    batch = next(iter(build_dataloader(shards=str(out), kind="latent", mask_scheme="none", batch_size=4, sampling=SAMPLING)))
+    assert "ref_mask_code" not in batch and "driving_mask_code" not in batch
+    raw = next(iter_shard(str(next(out.glob("*.tar")))))
+    with pytest.raises(ValueError, match="mask"):
+        latent_sample(raw, sampling=SAMPLING, augment=AugmentConfig.off(), use_masks=True)
+
+
+def test_encoder_contract_violations_are_reported_per_sample(data):
+    class BadVAE:
+        def encode(self, video):
+            return torch.zeros(1, 16, 1, 1, 1)
+
+    report = make_latent_shards(LatentCacher(vae=BadVAE(), mask_scheme=ColourMaskScheme(), sampling=SAMPLING),
+                                data["root"] / "bad", shards=data["pattern"], progress=False)  # fmt: skip
+    assert report["num_samples"] == 0 and report["num_skipped"] == 4
+    assert all("VAE returned" in r for r in report["skipped"].values())
+    with pytest.raises(ValueError):
+        LatentCacher(vae=object(), mask_scheme=ColourMaskScheme())
+    with pytest.raises(ValueError):
+        LatentCacher(vae=PoolVAE(), mask_scheme=ColourMaskScheme(), sampling=FrameSampling(random_start=True))
