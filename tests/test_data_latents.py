@@ -160,3 +160,15 @@ def test_encoder_contract_violations_are_reported_per_sample(data):
         LatentCacher(vae=object(), mask_scheme=ColourMaskScheme())
     with pytest.raises(ValueError):
         LatentCacher(vae=PoolVAE(), mask_scheme=ColourMaskScheme(), sampling=FrameSampling(random_start=True))
+
+
+def test_latent_config_instantiates(latents):
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "data" / "latent.yaml")
+    cfg = OmegaConf.merge(cfg, {"shards": str(latents[0]), "num_workers": 0, "sampling": {"frame_buckets": [9]}})
+    batch = next(iter(instantiate(cfg)))
+    assert batch["target_latents"].shape[1:] == (16, 3, 8, 8) and batch["ref_mask_code"].shape[1] == 28

@@ -189,3 +189,15 @@ def test_batch_contract_types(data):
     assert batch["driving"].shape == (2, 3, 9, 64, 64) and batch["ref_mask"].shape == (2, 3, 64, 64)
     assert all(m in ("animate", "replace") for m in batch["mode"]) and len(batch["caption"]) == 2
     assert torch.equal(batch["fps"], torch.tensor([8.0, 8.0]))
+
+
+@pytest.mark.parametrize("name", ["synthetic", "folders"])
+def test_pixel_configs_instantiate_and_yield_batches(data, name):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "data" / f"{name}.yaml")
+    source = {"shards": data["pattern"]} if "shards" in cfg else {"folders": str(data["root"] / "square")}
+    cfg = OmegaConf.merge(cfg, {**source, "num_workers": 0, "sampling": {"frame_buckets": [9]}})
+    batch = next(iter(instantiate(cfg)))
+    assert batch["target"].shape[1:] == (3, 9, 64, 64) and batch["target"].dtype == torch.uint8

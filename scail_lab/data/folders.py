@@ -50,6 +50,8 @@ class SampleInfo:
 def sample_key(folder: Path, root: Path | None = None) -> str:
     """A webdataset-safe key: the folder path relative to `root`, dots and odd characters replaced by `_`."""
     rel = folder.relative_to(root) if root is not None else Path(folder.name)
+    if rel == Path("."):  # the root itself is the sample folder
+        rel = Path(folder.resolve().name)
     key = _KEY_BAD_CHARS.sub("_", rel.as_posix()).replace("/", "__")
     return key or "sample"
 

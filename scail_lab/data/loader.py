@@ -248,6 +248,7 @@ class EpochDataLoader(DataLoader):
 
     def __init__(self, dataset: MotionPairStream, start_epoch: int = 0, **kwargs) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
+        self.start_epoch = int(start_epoch)  # kept as an attribute so frameworks can re-create the loader
         self._next_epoch = int(start_epoch)
 
     def set_epoch(self, epoch: int) -> None:

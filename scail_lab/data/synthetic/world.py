@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scail_lab.data.synthetic.character import Identity, make_identity
-from scail_lab.data.synthetic.motion import motion_spec, motion_track
+from scail_lab.data.synthetic.motion import MotionSpec, motion_spec, motion_track
 from scail_lab.data.synthetic.render import character_parts, compose, rasterize, skeleton_parts
 from scail_lab.data.synthetic.scene import Scene, make_scene
 from scail_lab.data.synthetic.skeleton import JOINT_NAMES, body_points, neutral_track, place, rotate_facing
@@ -74,9 +74,7 @@ class WorldConfig:
         for name, least in (("identities", need), ("motions", 2), ("scenes", 2)):
             pools = tuple(int(v) for v in getattr(self, name))
             if len(pools) != 3 or min(pools) < least:
-                raise ValueError(
-                    f"{name} must be 3 pool sizes (train, val, test) each >= {least}, got {pools}"
-                )
+                raise ValueError(f"{name} must be 3 pool sizes (train, val, test) each >= {least}, got {pools}")
             object.__setattr__(self, name, pools)
         if self.supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
@@ -121,6 +119,26 @@ class SyntheticSample:
 
 
 @dataclass
+class _Plan:
+    """The random draws of one sample (identities A = ref, B = driving, C = augmented driving)."""
+
+    num: int
+    mode: str
+    kind: str
+    continuation: bool
+    ref_ids: list[int]
+    drv_ids: list[int]
+    aug_ids: list[int]
+    identities: dict[int, Identity]
+    motions: list[MotionSpec]
+    tracks: list[dict]
+    scene_ids: list[int]
+    scenes: list[Scene]
+    pan_speed: float
+    pan_px: np.ndarray  # [N] view offset into the scene canvas
+
+
+@dataclass
 class _Render:
     frames: np.ndarray  # [N, H, W, 3]
     person: np.ndarray  # [N, H, W] actor index, -1 background
@@ -140,6 +158,56 @@ class SyntheticWorld:
         return [self.config.seed, SPLITS.index(split), int(index)]
 
     def sample(self, split: str, index: int) -> SyntheticSample:
+        """Sample `index` of `split` (see the module docstring for its contents)."""
+        plan = self._plan(split, index)
+        ident, num, white_bg = plan.identities, plan.num, plan.mode == "replace"
+        scene_a, scene_b = plan.scenes
+        actors = lambda ids: [(ident[i], tr) for i, tr in zip(ids, plan.tracks, strict=True)]  # noqa: E731
+        # driving video of B; slots = left-to-right order of the first frame's bounding boxes
+        drv = self._render(actors(plan.drv_ids), scene_b, plan.pan_px)
+        drv_slot = _slots(drv.person[0], drv.joints)
+        # reference image of A: the person in slot k stands at the k-th position from the left
+        ref_pose_rng = np.random.default_rng(self.sample_seed(split, index) + [1])
+        ref = self._render_still([ident[i] for i in plan.ref_ids], scene_a, ref_pose_rng)
+        ref_slot = _slots(ref.person[0], ref.joints)
+        ref_at_slot = {slot: a for a, slot in enumerate(ref_slot)}
+        tgt_ids = [plan.ref_ids[ref_at_slot[drv_slot[j]]] for j in range(num)]  # binding by palette slot
+        tgt_scene = scene_a if plan.mode == "animate" else scene_b
+        tgt = self._render(actors(tgt_ids), tgt_scene, plan.pan_px)
+        pose, pose_person = self._skeleton(drv, jitter_rng=None)
+        pose_mask = _colour_mask(pose_person, drv_slot, False)
+        if plan.kind == "video":
+            aug = self._render(actors(plan.aug_ids), scene_b, plan.pan_px)
+            driving_aug, driving_mask_aug = aug.frames, _colour_mask(aug.person, drv_slot, white_bg)
+        else:
+            jitter = np.random.default_rng(self.sample_seed(split, index) + [2])
+            driving_aug, aug_person = self._skeleton(drv, jitter_rng=jitter)
+            driving_mask_aug = _colour_mask(aug_person, drv_slot, False)
+        video = plan.kind == "video"
+        sample = SyntheticSample(
+            key=f"{split}_{index:06d}", split=split, index=int(index), mode=plan.mode, driving_kind=plan.kind,
+            continuation=plan.continuation, num_characters=num,
+            ref=ref.frames[0], ref_mask=_colour_mask(ref.person, ref_slot, False)[0],
+            raw_driving=drv.frames, driving=drv.frames if video else pose,
+            driving_mask=_colour_mask(drv.person, drv_slot, white_bg) if video else pose_mask,
+            driving_aug=driving_aug, driving_mask_aug=driving_mask_aug, pose=pose, pose_mask=pose_mask,
+            target=tgt.frames,
+            target_mask=np.repeat(((tgt.person >= 0) * 255).astype(np.uint8)[..., None], 3, axis=-1),
+            caption=self._caption(plan.mode, [ident[i] for i in tgt_ids], plan.motions, drv_slot, tgt_scene, plan.pan_speed),
+            gt={},
+        )  # fmt: skip
+        if video:
+            rev_slot = _slots(tgt.person[0], tgt.joints)
+            order = sorted(range(num), key=lambda j: rev_slot[j])  # B_j stands at position rev_slot[j]
+            rev_ref = self._render_still([ident[plan.drv_ids[j]] for j in order], scene_b, ref_pose_rng)
+            sample.ref_driving = rev_ref.frames[0]
+            sample.ref_driving_mask = _colour_mask(rev_ref.person, _slots(rev_ref.person[0], rev_ref.joints), False)[0]
+            sample.target_driving_mask = _colour_mask(tgt.person, rev_slot, white_bg)
+        sample.gt = self._ground_truth(plan, split, index, tgt, drv, tgt_ids, drv_slot)
+        return sample
+
+    def _plan(self, split: str, index: int) -> _Plan:
+        """Every random draw of a sample, in a fixed order."""
         cfg = self.config
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -149,127 +217,63 @@ class SyntheticWorld:
         kind = "pose" if (mode == "animate" and rng.random() < cfg.p_pose_driven) else "video"
         pan = rng.random() < cfg.p_pan
         continuation = bool(rng.random() < cfg.p_continuation)
-        ids = rng.choice(np.array(cfg.pool("identities", split)), size=3 * num, replace=False)
-        ref_ids, drv_ids, aug_ids = ids[:num], ids[num : 2 * num], ids[2 * num :]
-        motions = [
-            motion_spec(cfg.seed, int(m))
-            for m in rng.choice(np.array(cfg.pool("motions", split)), size=num, replace=False)
-        ]
-        scene_ids = rng.choice(np.array(cfg.pool("scenes", split)), size=2, replace=False)
-
-        n, fps = cfg.num_frames, cfg.fps
-        t = np.arange(n) / fps
-        pan_speed = 0.0
+        ids = [int(i) for i in rng.choice(np.array(cfg.pool("identities", split)), size=3 * num, replace=False)]
+        motion_ids = rng.choice(np.array(cfg.pool("motions", split)), size=num, replace=False)
+        motions = [motion_spec(cfg.seed, int(m)) for m in motion_ids]
+        scene_ids = [int(s) for s in rng.choice(np.array(cfg.pool("scenes", split)), size=2, replace=False)]
+        t = np.arange(cfg.num_frames) / cfg.fps
+        pan_speed = 0.0  # pixels per second; a walk is followed by the camera
         if pan:
             sign = motions[0].direction if motions[0].family == "walk" else int(rng.choice([-1, 1]))
             pan_speed = sign * rng.uniform(0.04, 0.12) * cfg.width
         margin = int(math.ceil(abs(pan_speed) * t[-1])) + 2
         # view offset into the wider scene canvas; it stays inside [0, margin] for the whole clip
-        pan_px = (
-            (1.0 if pan_speed > 0 else 0.0) + pan_speed * t
-            if pan_speed >= 0
-            else (margin - 1.0) + pan_speed * t
-        )
-        scene_a, scene_b = (make_scene(cfg.seed, int(s), self.hw, margin) for s in scene_ids)
+        start = (margin - 1.0) if pan_speed < 0 else (1.0 if pan_speed > 0 else 0.0)
         ground = float(rng.uniform(0.86, 0.95))
         lanes = [None] if num == 1 else [0.3 + rng.uniform(-0.04, 0.04), 0.7 + rng.uniform(-0.04, 0.04)]
         tracks = []
         for spec, lane in zip(motions, lanes, strict=True):
-            track = motion_track(spec, n, fps, x0=lane)
+            track = motion_track(spec, cfg.num_frames, cfg.fps, x0=lane)
             track["ground_y"][:] = ground
             tracks.append(track)
-        ident = {i: make_identity(cfg.seed, int(i)) for i in ids}
+        return _Plan(
+            num=num, mode=mode, kind=kind, continuation=continuation,
+            ref_ids=ids[:num], drv_ids=ids[num : 2 * num], aug_ids=ids[2 * num :],
+            identities={i: make_identity(cfg.seed, i) for i in ids}, motions=motions, tracks=tracks,
+            scene_ids=scene_ids, scenes=[make_scene(cfg.seed, s, self.hw, margin) for s in scene_ids],
+            pan_speed=float(pan_speed), pan_px=start + pan_speed * t,
+        )  # fmt: skip
 
-        # driving video of B (slots = left-to-right order in its first frame)
-        drv = self._render([(ident[i], tr) for i, tr in zip(drv_ids, tracks, strict=True)], scene_b, pan_px)
-        drv_slot = _slots(drv.person[0], drv.joints)
-        # reference image of A: person at slot k stands at the k-th position from the left
-        ref_pose_rng = np.random.default_rng(self.sample_seed(split, index) + [1])
-        ref_render = self._render_still([ident[i] for i in ref_ids], scene_a, ref_pose_rng)
-        ref_slot = _slots(ref_render.person[0], ref_render.joints)
-        ref_at_slot = {s: a for a, s in enumerate(ref_slot)}
-        tgt_ids = [ref_ids[ref_at_slot[drv_slot[j]]] for j in range(num)]
-        tgt_scene = scene_a if mode == "animate" else scene_b
-        tgt = self._render([(ident[i], tr) for i, tr in zip(tgt_ids, tracks, strict=True)], tgt_scene, pan_px)
-        white_bg = mode == "replace"
-        driving_mask = _colour_mask(drv.person, drv_slot, white_bg)
-        pose, pose_person = self._skeleton(drv, jitter_rng=None)
-        pose_mask = _colour_mask(pose_person, drv_slot, False)
-        if kind == "video":
-            aug = self._render(
-                [(ident[i], tr) for i, tr in zip(aug_ids, tracks, strict=True)], scene_b, pan_px
-            )
-            driving_aug, driving_mask_aug = aug.frames, _colour_mask(aug.person, drv_slot, white_bg)
-        else:
-            driving_aug, aug_person = self._skeleton(
-                drv, jitter_rng=np.random.default_rng(self.sample_seed(split, index) + [2])
-            )
-            driving_mask_aug = _colour_mask(aug_person, drv_slot, False)
-
-        sample = SyntheticSample(
-            key=f"{split}_{index:06d}",
-            split=split,
-            index=int(index),
-            mode=mode,
-            driving_kind=kind,
-            continuation=continuation,
-            num_characters=num,
-            ref=ref_render.frames[0],
-            ref_mask=_colour_mask(ref_render.person, ref_slot, False)[0],
-            raw_driving=drv.frames,
-            driving=drv.frames if kind == "video" else pose,
-            driving_mask=driving_mask if kind == "video" else pose_mask,
-            driving_aug=driving_aug,
-            driving_mask_aug=driving_mask_aug,
-            pose=pose,
-            pose_mask=pose_mask,
-            target=tgt.frames,
-            target_mask=np.repeat(((tgt.person >= 0) * 255).astype(np.uint8)[..., None], 3, axis=-1),
-            caption=self._caption(mode, [ident[i] for i in tgt_ids], motions, drv_slot, tgt_scene, pan_speed),
-            gt={},
-        )
-        if kind == "video":
-            rev_slot = _slots(tgt.person[0], tgt.joints)
-            order = sorted(range(num), key=lambda j: rev_slot[j])  # B_j stands at position rev_slot[j]
-            rev_ref = self._render_still([ident[drv_ids[j]] for j in order], scene_b, ref_pose_rng)
-            sample.ref_driving = rev_ref.frames[0]
-            sample.ref_driving_mask = _colour_mask(
-                rev_ref.person, _slots(rev_ref.person[0], rev_ref.joints), False
-            )[0]
-            sample.target_driving_mask = _colour_mask(tgt.person, rev_slot, white_bg)
-        by_slot = sorted(range(num), key=lambda j: drv_slot[j])
-        sample.gt = {
+    def _ground_truth(self, plan: _Plan, split: str, index: int, tgt: _Render, drv: _Render, tgt_ids: list[int],
+                      drv_slot: list[int]) -> dict:  # fmt: skip
+        """gt.json content; characters listed by palette slot."""
+        cfg, ident = self.config, plan.identities
+        by_slot = sorted(range(plan.num), key=lambda j: drv_slot[j])
+        return {
             "joints": _joint_lists([tgt.joints[j] for j in by_slot]),
-            "joint_names": _joint_names(num),
+            "joint_names": _joint_names(plan.num),
             "identity_colors": [c for j in by_slot for c in ident[tgt_ids[j]].colours],
-            "fps": float(fps),
-            "mode": mode,
-            "motion": "+".join(motions[j].family for j in by_slot),
+            "fps": float(cfg.fps),
+            "mode": plan.mode,
+            "motion": "+".join(plan.motions[j].family for j in by_slot),
             "identity_ref": "+".join(ident[tgt_ids[j]].name for j in by_slot),
-            "identity_driving": "+".join(ident[drv_ids[j]].name for j in by_slot),
+            "identity_driving": "+".join(ident[plan.drv_ids[j]].name for j in by_slot),
             "split": split,
-            "seed": self.config.seed,
+            "seed": cfg.seed,
             "index": int(index),
-            "num_characters": num,
-            "driving_kind": kind,
+            "num_characters": plan.num,
+            "driving_kind": plan.kind,
             "driving_joints": _joint_lists([drv.joints[j] for j in by_slot]),
-            "motion_params": [motions[j].to_dict() for j in by_slot],
-            "scene": {
-                "ref": int(scene_ids[0]),
-                "driving": int(scene_ids[1]),
-                "pan_px_per_s": float(pan_speed),
-            },
-            "palette": [DEFAULT_PALETTE_NAMES[k] for k in range(num)],
+            "motion_params": [plan.motions[j].to_dict() for j in by_slot],
+            "scene": {"ref": plan.scene_ids[0], "driving": plan.scene_ids[1], "pan_px_per_s": plan.pan_speed},
+            "palette": [DEFAULT_PALETTE_NAMES[k] for k in range(plan.num)],
             "height": cfg.height,
             "width": cfg.width,
-            "num_frames": n,
+            "num_frames": cfg.num_frames,
         }
-        return sample
 
     # ----------------------------------------------------------------------------------- rendering
-    def _geometry(
-        self, ident: Identity, track: dict, shift_px: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, float]:
+    def _geometry(self, ident: Identity, track: dict, shift_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Continuous pixel coordinates (pixel i spans [i, i + 1)) [N, 14, 2], depth [N, 14], height."""
         height_px = ident.height_frac * self.hw[0]
         cam = rotate_facing(body_points(track, ident.lengths), track["facing"])
@@ -288,9 +292,7 @@ class SyntheticWorld:
             heights.append(height_px)
             for i in range(n):
                 # supersampled pixel-index coordinates; actor a is drawn in front of actors < a
-                parts = character_parts(
-                    ident, xy[i] * ss - 0.5, depth[i] + 10.0 * a, float(track["facing"][i]), height_px * ss, a
-                )
+                parts = character_parts(ident, xy[i] * ss - 0.5, depth[i] + 10.0 * a, float(track["facing"][i]), height_px * ss, a)
                 frames[i].extend(parts)
         rgb, alpha, person = rasterize(frames, self.hw, ss)
         background = scene.frames(self.hw[1], pan_px)
@@ -299,11 +301,7 @@ class SyntheticWorld:
     def _render_still(self, idents: list[Identity], scene: Scene, rng: np.random.Generator) -> _Render:
         """A standing rest pose (random arm angles, slight turn); person k at the k-th position from the left."""
         num = len(idents)
-        positions = (
-            [float(rng.uniform(0.35, 0.65))]
-            if num == 1
-            else [0.28 + rng.uniform(-0.03, 0.03), 0.72 + rng.uniform(-0.03, 0.03)]
-        )
+        positions = [float(rng.uniform(0.35, 0.65))] if num == 1 else [0.28 + rng.uniform(-0.03, 0.03), 0.72 + rng.uniform(-0.03, 0.03)]
         actors = []
         for ident, x in zip(idents, positions, strict=True):
             track = neutral_track(1)
@@ -316,9 +314,7 @@ class SyntheticWorld:
             actors.append((ident, track))
         return self._render(actors, scene, np.zeros(1))
 
-    def _skeleton(
-        self, drv: _Render, jitter_rng: np.random.Generator | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _skeleton(self, drv: _Render, jitter_rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
         """Pose render of the driving joints: coloured limbs on black ([N, H, W, 3]) and its person map."""
         ss = self.config.supersample
         n = drv.frames.shape[0]
@@ -328,11 +324,7 @@ class SyntheticWorld:
             if jitter_rng is not None:
                 radius *= float(jitter_rng.uniform(0.6, 1.6))
             for i in range(n):
-                jitter = (
-                    None
-                    if jitter_rng is None
-                    else jitter_rng.normal(0.0, 0.012 * height_px * ss, size=xy[i].shape)
-                )
+                jitter = None if jitter_rng is None else jitter_rng.normal(0.0, 0.012 * height_px * ss, size=xy[i].shape)
                 frames[i].extend(skeleton_parts((xy[i] + 0.5) * ss - 0.5, a, radius, jitter))
         rgb, _, person = rasterize(frames, self.hw, ss)
         return np.clip(np.round(rgb), 0, 255).astype(np.uint8), person  # premultiplied over black
