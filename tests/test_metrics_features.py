@@ -260,3 +260,41 @@ def test_lpips_bundled_heads_missing_backbone_and_vgg_layout(tmp_path, monkeypat
     out = vgg(torch.zeros(1, 3, 32, 32), torch.ones(1, 3, 32, 32) * 0.5)
     assert out.shape == (1,)
     assert isinstance(FeatureStats(), FeatureStats)
+
+
+def test_fid_loads_pytorch_fid_inception_layout(tmp_path) -> None:
+    from scail_lab.metrics.inception import FIDInceptionV3, _avg_pool
+
+    torch.manual_seed(0)
+    model = FIDInceptionV3()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    # torchvision Inception3 without the aux head has 23,834,568 parameters with 1000 classes; pytorch-fid's
+    # 1008-class fc adds 8 * 2048 + 8
+    assert sum(v.numel() for k, v in state.items() if "running" not in k) == 23_834_568 + 8 * 2049
+    shapes = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1),
+              "Mixed_6e.branch7x7dbl_5.conv.weight": (192, 192, 1, 7), "Mixed_7a.branch3x3_2.conv.weight": (320, 192, 3, 3),
+              "Mixed_7c.branch3x3dbl_3b.conv.weight": (384, 384, 3, 1), "fc.weight": (1008, 2048)}
+    assert {k: tuple(state[k].shape) for k in shapes} == shapes
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(state, path)  # the ported file carries no num_batches_tracked entries
+    metric = FID(weights=path)
+    assert "pytorch-fid" in metric.protocol()["implementation"]
+    assert torch.equal(metric.extractor.state_dict()["Mixed_6d.branch7x7_2.conv.weight"], state["Mixed_6d.branch7x7_2.conv.weight"])
+    # TF-style average pooling ignores the zero padding: a constant map stays constant at the corners
+    assert torch.equal(_avg_pool(torch.ones(1, 1, 4, 4)), torch.ones(1, 1, 4, 4))
+    del state["Mixed_7c.branch_pool.bn.bias"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="not pytorch-fid's Inception"):
+        FID(weights=tmp_path / "broken.pth")
+
+
+@pytest.mark.slow
+def test_fid_inception_forward_shape_and_pooling() -> None:
+    from scail_lab.metrics.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    model = FIDInceptionV3().eval()
+    frames = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8)
+    feats = model(frames)
+    assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()  # ReLU then mean
+    torch.testing.assert_close(model(frames[:1]), feats[:1], rtol=1e-4, atol=1e-5)

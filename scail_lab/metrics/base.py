@@ -233,12 +233,13 @@ def sha256_of(path: str | os.PathLike) -> str:
 def resolve_weights(
     metric: str,
     path: str | os.PathLike | None,
-    expected_name: str,
+    expected_name: str | tuple[str, ...],
     on_missing: str = "error",
     sha256: str | None = None,
     config_key: str = "weights",
 ) -> tuple[Path | None, str | None]:
-    """Find a metric's weight file: the explicit path, else `$SCAIL_EVAL_WEIGHTS_DIR/<expected_name>`.
+    """Find a metric's weight file: the explicit path, else `$SCAIL_EVAL_WEIGHTS_DIR/<expected_name>` (the
+    first existing one when several accepted file names are given).
 
     Returns (path, None) when found, (None, reason) when missing and `on_missing == "skip"`; raises
     FileNotFoundError naming the metric, the expected file and the config key otherwise. A given `sha256` is
@@ -249,9 +250,10 @@ def resolve_weights(
     candidates: list[Path] = []
     if path is not None and str(path) != "":
         candidates.append(Path(path).expanduser())
+    names = (expected_name,) if isinstance(expected_name, str) else tuple(expected_name)
     env_dir = os.environ.get(WEIGHTS_DIR_ENV)
     if env_dir:
-        candidates.append(Path(env_dir).expanduser() / expected_name)
+        candidates += [Path(env_dir).expanduser() / name for name in names]
     for candidate in candidates:
         if candidate.is_file():
             if sha256 is not None:
@@ -261,8 +263,8 @@ def resolve_weights(
             return candidate, None
     tried = ", ".join(str(c) for c in candidates) or "no path given"
     reason = (
-        f"{metric} needs the weight file {expected_name!r} (tried: {tried}); set `{config_key}` to its path or "
-        f"put it in ${WEIGHTS_DIR_ENV}"
+        f"{metric} needs the weight file {' or '.join(repr(n) for n in names)} (tried: {tried}); set "
+        f"`{config_key}` to its path or put it in ${WEIGHTS_DIR_ENV}"
     )
     if on_missing == "skip":
         logger.warning("skipping %s: %s", metric, reason)

@@ -25,6 +25,7 @@ from scail_lab.metrics.extractors import (
     is_torchscript,
 )
 from scail_lab.metrics.frechet import FeatureStats, frechet_from_stats
+from scail_lab.metrics.inception import FIDInceptionV3
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class FrechetMetric(Metric):
     """
 
     higher_is_better = False
-    expected_file = ""
+    expected_file: str | tuple[str, ...] = ""
 
     def __init__(self, weights: str | Path | None, extractor: nn.Module | None, on_missing: str, sha256: str | None) -> None:
         super().__init__()
@@ -109,26 +110,33 @@ class FrechetMetric(Metric):
 
 
 class FID(FrechetMetric):
-    """Frame FID: Inception pool3 features of every `frame_stride`-th frame, pooled over all videos (DisCo)."""
+    """Frame FID: Inception pool3 features of every `frame_stride`-th frame, pooled over all videos (DisCo).
+
+    Weights: pytorch-fid's state dict `pt_inception-2015-12-05-6726825d.pth` (loaded into `FIDInceptionV3`) or
+    NVIDIA's TorchScript `inception-2015-12-05.pt`.
+    """
 
     name = "fid"
-    expected_file = "inception-2015-12-05.pt"
+    expected_file = ("pt_inception-2015-12-05-6726825d.pth", "inception-2015-12-05.pt")
 
     def __init__(self, weights: str | Path | None = None, extractor: nn.Module | None = None, on_missing: str = "error",
                  sha256: str | None = None, frame_stride: int = 1, batch_size: int = 32) -> None:
         if frame_stride < 1 or batch_size < 1:
             raise ValueError(f"fid: frame_stride and batch_size must be >= 1, got {frame_stride}, {batch_size}")
         self.frame_stride, self.batch_size = int(frame_stride), int(batch_size)
+        self.variant = "injected extractor"
         super().__init__(weights, extractor, on_missing, sha256)
 
     def _load(self, path: Path) -> nn.Module:
-        if not is_torchscript(path):
-            raise ValueError(f"fid: {path} is not TorchScript; supported: NVIDIA's inception-2015-12-05.pt")
-        return InceptionTorchscript(path)
+        if is_torchscript(path):
+            self.variant = "nvidia torchscript (resize inside the network)"
+            return InceptionTorchscript(path)
+        self.variant = "pytorch-fid state dict (bilinear resize to 299, align_corners=False)"
+        return FIDInceptionV3.from_file(path)
 
     def protocol(self) -> dict[str, Any]:
-        return {"backbone": "inception-v3 pool3", "input": "uint8 RGB, resized to 299 inside the network",
-                "unit": "frames", "frame_stride": self.frame_stride}
+        return {"backbone": "inception-v3 2015-12-05 pool3", "implementation": self.variant, "unit": "frames",
+                "frame_stride": self.frame_stride}
 
     def features(self, frames: Tensor) -> Tensor:
         frames = frames[:: self.frame_stride].round().to(torch.uint8)

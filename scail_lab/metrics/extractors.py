@@ -1,7 +1,8 @@
 """Feature extractors behind FID, FVD and FID-VID, each built from a user-supplied weight file.
 
 Supported files (nothing is downloaded):
-    FID      NVIDIA's TorchScript Inception-v3 `inception-2015-12-05.pt` (StyleGAN2-ADA / clean-fid), called as
+    FID      pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (see inception.py), or NVIDIA's TorchScript
+             Inception-v3 `inception-2015-12-05.pt` (StyleGAN2-ADA / clean-fid), called as
              `model(uint8 [B, 3, H, W], return_features=True) -> [B, 2048]` (pool3; it resizes to 299 inside).
     FVD      StyleGAN-V's TorchScript I3D `i3d_torchscript.pt` (the TF-hub Kinetics-400 I3D), called as
              `model(float [B, 3, T, 224, 224] in [-1, 1], rescale=False, resize=False, return_features=True)
