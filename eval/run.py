@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,21 @@ from scail_lab.metrics.base import WEIGHTS_DIR_ENV
 
 logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "eval"
+
+
+@contextmanager
+def weights_dir_env(weights_dir: str | None) -> Iterator[None]:
+    """Point $SCAIL_EVAL_WEIGHTS_DIR at `weights_dir` while metrics are built, then restore it."""
+    previous = os.environ.get(WEIGHTS_DIR_ENV)
+    if weights_dir:
+        os.environ[WEIGHTS_DIR_ENV] = str(weights_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(WEIGHTS_DIR_ENV, None)
+        else:
+            os.environ[WEIGHTS_DIR_ENV] = previous
 
 
 def build_metrics(metric_cfg: DictConfig) -> dict[str, Metric]:
@@ -100,13 +117,12 @@ def run_eval(cfg: DictConfig) -> list[RunResult]:
         raise ValueError("no runs given: use --runs name=folder ... or +runs.name=folder")
     if cfg.on_missing_weights not in ("error", "skip"):
         raise ValueError(f"on_missing_weights must be 'error' or 'skip', got {cfg.on_missing_weights!r}")
-    if cfg.weights_dir:
-        os.environ[WEIGHTS_DIR_ENV] = str(cfg.weights_dir)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # all manifests are checked before any metric loads weights or any video is decoded
     manifests = {name: resolve_rows(path, cfg.gt_dir, cfg.max_samples) for name, path in runs.items()}
-    metrics = build_metrics(cfg.metrics)
+    with weights_dir_env(cfg.weights_dir):
+        metrics = build_metrics(cfg.metrics)
     results = []
     for name, (rows, unmatched) in manifests.items():
         (out_dir / name).mkdir(parents=True, exist_ok=True)

@@ -201,3 +201,12 @@ def test_bootstrap_ci_values() -> None:
     assert (high - low) / 2 == pytest.approx(half, rel=0.1)
     with pytest.raises(ValueError, match="confidence level"):
         bootstrap_ci(x, level=95)
+
+
+def test_weights_dir_does_not_leak_into_the_environment(monkeypatch) -> None:
+    from eval.run import weights_dir_env
+
+    monkeypatch.setenv("SCAIL_EVAL_WEIGHTS_DIR", "/before")
+    with weights_dir_env("/during"):
+        assert os.environ["SCAIL_EVAL_WEIGHTS_DIR"] == "/during"
+    assert os.environ["SCAIL_EVAL_WEIGHTS_DIR"] == "/before"

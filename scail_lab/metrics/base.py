@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,12 +276,3 @@ def file_protocol(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {"weights": None}
     return {"weights": path.name, "weights_sha256": sha256_of(path)}
-
-
-def mean_or_none(values: Sequence[float]) -> float | None:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def merge_protocol(base: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
-    return {**base, **changes}
