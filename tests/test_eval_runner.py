@@ -210,3 +210,19 @@ def test_weights_dir_does_not_leak_into_the_environment(monkeypatch) -> None:
     with weights_dir_env("/during"):
         assert os.environ["SCAIL_EVAL_WEIGHTS_DIR"] == "/during"
     assert os.environ["SCAIL_EVAL_WEIGHTS_DIR"] == "/before"
+
+
+@pytest.mark.parametrize("suite", sorted(p.stem for p in (CONFIG_DIR / "suite").glob("*.yaml")))
+def test_every_suite_composes_and_instantiates(suite: str, monkeypatch) -> None:
+    from eval.run import build_metrics
+
+    monkeypatch.delenv("SCAIL_EVAL_WEIGHTS_DIR", raising=False)
+    cfg = _compose([f"suite={suite}", "on_missing_weights=skip"])
+    metrics = build_metrics(cfg.metrics)
+    assert {"psnr", "ssim"} & {m.split("_")[0] for m in metrics}
+    weighted = [m for m in metrics.values() if m.skipped and "weight file" in m.skipped]
+    assert all(m.compute().value is None for m in weighted)
+    if suite == "standard":
+        assert {"lpips_alex", "fid", "fvd", "fid_vid", "psnr", "ssim", "l1"} <= set(metrics)
+    if suite == "tiktok_disco":
+        assert {"psnr_legacy_uint8", "ssim_disco_gray7", "l1_disco", "lpips_vgg"} <= set(metrics)

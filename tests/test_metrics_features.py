@@ -298,3 +298,25 @@ def test_fid_inception_forward_shape_and_pooling() -> None:
     feats = model(frames)
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()  # ReLU then mean
     torch.testing.assert_close(model(frames[:1]), feats[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_reference_stats_cache_is_written_reused_and_checked(tmp_path) -> None:
+    weights = _script(StandInI3D(), tmp_path / "i3d_torchscript.pt")
+    rng = np.random.default_rng(7)
+    preds = [_colour_video(np.tile(rng.integers(0, 256, 3), (16, 1))) for _ in range(4)]
+    targets = [_colour_video(np.tile(rng.integers(0, 256, 3), (16, 1))) for _ in range(4)]
+    cache = tmp_path / "gt_fvd.npz"
+    first = FVD(weights=weights, reference_stats=cache)
+    for p, t in zip(preds, targets, strict=True):
+        first.update(p, t)
+    value = first.compute().value
+    assert cache.is_file()
+    second = FVD(weights=weights, reference_stats=cache)
+    assert second.target_stats.count == 4
+    for p in preds:
+        second.update(p, np.zeros_like(p))  # ground truth ignored: its statistics come from the cache
+    assert second.compute().value == pytest.approx(value, rel=1e-12)
+    second.reset()
+    assert second.target_stats.count == 4 and second.pred_stats.count == 0  # a new run reloads the cache
+    with pytest.raises(ValueError, match="another protocol.*clip_frames"):
+        FVD(weights=weights, reference_stats=cache, num_frames=8)

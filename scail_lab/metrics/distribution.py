@@ -8,6 +8,7 @@ covariance. FD from few samples is biased upward, so the sample count is part of
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -60,22 +61,45 @@ class FrechetMetric(Metric):
 
     Subclasses define `expected_file` and implement `_load(path)` and `features(frames) -> [k, D]`, where
     frames are canonical float [N, 3, H, W] 0..255 of one video.
+
+    reference_stats: optional .npz cache of the ground-truth statistics. When the file exists it is loaded (and
+    checked against this metric's protocol) and ground-truth videos are not passed through the network; when
+    it does not, it is written by the first `compute()` that has ground-truth features. Runs compared against
+    the same ground truth then pay for its features once.
     """
 
     higher_is_better = False
     expected_file: str | tuple[str, ...] = ""
 
-    def __init__(self, weights: str | Path | None, extractor: nn.Module | None, on_missing: str, sha256: str | None) -> None:
+    def __init__(self, weights: str | Path | None, extractor: nn.Module | None, on_missing: str, sha256: str | None,
+                 reference_stats: str | Path | None = None) -> None:
         super().__init__()
-        self.pred_stats, self.target_stats = FeatureStats(), FeatureStats()
         self.extractor: nn.Module | None = extractor
         self._file_protocol: dict[str, Any] = {"weights": "injected extractor"}
+        self.reference_stats = Path(reference_stats) if reference_stats else None
         if extractor is None:
             path, reason = resolve_weights(self.name, weights, self.expected_file, on_missing, sha256)
             self.skipped = reason
             if path is not None:
                 self.extractor = self._load(path)
                 self._file_protocol = file_protocol(path)
+        self.reset()
+
+    def _stats_meta(self) -> dict[str, Any]:
+        return {"metric": self.name, **self.protocol(), **self._file_protocol}
+
+    def _load_reference(self) -> FeatureStats | None:
+        if self.reference_stats is None or not self.reference_stats.is_file():
+            return None
+        stats = FeatureStats.load(self.reference_stats)
+        expected = json.loads(json.dumps(self._stats_meta(), sort_keys=True, default=str))
+        if stats.meta != expected:
+            diff = sorted(k for k in set(stats.meta) | set(expected) if stats.meta.get(k) != expected.get(k))
+            raise ValueError(
+                f"{self.name}: reference statistics {self.reference_stats} were made with another protocol "
+                f"(differs in {diff}); delete the file or point reference_stats elsewhere"
+            )
+        return stats
 
     def _load(self, path: Path) -> nn.Module:
         raise NotImplementedError
@@ -85,20 +109,29 @@ class FrechetMetric(Metric):
 
     def reset(self) -> None:
         super().reset()
-        self.pred_stats, self.target_stats = FeatureStats(), FeatureStats()
+        self.pred_stats = FeatureStats()
+        reference = self._load_reference() if self.skipped is None else None
+        self._reference_loaded = reference is not None
+        self.target_stats = reference if reference is not None else FeatureStats()
 
     def update(self, pred: Tensor, target: Tensor | None, sample_id: str | None = None, **extras: Any) -> None:
-        """Add one generated video and (optionally) its ground truth to the two feature sets."""
+        """Add one generated video and (unless cached reference statistics are loaded) its ground truth."""
         if self.skipped is not None:
             return None
         self.pred_stats.update(self.features(to_frames(pred)))
-        if target is not None:
+        if target is not None and not self._reference_loaded:
             self.target_stats.update(self.features(to_frames(target)))
         return None
 
     def compute(self) -> MetricResult:
         protocol = {**self.protocol(), **self._file_protocol, "num_pred": self.pred_stats.count,
                     "num_target": self.target_stats.count, "covariance": "unbiased (n-1)"}
+        if self.reference_stats is not None and self.skipped is None:
+            protocol["reference_stats"] = str(self.reference_stats)
+            if not self._reference_loaded and self.target_stats.count >= 2:
+                self.target_stats.meta = self._stats_meta()
+                self.target_stats.save(self.reference_stats)
+                logger.info("%s: wrote reference statistics %s", self.name, self.reference_stats)
         if self.skipped is not None:
             return MetricResult(self.name, None, {}, protocol, self.higher_is_better, self.skipped)
         if min(self.pred_stats.count, self.target_stats.count) < 2:
@@ -120,12 +153,13 @@ class FID(FrechetMetric):
     expected_file = ("pt_inception-2015-12-05-6726825d.pth", "inception-2015-12-05.pt")
 
     def __init__(self, weights: str | Path | None = None, extractor: nn.Module | None = None, on_missing: str = "error",
-                 sha256: str | None = None, frame_stride: int = 1, batch_size: int = 32) -> None:
+                 sha256: str | None = None, frame_stride: int = 1, batch_size: int = 32,
+                 reference_stats: str | Path | None = None) -> None:
         if frame_stride < 1 or batch_size < 1:
             raise ValueError(f"fid: frame_stride and batch_size must be >= 1, got {frame_stride}, {batch_size}")
         self.frame_stride, self.batch_size = int(frame_stride), int(batch_size)
         self.variant = "injected extractor"
-        super().__init__(weights, extractor, on_missing, sha256)
+        super().__init__(weights, extractor, on_missing, sha256, reference_stats)
 
     def _load(self, path: Path) -> nn.Module:
         if is_torchscript(path):
@@ -151,13 +185,14 @@ class FVD(FrechetMetric):
     expected_file = "i3d_torchscript.pt"
 
     def __init__(self, weights: str | Path | None = None, extractor: nn.Module | None = None, on_missing: str = "error",
-                 sha256: str | None = None, num_frames: int = 16, resolution: int = 224, resize: str = "center_crop") -> None:
+                 sha256: str | None = None, num_frames: int = 16, resolution: int = 224, resize: str = "center_crop",
+                 reference_stats: str | Path | None = None) -> None:
         if num_frames < 1 or resolution < 1:
             raise ValueError(f"fvd: num_frames and resolution must be >= 1, got {num_frames}, {resolution}")
         if resize not in RESIZE_MODES:
             raise ValueError(f"fvd: resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.num_frames, self.resolution, self.resize = int(num_frames), int(resolution), resize
-        super().__init__(weights, extractor, on_missing, sha256)
+        super().__init__(weights, extractor, on_missing, sha256, reference_stats)
 
     def _load(self, path: Path) -> nn.Module:
         if not is_torchscript(path):
@@ -183,11 +218,12 @@ class FIDVID(FrechetMetric):
     expected_file = "resnet-50-kinetics.pth"
 
     def __init__(self, weights: str | Path | None = None, extractor: nn.Module | None = None, on_missing: str = "error",
-                 sha256: str | None = None, segment_frames: int = 16, resolution: int = 112) -> None:
+                 sha256: str | None = None, segment_frames: int = 16, resolution: int = 112,
+                 reference_stats: str | Path | None = None) -> None:
         if segment_frames < 1 or resolution < 1:
             raise ValueError(f"fid_vid: segment_frames and resolution must be >= 1, got {segment_frames}, {resolution}")
         self.segment_frames, self.resolution = int(segment_frames), int(resolution)
-        super().__init__(weights, extractor, on_missing, sha256)
+        super().__init__(weights, extractor, on_missing, sha256, reference_stats)
 
     def _load(self, path: Path) -> nn.Module:
         return build_video_extractor(path, "fid_vid")

@@ -10,6 +10,7 @@ float64.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class FeatureStats:
     """
 
     def __init__(self) -> None:
+        self.meta: dict = {}  # protocol the features were made with (saved with the statistics)
         self.count = 0
         self.mean: Tensor | None = None  # [D]
         self.m2: Tensor | None = None  # [D, D] sum of centred outer products
@@ -93,12 +95,13 @@ class FeatureStats:
         return self.mean.clone(), self.m2 / (self.count - ddof)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write count/mean/m2 to an npz (temp file + os.replace, so no half-written cache)."""
+        """Write count/mean/m2 and `meta` to an npz (temp file + os.replace, so no half-written cache)."""
         if self.mean is None:
             raise ValueError("FeatureStats.save: no features accumulated")
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, count=self.count, mean=self.mean.numpy(), m2=self.m2.numpy())
+        meta = np.array(json.dumps(self.meta, sort_keys=True, default=str))
+        np.savez(tmp, count=self.count, mean=self.mean.numpy(), m2=self.m2.numpy(), meta=meta)
         os.replace(tmp, path)
 
     @classmethod
@@ -112,6 +115,7 @@ class FeatureStats:
             stats.count = int(data["count"])
             stats.mean = torch.from_numpy(data["mean"]).double()
             stats.m2 = torch.from_numpy(data["m2"]).double()
+            stats.meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
         return stats
 
 
