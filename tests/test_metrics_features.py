@@ -22,6 +22,9 @@ from scail_lab.metrics.extractors import ResNet3D50
 from scail_lab.metrics.lpips import LPIPSNetwork, build_features, bundled_heads_path
 
 
+# the stand-ins are written with torch.jit.script (deprecated in torch, still what the real weight files are)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 class StandInI3D(nn.Module):
     """I3D call convention; features: per-channel clip mean and per-channel mean of the centre pixel."""
 

@@ -16,6 +16,7 @@ Shapes: B batch, T frames, D feature width.
 from __future__ import annotations
 
 import logging
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,10 @@ def is_torchscript(path: Path) -> bool:
 
 def load_torchscript(path: Path, what: str) -> torch.jit.ScriptModule:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch marks torch.jit as deprecated, but the published FID / FVD weights are TorchScript files
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"{what}: {path} is not a loadable TorchScript file ({err})") from err
     return module.eval()
