@@ -38,7 +38,9 @@ class SummaryRow:
     protocol: dict[str, Any]
 
 
-def bootstrap_ci(values: Sequence[float], level: float = 0.95, num_resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+def bootstrap_ci(
+    values: Sequence[float], level: float = 0.95, num_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean; None for fewer than 2 values."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"confidence level must be in (0, 1), got {level}")
@@ -54,15 +56,32 @@ def bootstrap_ci(values: Sequence[float], level: float = 0.95, num_resamples: in
     return float(low), float(high)
 
 
-def summarize(runs: Sequence[RunResult], level: float = 0.95, num_resamples: int = 2000, seed: int = 0) -> list[SummaryRow]:
+def summarize(
+    runs: Sequence[RunResult], level: float = 0.95, num_resamples: int = 2000, seed: int = 0
+) -> list[SummaryRow]:
     rows = []
     for run in runs:
         for name, result in run.results.items():
             values = list(result.per_sample.values())
             ci = bootstrap_ci(values, level, num_resamples, seed) if values else None
-            count = len(values) if values else int(result.protocol.get("num_pred", result.protocol.get("num_samples", 0)))
-            rows.append(SummaryRow(run.name, name, result.value, ci[0] if ci else None, ci[1] if ci else None, count,
-                                   result.higher_is_better, result.skipped, result.protocol))
+            count = (
+                len(values)
+                if values
+                else int(result.protocol.get("num_pred", result.protocol.get("num_samples", 0)))
+            )
+            rows.append(
+                SummaryRow(
+                    run.name,
+                    name,
+                    result.value,
+                    ci[0] if ci else None,
+                    ci[1] if ci else None,
+                    count,
+                    result.higher_is_better,
+                    result.skipped,
+                    result.protocol,
+                )
+            )
     return rows
 
 
@@ -78,7 +97,12 @@ def write_run_json(run: RunResult, out_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(run_dir / "per_sample.json", json.dumps(run.records, indent=1))
     metrics = {name: result.to_dict() for name, result in run.results.items()}
-    payload = {"run": run.name, "metrics": metrics, "unmatched": run.unmatched, "failed_samples": run.num_failed}
+    payload = {
+        "run": run.name,
+        "metrics": metrics,
+        "unmatched": run.unmatched,
+        "failed_samples": run.num_failed,
+    }
     _atomic_write_text(run_dir / "metrics.json", json.dumps(payload, indent=1))
 
 
@@ -94,20 +118,45 @@ def write_tables(rows: list[SummaryRow], out_dir: Path, level: float) -> None:
     tmp = out_dir / "summary.csv.tmp"
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run", "metric", "value", "ci_low", "ci_high", "num_samples", "higher_is_better", "skipped", "protocol"])
+        writer.writerow(
+            [
+                "run",
+                "metric",
+                "value",
+                "ci_low",
+                "ci_high",
+                "num_samples",
+                "higher_is_better",
+                "skipped",
+                "protocol",
+            ]
+        )
         for r in rows:
-            writer.writerow([r.run, r.metric, _fmt(r.value), _fmt(r.ci_low), _fmt(r.ci_high), r.num_samples,
-                             r.higher_is_better, r.skipped or "", json.dumps(r.protocol, sort_keys=True)])
+            writer.writerow(
+                [
+                    r.run,
+                    r.metric,
+                    _fmt(r.value),
+                    _fmt(r.ci_low),
+                    _fmt(r.ci_high),
+                    r.num_samples,
+                    r.higher_is_better,
+                    r.skipped or "",
+                    json.dumps(r.protocol, sort_keys=True),
+                ]
+            )
     os.replace(tmp, out_dir / "summary.csv")
 
     runs = list(dict.fromkeys(r.run for r in rows))
     metrics = list(dict.fromkeys(r.metric for r in rows))
     by_key = {(r.run, r.metric): r for r in rows}
     arrows = {m: ("↑" if next(r for r in rows if r.metric == m).higher_is_better else "↓") for m in metrics}
-    lines = [f"# Evaluation summary\n\nMean over samples with {int(level * 100)}% percentile-bootstrap CI "
-             "(set-level metrics: one value, no CI). n = samples scored.\n",
-             "| run | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " |",
-             "|---|" + "---|" * len(metrics)]
+    lines = [
+        f"# Evaluation summary\n\nMean over samples with {int(level * 100)}% percentile-bootstrap CI "
+        "(set-level metrics: one value, no CI). n = samples scored.\n",
+        "| run | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
     for run in runs:
         cells = []
         for m in metrics:
@@ -163,14 +212,22 @@ def plot_metrics(rows: list[SummaryRow], out_dir: Path) -> list[Path]:
     return written
 
 
-def log_wandb(rows: list[SummaryRow], runs: Sequence[RunResult], project: str, entity: str | None = None,
-              name: str | None = None, config: dict[str, Any] | None = None) -> None:
+def log_wandb(
+    rows: list[SummaryRow],
+    runs: Sequence[RunResult],
+    project: str,
+    entity: str | None = None,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> None:
     """Summary and per-sample tables to W&B (imported here; honours WANDB_MODE, e.g. disabled in tests)."""
     import wandb
 
     session = wandb.init(project=project, entity=entity, name=name, config=config or {}, job_type="eval")
     try:
-        summary = wandb.Table(columns=["run", "metric", "value", "ci_low", "ci_high", "num_samples", "skipped"])
+        summary = wandb.Table(
+            columns=["run", "metric", "value", "ci_low", "ci_high", "num_samples", "skipped"]
+        )
         for r in rows:
             summary.add_data(r.run, r.metric, r.value, r.ci_low, r.ci_high, r.num_samples, r.skipped)
         metric_names = list(dict.fromkeys(r.metric for r in rows))

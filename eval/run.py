@@ -61,13 +61,17 @@ def build_metrics(metric_cfg: DictConfig) -> dict[str, Metric]:
             metric = instantiate(node)
         except InstantiationException as err:
             cause = err.__cause__
-            if isinstance(cause, FileNotFoundError | ValueError):  # surface our own clear message, with the key
+            if isinstance(
+                cause, FileNotFoundError | ValueError
+            ):  # surface our own clear message, with the key
                 raise type(cause)(f"metrics.{key}: {cause}") from cause
             raise
         if not isinstance(metric, Metric):
             raise ValueError(f"metrics.{key} built a {type(metric).__name__}, not a scail_lab.metrics.Metric")
         if metric.name in metrics:
-            raise ValueError(f"metrics.{key}: a second metric named {metric.name!r}; give one of them `name:`")
+            raise ValueError(
+                f"metrics.{key}: a second metric named {metric.name!r}; give one of them `name:`"
+            )
         metrics[metric.name] = metric
     if not metrics:
         raise ValueError("no metrics configured (every node under `metrics` is null)")
@@ -96,7 +100,9 @@ def parse_runs(runs: Any) -> dict[str, str]:
     return out
 
 
-def resolve_rows(path: str, gt_dir: str | None, max_samples: int | None) -> tuple[list[ManifestRow], dict[str, list[str]]]:
+def resolve_rows(
+    path: str, gt_dir: str | None, max_samples: int | None
+) -> tuple[list[ManifestRow], dict[str, list[str]]]:
     if Path(path).suffix in (".csv", ".jsonl"):
         rows, unmatched = read_manifest(path), {}
     else:
@@ -138,8 +144,14 @@ def run_eval(cfg: DictConfig) -> list[RunResult]:
         plot_metrics(summary, out_dir)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     if cfg.wandb.enabled:
-        log_wandb(summary, results, cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name,
-                  OmegaConf.to_container(cfg, resolve=True))
+        log_wandb(
+            summary,
+            results,
+            cfg.wandb.project,
+            cfg.wandb.entity,
+            cfg.wandb.name,
+            OmegaConf.to_container(cfg, resolve=True),
+        )
     logger.info("wrote %s", out_dir / "summary.md")
     return results
 

@@ -85,8 +85,13 @@ class Metric:
     def protocol(self) -> dict[str, Any]:
         return {}
 
-    def update(self, pred: Tensor | np.ndarray, target: Tensor | np.ndarray, sample_id: str | None = None,
-               **extras: Any) -> float | None:
+    def update(
+        self,
+        pred: Tensor | np.ndarray,
+        target: Tensor | np.ndarray,
+        sample_id: str | None = None,
+        **extras: Any,
+    ) -> float | None:
         """Score one sample; returns its value (also kept for `compute`)."""
         if self.skipped is not None:
             return None
@@ -134,7 +139,9 @@ class Frames:
     data: Tensor
 
     @classmethod
-    def of(cls, video: Tensor | np.ndarray, layout: str = "auto", value_range: tuple[float, float] = (0.0, 1.0)) -> Frames:
+    def of(
+        cls, video: Tensor | np.ndarray, layout: str = "auto", value_range: tuple[float, float] = (0.0, 1.0)
+    ) -> Frames:
         return cls(to_frames(video, layout, value_range))
 
 
@@ -157,7 +164,9 @@ def to_frames(
     if not isinstance(x, Tensor):
         raise ValueError(f"frames must be a torch Tensor or numpy array, got {type(video).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"frames must be 4-D ([N,3,H,W], [3,N,H,W] or [N,H,W,3]), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"frames must be 4-D ([N,3,H,W], [3,N,H,W] or [N,H,W,3]), got shape {tuple(x.shape)}"
+        )
     layout = _guess_layout(x.shape) if layout == "auto" else layout
     if layout == "CNHW":
         x = x.permute(1, 0, 2, 3)  # [3, N, H, W] -> [N, 3, H, W]

@@ -71,8 +71,14 @@ class FrechetMetric(Metric):
     higher_is_better = False
     expected_file: str | tuple[str, ...] = ""
 
-    def __init__(self, weights: str | Path | None, extractor: nn.Module | None, on_missing: str, sha256: str | None,
-                 reference_stats: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | Path | None,
+        extractor: nn.Module | None,
+        on_missing: str,
+        sha256: str | None,
+        reference_stats: str | Path | None = None,
+    ) -> None:
         super().__init__()
         self.extractor: nn.Module | None = extractor
         self._file_protocol: dict[str, Any] = {"weights": "injected extractor"}
@@ -114,7 +120,9 @@ class FrechetMetric(Metric):
         self._reference_loaded = reference is not None
         self.target_stats = reference if reference is not None else FeatureStats()
 
-    def update(self, pred: Tensor, target: Tensor | None, sample_id: str | None = None, **extras: Any) -> None:
+    def update(
+        self, pred: Tensor, target: Tensor | None, sample_id: str | None = None, **extras: Any
+    ) -> None:
         """Add one generated video and (unless cached reference statistics are loaded) its ground truth."""
         if self.skipped is not None:
             return None
@@ -124,8 +132,13 @@ class FrechetMetric(Metric):
         return None
 
     def compute(self) -> MetricResult:
-        protocol = {**self.protocol(), **self._file_protocol, "num_pred": self.pred_stats.count,
-                    "num_target": self.target_stats.count, "covariance": "unbiased (n-1)"}
+        protocol = {
+            **self.protocol(),
+            **self._file_protocol,
+            "num_pred": self.pred_stats.count,
+            "num_target": self.target_stats.count,
+            "covariance": "unbiased (n-1)",
+        }
         if self.reference_stats is not None and self.skipped is None:
             protocol["reference_stats"] = str(self.reference_stats)
             if not self._reference_loaded and self.target_stats.count >= 2:
@@ -152,11 +165,20 @@ class FID(FrechetMetric):
     name = "fid"
     expected_file = ("pt_inception-2015-12-05-6726825d.pth", "inception-2015-12-05.pt")
 
-    def __init__(self, weights: str | Path | None = None, extractor: nn.Module | None = None, on_missing: str = "error",
-                 sha256: str | None = None, frame_stride: int = 1, batch_size: int = 32,
-                 reference_stats: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        extractor: nn.Module | None = None,
+        on_missing: str = "error",
+        sha256: str | None = None,
+        frame_stride: int = 1,
+        batch_size: int = 32,
+        reference_stats: str | Path | None = None,
+    ) -> None:
         if frame_stride < 1 or batch_size < 1:
-            raise ValueError(f"fid: frame_stride and batch_size must be >= 1, got {frame_stride}, {batch_size}")
+            raise ValueError(
+                f"fid: frame_stride and batch_size must be >= 1, got {frame_stride}, {batch_size}"
+            )
         self.frame_stride, self.batch_size = int(frame_stride), int(batch_size)
         self.variant = "injected extractor"
         super().__init__(weights, extractor, on_missing, sha256, reference_stats)
@@ -169,12 +191,19 @@ class FID(FrechetMetric):
         return FIDInceptionV3.from_file(path)
 
     def protocol(self) -> dict[str, Any]:
-        return {"backbone": "inception-v3 2015-12-05 pool3", "implementation": self.variant, "unit": "frames",
-                "frame_stride": self.frame_stride}
+        return {
+            "backbone": "inception-v3 2015-12-05 pool3",
+            "implementation": self.variant,
+            "unit": "frames",
+            "frame_stride": self.frame_stride,
+        }
 
     def features(self, frames: Tensor) -> Tensor:
         frames = frames[:: self.frame_stride].round().to(torch.uint8)
-        feats = [self.extractor(frames[i : i + self.batch_size]) for i in range(0, frames.shape[0], self.batch_size)]
+        feats = [
+            self.extractor(frames[i : i + self.batch_size])
+            for i in range(0, frames.shape[0], self.batch_size)
+        ]
         return torch.cat(feats).flatten(1)  # [N, 2048, (1, 1)] -> [N, 2048]
 
 
@@ -184,9 +213,17 @@ class FVD(FrechetMetric):
     name = "fvd"
     expected_file = "i3d_torchscript.pt"
 
-    def __init__(self, weights: str | Path | None = None, extractor: nn.Module | None = None, on_missing: str = "error",
-                 sha256: str | None = None, num_frames: int = 16, resolution: int = 224, resize: str = "center_crop",
-                 reference_stats: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        extractor: nn.Module | None = None,
+        on_missing: str = "error",
+        sha256: str | None = None,
+        num_frames: int = 16,
+        resolution: int = 224,
+        resize: str = "center_crop",
+        reference_stats: str | Path | None = None,
+    ) -> None:
         if num_frames < 1 or resolution < 1:
             raise ValueError(f"fvd: num_frames and resolution must be >= 1, got {num_frames}, {resolution}")
         if resize not in RESIZE_MODES:
@@ -200,8 +237,14 @@ class FVD(FrechetMetric):
         return I3DTorchscript(path)
 
     def protocol(self) -> dict[str, Any]:
-        return {"backbone": "i3d kinetics-400 (stylegan-v torchscript)", "clip_frames": self.num_frames,
-                "clip": "first frames", "resolution": self.resolution, "resize": self.resize, "range": "[-1, 1]"}
+        return {
+            "backbone": "i3d kinetics-400 (stylegan-v torchscript)",
+            "clip_frames": self.num_frames,
+            "clip": "first frames",
+            "resolution": self.resolution,
+            "resize": self.resize,
+            "range": "[-1, 1]",
+        }
 
     def features(self, frames: Tensor) -> Tensor:
         if frames.shape[0] < self.num_frames:
@@ -217,11 +260,20 @@ class FIDVID(FrechetMetric):
     name = "fid_vid"
     expected_file = "resnet-50-kinetics.pth"
 
-    def __init__(self, weights: str | Path | None = None, extractor: nn.Module | None = None, on_missing: str = "error",
-                 sha256: str | None = None, segment_frames: int = 16, resolution: int = 112,
-                 reference_stats: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        extractor: nn.Module | None = None,
+        on_missing: str = "error",
+        sha256: str | None = None,
+        segment_frames: int = 16,
+        resolution: int = 112,
+        reference_stats: str | Path | None = None,
+    ) -> None:
         if segment_frames < 1 or resolution < 1:
-            raise ValueError(f"fid_vid: segment_frames and resolution must be >= 1, got {segment_frames}, {resolution}")
+            raise ValueError(
+                f"fid_vid: segment_frames and resolution must be >= 1, got {segment_frames}, {resolution}"
+            )
         self.segment_frames, self.resolution = int(segment_frames), int(resolution)
         super().__init__(weights, extractor, on_missing, sha256, reference_stats)
 
@@ -229,9 +281,14 @@ class FIDVID(FrechetMetric):
         return build_video_extractor(path, "fid_vid")
 
     def protocol(self) -> dict[str, Any]:
-        return {"backbone": "3d-resnet-50 kinetics-400 (hara, shortcut B)", "clip_frames": self.segment_frames,
-                "clip": "all non-overlapping segments, last padded, features averaged", "resolution": self.resolution,
-                "resize": "squash bicubic", "normalisation": "minus kinetics mean (0..255)"}
+        return {
+            "backbone": "3d-resnet-50 kinetics-400 (hara, shortcut B)",
+            "clip_frames": self.segment_frames,
+            "clip": "all non-overlapping segments, last padded, features averaged",
+            "resolution": self.resolution,
+            "resize": "squash bicubic",
+            "normalisation": "minus kinetics mean (0..255)",
+        }
 
     def features(self, frames: Tensor) -> Tensor:
         n, seg = frames.shape[0], self.segment_frames
@@ -240,6 +297,8 @@ class FIDVID(FrechetMetric):
             frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
         frames = resize_frames(frames, self.resolution, "squash", "bicubic")
         frames = frames - torch.tensor(KINETICS_MEAN_255).view(1, 3, 1, 1)
-        clips = frames.view(-1, seg, 3, self.resolution, self.resolution)  # [S*seg, 3, r, r] -> [S, seg, 3, r, r]
+        clips = frames.view(
+            -1, seg, 3, self.resolution, self.resolution
+        )  # [S*seg, 3, r, r] -> [S, seg, 3, r, r]
         feats = self.extractor(clips.permute(0, 2, 1, 3, 4).contiguous())  # [S, 3, seg, r, r] -> [S, D]
         return feats.flatten(1).mean(dim=0, keepdim=True)  # [S, D] -> [1, D]

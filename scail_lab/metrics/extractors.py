@@ -124,7 +124,9 @@ class ResNet3D50(nn.Module):
     pooling equals the original fixed AvgPool3d for the 16 x 112 x 112 clips it was trained on.
     """
 
-    def __init__(self, layers: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 400, width: int = 64) -> None:
+    def __init__(
+        self, layers: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 400, width: int = 64
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(3, width, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(width)
@@ -161,7 +163,9 @@ class ResNet3D50(nn.Module):
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         bad = [k for k, v in state.items() if tuple(v.shape) != shapes[k]]
         if bad:
-            raise ValueError(f"fid_vid: {path} has wrongly shaped tensors, e.g. {bad[0]} {tuple(state[bad[0]].shape)}")
+            raise ValueError(
+                f"fid_vid: {path} has wrongly shaped tensors, e.g. {bad[0]} {tuple(state[bad[0]].shape)}"
+            )
         model.load_state_dict(state, strict=False)
         return model.eval()
 

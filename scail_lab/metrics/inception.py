@@ -23,8 +23,14 @@ from scail_lab.metrics.extractors import load_state_dict
 class _Conv(nn.Module):
     """Conv (no bias) + BatchNorm (eps 1e-3) + ReLU: torchvision's BasicConv2d."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple[int, int], stride: int = 1,
-                 padding: int | tuple[int, int] = 0) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(out_ch, eps=0.001)
@@ -108,7 +114,9 @@ class _MixedD(nn.Module):
 class _MixedE(nn.Module):
     def __init__(self, in_ch: int, max_pool: bool) -> None:
         super().__init__()
-        self.max_pool = max_pool  # pytorch-fid's Mixed_7c pools with max (the TF graph does), Mixed_7b with avg
+        self.max_pool = (
+            max_pool  # pytorch-fid's Mixed_7c pools with max (the TF graph does), Mixed_7b with avg
+        )
         self.branch1x1 = _Conv(in_ch, 320, 1)
         self.branch3x3_1 = _Conv(in_ch, 384, 1)
         self.branch3x3_2a = _Conv(384, 384, (1, 3), padding=(0, 1))
@@ -159,8 +167,19 @@ class FIDInceptionV3(nn.Module):
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B, 64, 73, 73]
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # [B, 192, 71, 71]
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B, 192, 35, 35]
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):
             x = block(x)  # ... -> [B, 768, 17, 17] -> [B, 2048, 8, 8]
         return x.mean(dim=(2, 3))  # [B, 2048, 8, 8] -> [B, 2048]
 
@@ -172,11 +191,15 @@ class FIDInceptionV3(nn.Module):
         missing = sorted(k for k in set(ours) - set(state) if not k.endswith("num_batches_tracked"))
         unexpected = sorted(set(state) - set(ours))
         if missing or unexpected:
-            raise ValueError(f"fid: {path} is not pytorch-fid's Inception state dict (missing {missing[:4]}, "
-                             f"unexpected {unexpected[:4]})")
+            raise ValueError(
+                f"fid: {path} is not pytorch-fid's Inception state dict (missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]})"
+            )
         bad = [k for k, v in state.items() if tuple(v.shape) != tuple(ours[k].shape)]
         if bad:
-            raise ValueError(f"fid: {path} key {bad[0]} has shape {tuple(state[bad[0]].shape)}, expected "
-                             f"{tuple(ours[bad[0]].shape)}")
+            raise ValueError(
+                f"fid: {path} key {bad[0]} has shape {tuple(state[bad[0]].shape)}, expected "
+                f"{tuple(ours[bad[0]].shape)}"
+            )
         model.load_state_dict(state, strict=False)
         return model.eval()

@@ -45,13 +45,18 @@ def compute_weight_free(
     p = Frames.of(pred, layout, value_range)
     t = Frames.of(target, layout, value_range)
     if p.data.shape != t.data.shape:
-        raise ValueError(f"compute_weight_free: pred {tuple(p.data.shape)} and target {tuple(t.data.shape)} differ")
+        raise ValueError(
+            f"compute_weight_free: pred {tuple(p.data.shape)} and target {tuple(t.data.shape)} differ"
+        )
     metrics: list[Any] = [PSNR(), SSIM(), L1(), TemporalFlicker(), TemporalDiffError()]
     if target_mask is not None:
         metrics.append(MaskIoU())
     if gt is not None:
         gt = gt if isinstance(gt, SyntheticGT) else SyntheticGT.from_dict(gt)
-        metrics += [IdentityColorConsistency("histogram_intersection"), IdentityColorConsistency("palette_distance")]
+        metrics += [
+            IdentityColorConsistency("histogram_intersection"),
+            IdentityColorConsistency("palette_distance"),
+        ]
         if joint_estimator is not None:
             metrics.append(JointPositionError(joint_estimator))
     out: dict[str, float] = {}

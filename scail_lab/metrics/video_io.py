@@ -27,5 +27,7 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.nda
         raise ValueError(f"video {path} has no frames")
     frames = reader.get_batch(list(range(num))).asnumpy()
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"video {path} decoded to {frames.shape} {frames.dtype}, expected uint8 [N, H, W, 3]")
+        raise ValueError(
+            f"video {path} decoded to {frames.shape} {frames.dtype}, expected uint8 [N, H, W, 3]"
+        )
     return frames
