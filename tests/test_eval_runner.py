@@ -169,6 +169,12 @@ def test_bad_sample_is_recorded_and_skipped(dataset, tmp_path) -> None:
     (result,) = run_eval(cfg)
     assert result.num_failed == 1 and "cannot decode" in result.records[1]["error"]
     assert set(result.results["psnr"].per_sample) == {"s0", "s2"}
+    data = (dataset / "same" / "s0.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot decode"):
+        read_video(tmp_path / "cut.mp4")
+    with pytest.raises(FileNotFoundError, match="nothing.mp4"):
+        read_video(tmp_path / "nothing.mp4")
 
 
 class _StandInI3D(nn.Module):

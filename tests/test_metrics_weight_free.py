@@ -200,3 +200,8 @@ def test_compute_weight_free_layouts_ranges_and_synthetic_extras() -> None:
         assert again[key] == pytest.approx(base[key], rel=1e-5, abs=1e-6)
     with pytest.raises(ValueError, match="differ"):
         compute_weight_free(pred[:2], target)
+
+
+def test_compute_weight_free_single_frame_has_no_temporal_metrics() -> None:
+    frame = _scene([(4, 12, 4, 12, RED)], n=1)
+    assert set(compute_weight_free(frame, frame)) == {"psnr", "ssim", "l1"}
