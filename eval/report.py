@@ -85,6 +85,76 @@ def summarize(
     return rows
 
 
+@dataclass(frozen=True)
+class PairedRow:
+    """Mean per-sample difference `run - baseline` over the samples both scored, with its bootstrap CI."""
+
+    run: str
+    baseline: str
+    metric: str
+    mean_diff: float
+    ci_low: float | None
+    ci_high: float | None
+    num_common: int
+    higher_is_better: bool
+
+    @property
+    def verdict(self) -> str:
+        """better / worse when the CI excludes 0, else 'n.s.' (no CI: 'n/a')."""
+        if self.ci_low is None or self.ci_high is None:
+            return "n/a"
+        if self.ci_low > 0 or self.ci_high < 0:
+            return "better" if (self.ci_low > 0) == self.higher_is_better else "worse"
+        return "n.s."
+
+
+def paired_differences(
+    runs: Sequence[RunResult],
+    baseline: str | None = None,
+    level: float = 0.95,
+    num_resamples: int = 2000,
+    seed: int = 0,
+) -> list[PairedRow]:
+    """Per-sample paired differences of every run against `baseline` (default: the first run).
+
+    Ablations evaluated on the same samples differ far less than their separate CIs suggest; the paired
+    bootstrap (resampling samples, keeping each sample's pair together) is the fair comparison.
+    """
+    if len(runs) < 2:
+        return []
+    names = [r.name for r in runs]
+    baseline = baseline or names[0]
+    if baseline not in names:
+        raise ValueError(f"baseline run {baseline!r} is not one of the runs {names}")
+    base = next(r for r in runs if r.name == baseline)
+    rows = []
+    for run in runs:
+        if run.name == baseline:
+            continue
+        for name, result in run.results.items():
+            ref = base.results.get(name)
+            if ref is None or not result.per_sample or not ref.per_sample:
+                continue
+            common = sorted(set(result.per_sample) & set(ref.per_sample))
+            if not common:
+                continue
+            diffs = [result.per_sample[k] - ref.per_sample[k] for k in common]
+            ci = bootstrap_ci(diffs, level, num_resamples, seed)
+            rows.append(
+                PairedRow(
+                    run.name,
+                    baseline,
+                    name,
+                    float(np.mean(diffs)),
+                    ci[0] if ci else None,
+                    ci[1] if ci else None,
+                    len(common),
+                    result.higher_is_better,
+                )
+            )
+    return rows
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -112,8 +182,11 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
 
 
-def write_tables(rows: list[SummaryRow], out_dir: Path, level: float) -> None:
-    """summary.csv (long format) and summary.md (runs x metrics, value [CI], plus each metric's protocol)."""
+def write_tables(
+    rows: list[SummaryRow], out_dir: Path, level: float, paired: Sequence[PairedRow] = ()
+) -> None:
+    """summary.csv (long format), paired.csv and summary.md (runs x metrics with value [CI], the paired
+    differences against the baseline run, and each metric's protocol)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "summary.csv.tmp"
     with tmp.open("w", newline="") as handle:
@@ -170,6 +243,30 @@ def write_tables(rows: list[SummaryRow], out_dir: Path, level: float) -> None:
             else:
                 cells.append(f"{_fmt(r.value)} (n={r.num_samples})")
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    if paired:
+        lines.append(
+            f"\n## Paired differences vs {paired[0].baseline}\n\nMean per-sample `run - {paired[0].baseline}` "
+            f"over the samples both scored, {int(level * 100)}% paired-bootstrap CI; better/worse when the CI "
+            "excludes 0.\n"
+        )
+        lines += ["| run | metric | mean diff | CI | n | verdict |", "|---|---|---|---|---|---|"]
+        for p in paired:
+            ci = f"[{_fmt(p.ci_low)}, {_fmt(p.ci_high)}]" if p.ci_low is not None else ""
+            lines.append(
+                f"| {p.run} | {p.metric} | {p.mean_diff:+.4g} | {ci} | {p.num_common} | {p.verdict} |"
+            )
+        tmp = out_dir / "paired.csv.tmp"
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                ["run", "baseline", "metric", "mean_diff", "ci_low", "ci_high", "num_common", "verdict"]
+            )
+            for p in paired:
+                writer.writerow(
+                    [p.run, p.baseline, p.metric, _fmt(p.mean_diff), _fmt(p.ci_low), _fmt(p.ci_high)]
+                    + [p.num_common, p.verdict]
+                )
+        os.replace(tmp, out_dir / "paired.csv")
     lines.append("\n## Protocols\n")
     for m in metrics:
         first = next(r for r in rows if r.metric == m)

@@ -28,7 +28,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from eval.evaluate import RunResult, evaluate_run
 from eval.manifest import ManifestRow, match_folders, read_manifest, write_manifest
-from eval.report import log_wandb, plot_metrics, summarize, write_run_json, write_tables
+from eval.report import (
+    log_wandb,
+    paired_differences,
+    plot_metrics,
+    summarize,
+    write_run_json,
+    write_tables,
+)
 from scail_lab.metrics import Metric
 from scail_lab.metrics.base import WEIGHTS_DIR_ENV
 
@@ -121,6 +128,8 @@ def run_eval(cfg: DictConfig) -> list[RunResult]:
         runs[name] = path
     if not runs:
         raise ValueError("no runs given: use --runs name=folder ... or +runs.name=folder")
+    if cfg.baseline is not None and cfg.baseline not in runs:
+        raise ValueError(f"baseline {cfg.baseline!r} is not one of the runs {sorted(runs)}")
     if cfg.on_missing_weights not in ("error", "skip"):
         raise ValueError(f"on_missing_weights must be 'error' or 'skip', got {cfg.on_missing_weights!r}")
     out_dir = Path(cfg.out_dir)
@@ -139,7 +148,8 @@ def run_eval(cfg: DictConfig) -> list[RunResult]:
         results.append(result)
         logger.info("run %s: %d samples, %d failed", name, len(rows), result.num_failed)
     summary = summarize(results, cfg.ci.level, cfg.ci.num_resamples, cfg.ci.seed)
-    write_tables(summary, out_dir, cfg.ci.level)
+    paired = paired_differences(results, cfg.baseline, cfg.ci.level, cfg.ci.num_resamples, cfg.ci.seed)
+    write_tables(summary, out_dir, cfg.ci.level, paired)
     if cfg.plots:
         plot_metrics(summary, out_dir)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)

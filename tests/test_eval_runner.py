@@ -156,6 +156,13 @@ def test_runner_two_runs_reports_real_values(dataset, tmp_path, monkeypatch) -> 
     for metric in ("psnr", "ssim", "mask_iou"):
         assert (out / "plots" / f"{metric}.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "plots" / "joint_error_px.png").exists()  # skipped everywhere: nothing to plot
+    # paired differences vs the first run: shifted - same, per sample, on the samples both scored
+    with open(out / "paired.csv") as handle:
+        paired = {r["metric"]: r for r in csv.DictReader(handle)}
+    assert paired["psnr"]["baseline"] == "same" and paired["psnr"]["num_common"] == "3"
+    assert float(paired["psnr"]["mean_diff"]) == pytest.approx(np.mean(expected) - 100.0, rel=1e-3)
+    assert paired["psnr"]["verdict"] == "worse" and paired["l1"]["verdict"] == "worse"
+    assert "## Paired differences vs same" in md
     assert (out / "config.yaml").is_file() and (out / "same" / "manifest.csv").is_file()
 
 
@@ -299,3 +306,29 @@ def test_every_suite_composes_and_instantiates(suite: str, monkeypatch) -> None:
         assert {"lpips_alex", "fid", "fvd", "fid_vid", "psnr", "ssim", "l1"} <= set(metrics)
     if suite == "tiktok_disco":
         assert {"psnr_legacy_uint8", "ssim_disco_gray7", "l1_disco", "lpips_vgg"} <= set(metrics)
+
+
+def test_paired_differences_verdicts() -> None:
+    from eval.evaluate import RunResult
+    from eval.report import paired_differences
+    from scail_lab.metrics import MetricResult
+
+    def run(name: str, values: dict[str, float], higher: bool = True) -> RunResult:
+        return RunResult(
+            name, {"m": MetricResult("m", float(np.mean(list(values.values()))), values, {}, higher)}
+        )
+
+    base = run("a", {"s0": 1.0, "s1": 2.0, "s2": 3.0, "s3": 4.0})
+    better = run(
+        "b", {"s0": 1.5, "s1": 2.4, "s2": 3.6, "s3": 4.5, "extra": 9.0}
+    )  # +0.4..0.6 on common samples
+    noisy = run("c", {"s0": 1.5, "s1": 1.5, "s2": 3.5, "s3": 3.5})  # +-0.5: mean 0
+    rows = {r.run: r for r in paired_differences([base, better, noisy], num_resamples=500)}
+    assert rows["b"].num_common == 4 and rows["b"].mean_diff == pytest.approx(0.5)
+    assert rows["b"].verdict == "better" and rows["c"].verdict == "n.s." and rows["c"].mean_diff == 0.0
+    lower = paired_differences(
+        [run("a", base.results["m"].per_sample, False), run("b", better.results["m"].per_sample, False)]
+    )
+    assert lower[0].verdict == "worse"  # an increase of a lower-is-better metric
+    with pytest.raises(ValueError, match="baseline run 'zz'"):
+        paired_differences([base, better], baseline="zz")
