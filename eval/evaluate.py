@@ -37,7 +37,9 @@ class RunResult:
         return sum(1 for r in self.records if r.get("error"))
 
 
-def load_pair(row: ManifestRow, frame_mismatch: str = "truncate", size_mismatch: str = "resize") -> tuple[dict[str, Any], list[str]]:
+def load_pair(
+    row: ManifestRow, frame_mismatch: str = "truncate", size_mismatch: str = "resize"
+) -> tuple[dict[str, Any], list[str]]:
     """Decode one sample -> (inputs for Metric.update, notes about adjustments made)."""
     notes: list[str] = []
     pred = torch.from_numpy(read_video(row.pred)).permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W]
@@ -54,18 +56,32 @@ def load_pair(row: ManifestRow, frame_mismatch: str = "truncate", size_mismatch:
     target_mask = target_mask[:num] if target_mask is not None else None
     if pred.shape[-2:] != target.shape[-2:]:
         if size_mismatch == "error":
-            raise ValueError(f"generated frames are {tuple(pred.shape[-2:])}, ground truth {tuple(target.shape[-2:])}")
+            raise ValueError(
+                f"generated frames are {tuple(pred.shape[-2:])}, ground truth {tuple(target.shape[-2:])}"
+            )
         notes.append(f"generated frames resized from {tuple(pred.shape[-2:])} to {tuple(target.shape[-2:])}")
-        pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        pred = F.interpolate(
+            pred, size=target.shape[-2:], mode="bilinear", align_corners=False, antialias=True
+        )
         pred = pred.clamp(0, 255)
         if pred_mask is not None:
-            pred_mask = F.interpolate(pred_mask[:, None].float(), size=target.shape[-2:], mode="nearest")[:, 0] > 0.5
+            pred_mask = (
+                F.interpolate(pred_mask[:, None].float(), size=target.shape[-2:], mode="nearest")[:, 0] > 0.5
+            )
     gt = SyntheticGT.load(row.gt_json) if row.gt_json else None
     if gt is not None and gt.joints.shape[0] != num:
         if gt.joints.shape[0] < num:
-            raise ValueError(f"{row.gt_json} has joints for {gt.joints.shape[0]} frames, the videos have {num}")
+            raise ValueError(
+                f"{row.gt_json} has joints for {gt.joints.shape[0]} frames, the videos have {num}"
+            )
         gt = SyntheticGT(gt.joints[:num], gt.joint_names, gt.identity_colors, gt.fps)
-    inputs = {"pred": Frames(pred), "target": Frames(target), "pred_mask": pred_mask, "target_mask": target_mask, "gt": gt}
+    inputs = {
+        "pred": Frames(pred),
+        "target": Frames(target),
+        "pred_mask": pred_mask,
+        "target_mask": target_mask,
+        "gt": gt,
+    }
     return inputs, notes
 
 
@@ -85,7 +101,13 @@ def evaluate_run(
         metric.reset()
     records: list[dict[str, Any]] = []
     for row in tqdm(rows, desc=f"eval {name}", unit="sample"):
-        record: dict[str, Any] = {"id": row.id, "pred": row.pred, "target": row.target, "metrics": {}, "errors": {}}
+        record: dict[str, Any] = {
+            "id": row.id,
+            "pred": row.pred,
+            "target": row.target,
+            "metrics": {},
+            "errors": {},
+        }
         try:
             inputs, notes = load_pair(row, frame_mismatch, size_mismatch)
         except (OSError, ValueError) as err:

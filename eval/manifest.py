@@ -61,7 +61,9 @@ def scan_samples(root: str | os.PathLike, mask_names: tuple[str, ...] = MASK_NAM
         if len(videos) == 1 and folder_path != root:
             mask = next((folder_path / m for m in mask_names if (folder_path / m).is_file()), None)
             gt = folder_path / "gt.json"
-            samples[folder_path.relative_to(root).as_posix()] = SampleFiles(videos[0], mask, gt if gt.is_file() else None)
+            samples[folder_path.relative_to(root).as_posix()] = SampleFiles(
+                videos[0], mask, gt if gt.is_file() else None
+            )
             continue
         for video in videos:
             mask = video.with_name(f"{video.stem}_mask{VIDEO_SUFFIX}")
@@ -71,7 +73,9 @@ def scan_samples(root: str | os.PathLike, mask_names: tuple[str, ...] = MASK_NAM
     return samples
 
 
-def match_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> tuple[list[ManifestRow], dict[str, list[str]]]:
+def match_folders(
+    pred_dir: str | os.PathLike, gt_dir: str | os.PathLike
+) -> tuple[list[ManifestRow], dict[str, list[str]]]:
     """Pair generated and ground-truth samples by key.
 
     Returns (rows, unmatched) with unmatched = {"pred_only": [...], "gt_only": [...]}; raises ValueError when
@@ -118,8 +122,14 @@ def _row_from_record(record: dict[str, object], base: Path, line: int, source: P
 
     pred = resolve(record["pred"])
     key = str(record.get("id") or Path(str(record["pred"])).with_suffix("").as_posix())
-    return ManifestRow(key, pred, resolve(record["target"]), resolve(record.get("pred_mask")),
-                       resolve(record.get("target_mask")), resolve(record.get("gt_json")))
+    return ManifestRow(
+        key,
+        pred,
+        resolve(record["target"]),
+        resolve(record.get("pred_mask")),
+        resolve(record.get("target_mask")),
+        resolve(record.get("gt_json")),
+    )
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
@@ -145,7 +155,9 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         raise ValueError(f"manifest {path} has no rows")
     ids = [r.id for r in rows]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"manifest {path} repeats sample ids, e.g. {sorted(i for i in ids if ids.count(i) > 1)[0]!r}")
+        raise ValueError(
+            f"manifest {path} repeats sample ids, e.g. {sorted(i for i in ids if ids.count(i) > 1)[0]!r}"
+        )
     return rows
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,34 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from eval.evaluate import RunResult, evaluate_run
 from eval.manifest import ManifestRow, match_folders, read_manifest, write_manifest
-from eval.report import log_wandb, plot_metrics, summarize, write_run_json, write_tables
+from eval.report import (
+    log_wandb,
+    paired_differences,
+    plot_metrics,
+    summarize,
+    write_run_json,
+    write_tables,
+)
 from scail_lab.metrics import Metric
 from scail_lab.metrics.base import WEIGHTS_DIR_ENV
 
 logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "eval"
+
+
+@contextmanager
+def weights_dir_env(weights_dir: str | None) -> Iterator[None]:
+    """Point $SCAIL_EVAL_WEIGHTS_DIR at `weights_dir` while metrics are built, then restore it."""
+    previous = os.environ.get(WEIGHTS_DIR_ENV)
+    if weights_dir:
+        os.environ[WEIGHTS_DIR_ENV] = str(weights_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(WEIGHTS_DIR_ENV, None)
+        else:
+            os.environ[WEIGHTS_DIR_ENV] = previous
 
 
 def build_metrics(metric_cfg: DictConfig) -> dict[str, Metric]:
@@ -44,13 +68,17 @@ def build_metrics(metric_cfg: DictConfig) -> dict[str, Metric]:
             metric = instantiate(node)
         except InstantiationException as err:
             cause = err.__cause__
-            if isinstance(cause, FileNotFoundError | ValueError):  # surface our own clear message, with the key
+            if isinstance(
+                cause, FileNotFoundError | ValueError
+            ):  # surface our own clear message, with the key
                 raise type(cause)(f"metrics.{key}: {cause}") from cause
             raise
         if not isinstance(metric, Metric):
             raise ValueError(f"metrics.{key} built a {type(metric).__name__}, not a scail_lab.metrics.Metric")
         if metric.name in metrics:
-            raise ValueError(f"metrics.{key}: a second metric named {metric.name!r}; give one of them `name:`")
+            raise ValueError(
+                f"metrics.{key}: a second metric named {metric.name!r}; give one of them `name:`"
+            )
         metrics[metric.name] = metric
     if not metrics:
         raise ValueError("no metrics configured (every node under `metrics` is null)")
@@ -79,7 +107,9 @@ def parse_runs(runs: Any) -> dict[str, str]:
     return out
 
 
-def resolve_rows(path: str, gt_dir: str | None, max_samples: int | None) -> tuple[list[ManifestRow], dict[str, list[str]]]:
+def resolve_rows(
+    path: str, gt_dir: str | None, max_samples: int | None
+) -> tuple[list[ManifestRow], dict[str, list[str]]]:
     if Path(path).suffix in (".csv", ".jsonl"):
         rows, unmatched = read_manifest(path), {}
     else:
@@ -98,15 +128,16 @@ def run_eval(cfg: DictConfig) -> list[RunResult]:
         runs[name] = path
     if not runs:
         raise ValueError("no runs given: use --runs name=folder ... or +runs.name=folder")
+    if cfg.baseline is not None and cfg.baseline not in runs:
+        raise ValueError(f"baseline {cfg.baseline!r} is not one of the runs {sorted(runs)}")
     if cfg.on_missing_weights not in ("error", "skip"):
         raise ValueError(f"on_missing_weights must be 'error' or 'skip', got {cfg.on_missing_weights!r}")
-    if cfg.weights_dir:
-        os.environ[WEIGHTS_DIR_ENV] = str(cfg.weights_dir)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # all manifests are checked before any metric loads weights or any video is decoded
     manifests = {name: resolve_rows(path, cfg.gt_dir, cfg.max_samples) for name, path in runs.items()}
-    metrics = build_metrics(cfg.metrics)
+    with weights_dir_env(cfg.weights_dir):
+        metrics = build_metrics(cfg.metrics)
     results = []
     for name, (rows, unmatched) in manifests.items():
         (out_dir / name).mkdir(parents=True, exist_ok=True)
@@ -117,13 +148,20 @@ def run_eval(cfg: DictConfig) -> list[RunResult]:
         results.append(result)
         logger.info("run %s: %d samples, %d failed", name, len(rows), result.num_failed)
     summary = summarize(results, cfg.ci.level, cfg.ci.num_resamples, cfg.ci.seed)
-    write_tables(summary, out_dir, cfg.ci.level)
+    paired = paired_differences(results, cfg.baseline, cfg.ci.level, cfg.ci.num_resamples, cfg.ci.seed)
+    write_tables(summary, out_dir, cfg.ci.level, paired)
     if cfg.plots:
         plot_metrics(summary, out_dir)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     if cfg.wandb.enabled:
-        log_wandb(summary, results, cfg.wandb.project, cfg.wandb.entity, cfg.wandb.name,
-                  OmegaConf.to_container(cfg, resolve=True))
+        log_wandb(
+            summary,
+            results,
+            cfg.wandb.project,
+            cfg.wandb.entity,
+            cfg.wandb.name,
+            OmegaConf.to_container(cfg, resolve=True),
+        )
     logger.info("wrote %s", out_dir / "summary.md")
     return results
 

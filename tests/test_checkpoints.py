@@ -297,3 +297,21 @@ def test_cli_converts_an_official_folder_and_verifies(tmp_path):
     save_file(tampered, str(tmp_path / "out" / "model.safetensors"))
     with pytest.raises(ValueError, match="'blocks.0.norm3.bias' differs"):
         verify_conversion(tmp_path / "SCAIL-2", tmp_path / "out")
+
+
+def test_numpy1_pickled_rng_state_loads_weights_only(tmp_path):
+    """The released file may come from NumPy 1.x, which names `numpy.core.multiarray._reconstruct`."""
+    import zipfile
+
+    wan = random_wan_state_dict(TINY, seed=11)
+    new = write_denoiser_checkpoint(tmp_path / "np2", wan, "scail2_fsdp2")
+    old = tmp_path / "np1.pt"
+    with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w", compression=zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"cnumpy._core.multiarray\n" in data
+                data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+            dst.writestr(info.filename, data)
+    loaded = load_denoiser_state_dict(old)
+    assert all(torch.equal(loaded[k], wan[k]) for k in wan)

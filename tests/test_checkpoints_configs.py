@@ -9,8 +9,9 @@ from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
 from scail_lab.checkpoints import CheckpointFiles
-from scail_lab.encoders.clip import CLIPImageEncoder
-from scail_lab.encoders.text import UMT5TextEncoder
+from scail_lab.conditioning.encode import ConditionEncoder
+from scail_lab.encoders.clip import CLIPImageEncoder, ImageEncoder
+from scail_lab.encoders.text import TextEncoder, UMT5TextEncoder
 from scail_lab.types import DiTInputs
 from tests.conftest import CONFIGS
 from tests.test_clip import CLIP_NAME, official_clip_state
@@ -26,10 +27,21 @@ def test_light_encoders_feed_the_tiny_model():
     cfg = compose_sample(["model=tiny", "+text_encoder=light", "+image_encoder=light", "+checkpoint=none"])
     text_encoder, image_encoder = instantiate(cfg.text_encoder), instantiate(cfg.image_encoder)
     model = instantiate(cfg.model).eval()
-    text = text_encoder(["a red square moves left"])[0]
-    assert text.shape == (model.config.text_len, model.config.text_dim)  # truncated to the model's 16 tokens
-    ref_image = torch.rand(1, 3, 64, 64) * 2 - 1
-    clip = image_encoder(ref_image)
+    assert isinstance(text_encoder, TextEncoder) and isinstance(image_encoder, ImageEncoder)
+    conditions = ConditionEncoder(
+        None, model.mask_scheme, text_encoder=text_encoder, image_encoder=image_encoder
+    )
+    texts = conditions.text(["a red square moves left", "hi"])  # the pipeline's duck-typed `encode` calls
+    assert texts.shape == (
+        2,
+        model.config.text_len,
+        model.config.text_dim,
+    )  # truncated to the model's 16 tokens
+    assert (
+        texts[1, 4:].abs().sum() == 0 and texts[1, 3].abs().sum() > 0
+    )  # "▁", "h", "i", "</s>", then padding
+    text = texts[0]
+    clip = conditions.clip(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8))
     assert clip.shape == (1, 17, model.config.clip_dim)
     g = torch.Generator().manual_seed(0)
     inputs = DiTInputs(

@@ -26,6 +26,9 @@ from eval.report import bootstrap_ci
 from eval.run import CONFIG_DIR, parse_runs, run_eval, translate_cli_runs
 from scail_lab.metrics.video_io import read_video
 
+# the stand-ins are written with torch.jit.script (deprecated in torch, still what the real weight files are)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES, SIZE = 16, 32
 
@@ -50,10 +53,20 @@ def dataset(tmp_path_factory) -> Path:
         gt_dir = root / "gt" / f"s{i}"
         frames = _character(i)
         _write(gt_dir / "video.mp4", frames)
-        _write(gt_dir / "target_mask.mp4", np.where(frames[..., :1] > 100, 255, 0).repeat(3, -1).astype(np.uint8))
+        _write(
+            gt_dir / "target_mask.mp4", np.where(frames[..., :1] > 100, 255, 0).repeat(3, -1).astype(np.uint8)
+        )
         joints = [[[10.0 + i, 12.0], [10.0 + i, 20.0]]] * NUM_FRAMES
-        (gt_dir / "gt.json").write_text(json.dumps({"joints": joints, "joint_names": ["head", "hip"],
-                                                    "identity_colors": [[230, 20, 20]], "fps": 8}))
+        (gt_dir / "gt.json").write_text(
+            json.dumps(
+                {
+                    "joints": joints,
+                    "joint_names": ["head", "hip"],
+                    "identity_colors": [[230, 20, 20]],
+                    "fps": 8,
+                }
+            )
+        )
         (root / "same").mkdir(exist_ok=True)
         shutil.copy(gt_dir / "video.mp4", root / "same" / f"s{i}.mp4")
         _write(root / "shifted" / f"s{i}.mp4", _character(i + 3))
@@ -72,16 +85,22 @@ def test_folder_matching_and_manifests(dataset, tmp_path) -> None:
     assert unmatched == {"pred_only": ["extra"], "gt_only": []}
     assert rows[0].target.endswith("s0/video.mp4") and rows[0].target_mask.endswith("s0/target_mask.mp4")
     assert rows[0].gt_json.endswith("s0/gt.json") and rows[0].pred_mask is None
-    (tmp_path / "m.csv").write_text(f"pred,target\n{dataset}/same/s0.mp4,{dataset}/gt/s0/video.mp4\nrel/a.mp4,b.mp4\n")
+    (tmp_path / "m.csv").write_text(
+        f"pred,target\n{dataset}/same/s0.mp4,{dataset}/gt/s0/video.mp4\nrel/a.mp4,b.mp4\n"
+    )
     manifest = read_manifest(tmp_path / "m.csv")
     assert manifest[0].id == f"{dataset}/same/s0"  # default id: the pred path as written, without .mp4
     assert manifest[1].pred == str(tmp_path / "rel" / "a.mp4") and manifest[1].id == "rel/a"
-    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "x", "pred": "a.mp4", "target": "b.mp4", "gt_json": "g.json"}) + "\n")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"id": "x", "pred": "a.mp4", "target": "b.mp4", "gt_json": "g.json"}) + "\n"
+    )
     assert read_manifest(tmp_path / "m.jsonl")[0].gt_json == str(tmp_path / "g.json")
     (tmp_path / "bad.csv").write_text("pred,target,colour\na,b,c\n")
     with pytest.raises(ValueError, match="unknown manifest columns"):
         read_manifest(tmp_path / "bad.csv")
-    (tmp_path / "dup.jsonl").write_text('{"id": "a", "pred": "x", "target": "y"}\n{"id": "a", "pred": "z", "target": "y"}\n')
+    (tmp_path / "dup.jsonl").write_text(
+        '{"id": "a", "pred": "x", "target": "y"}\n{"id": "a", "pred": "z", "target": "y"}\n'
+    )
     with pytest.raises(ValueError, match="repeats sample ids"):
         read_manifest(tmp_path / "dup.jsonl")
     (tmp_path / "other").mkdir()
@@ -94,8 +113,17 @@ def test_runner_two_runs_reports_real_values(dataset, tmp_path, monkeypatch) -> 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     out = tmp_path / "out"
-    cfg = _compose(["suite=synthetic", f"+runs.same={dataset / 'same'}", f"+runs.shifted={dataset / 'shifted'}",
-                    f"gt_dir={dataset / 'gt'}", f"out_dir={out}", "wandb.enabled=true", "ci.num_resamples=200"])
+    cfg = _compose(
+        [
+            "suite=synthetic",
+            f"+runs.same={dataset / 'same'}",
+            f"+runs.shifted={dataset / 'shifted'}",
+            f"gt_dir={dataset / 'gt'}",
+            f"out_dir={out}",
+            "wandb.enabled=true",
+            "ci.num_resamples=200",
+        ]
+    )
     results = run_eval(cfg)
     assert [r.name for r in results] == ["same", "shifted"]
     same, shifted = (r.results for r in results)
@@ -128,6 +156,13 @@ def test_runner_two_runs_reports_real_values(dataset, tmp_path, monkeypatch) -> 
     for metric in ("psnr", "ssim", "mask_iou"):
         assert (out / "plots" / f"{metric}.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "plots" / "joint_error_px.png").exists()  # skipped everywhere: nothing to plot
+    # paired differences vs the first run: shifted - same, per sample, on the samples both scored
+    with open(out / "paired.csv") as handle:
+        paired = {r["metric"]: r for r in csv.DictReader(handle)}
+    assert paired["psnr"]["baseline"] == "same" and paired["psnr"]["num_common"] == "3"
+    assert float(paired["psnr"]["mean_diff"]) == pytest.approx(np.mean(expected) - 100.0, rel=1e-3)
+    assert paired["psnr"]["verdict"] == "worse" and paired["l1"]["verdict"] == "worse"
+    assert "## Paired differences vs same" in md
     assert (out / "config.yaml").is_file() and (out / "same" / "manifest.csv").is_file()
 
 
@@ -135,14 +170,24 @@ def test_bad_sample_is_recorded_and_skipped(dataset, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(dataset / "same", run)
     (run / "s1.mp4").write_bytes(b"not a video")
-    cfg = _compose([f"+runs.broken={run}", f"gt_dir={dataset / 'gt'}", f"out_dir={tmp_path / 'out'}", "plots=false"])
+    cfg = _compose(
+        [f"+runs.broken={run}", f"gt_dir={dataset / 'gt'}", f"out_dir={tmp_path / 'out'}", "plots=false"]
+    )
     (result,) = run_eval(cfg)
     assert result.num_failed == 1 and "cannot decode" in result.records[1]["error"]
     assert set(result.results["psnr"].per_sample) == {"s0", "s2"}
+    data = (dataset / "same" / "s0.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot decode"):
+        read_video(tmp_path / "cut.mp4")
+    with pytest.raises(FileNotFoundError, match="nothing.mp4"):
+        read_video(tmp_path / "nothing.mp4")
 
 
 class _StandInI3D(nn.Module):
-    def forward(self, x: Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> Tensor:
         return x.mean(dim=(2, 3, 4))
 
 
@@ -153,8 +198,15 @@ class _StandInInception(nn.Module):
 
 def test_weights_error_skip_and_weights_dir(dataset, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("SCAIL_EVAL_WEIGHTS_DIR", raising=False)
-    base = [f"+runs.same={dataset / 'same'}", f"gt_dir={dataset / 'gt'}", "plots=false", "suite=standard",
-            "metrics.lpips=null", "metrics.fid_vid=null", "metrics.fvd.resolution=32"]
+    base = [
+        f"+runs.same={dataset / 'same'}",
+        f"gt_dir={dataset / 'gt'}",
+        "plots=false",
+        "suite=standard",
+        "metrics.lpips=null",
+        "metrics.fid_vid=null",
+        "metrics.fvd.resolution=32",
+    ]
     with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt"):
         run_eval(_compose([*base, f"out_dir={tmp_path / 'a'}"]))
     assert not (tmp_path / "a" / "same").exists()  # failed before any sample was evaluated
@@ -167,25 +219,51 @@ def test_weights_error_skip_and_weights_dir(dataset, tmp_path, monkeypatch) -> N
     (result,) = run_eval(_compose([*base, f"out_dir={tmp_path / 'c'}", f"weights_dir={weights}"]))
     assert result.results["fvd"].value == pytest.approx(0.0, abs=1e-6)  # identical decoded videos
     assert result.results["fid"].value == pytest.approx(0.0, abs=1e-6)
-    assert result.results["fvd"].protocol["num_pred"] == 3 and result.results["fid"].protocol["num_pred"] == 48
+    assert (
+        result.results["fvd"].protocol["num_pred"] == 3 and result.results["fid"].protocol["num_pred"] == 48
+    )
 
 
 def test_cli_runs_syntax_and_run_lists(dataset, tmp_path) -> None:
     argv = ["--runs", "a=/x", "b=/y=z", "gt_dir=/g", "wandb.enabled=true", "suite=synthetic"]
-    assert translate_cli_runs(argv) == ["+runs.a=/x", "+runs.b=/y=z", "gt_dir=/g", "wandb.enabled=true",
-                                        "suite=synthetic"]
+    assert translate_cli_runs(argv) == [
+        "+runs.a=/x",
+        "+runs.b=/y=z",
+        "gt_dir=/g",
+        "wandb.enabled=true",
+        "suite=synthetic",
+    ]
     assert parse_runs(["a=/x", {"name": "b", "path": "/y"}]) == {"a": "/x", "b": "/y"}
     with pytest.raises(ValueError, match="twice"):
         parse_runs(["a=/x", "a=/y"])
-    cfg = _compose([f"run_list=[{{name: s, path: '{dataset / 'same'}'}}]", f"gt_dir={dataset / 'gt'}",
-                    f"out_dir={tmp_path / 'list'}", "plots=false", "max_samples=1"])
+    cfg = _compose(
+        [
+            f"run_list=[{{name: s, path: '{dataset / 'same'}'}}]",
+            f"gt_dir={dataset / 'gt'}",
+            f"out_dir={tmp_path / 'list'}",
+            "plots=false",
+            "max_samples=1",
+        ]
+    )
     (result,) = run_eval(cfg)
     assert result.name == "s" and len(result.records) == 1
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "eval" / "run.py"), "--runs", f"cli={dataset / 'same'}", f"gt_dir={dataset / 'gt'}",
-         f"out_dir={tmp_path / 'cli'}", "plots=false", "max_samples=1"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "eval" / "run.py"),
+            "--runs",
+            f"cli={dataset / 'same'}",
+            f"gt_dir={dataset / 'gt'}",
+            f"out_dir={tmp_path / 'cli'}",
+            "plots=false",
+            "max_samples=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| cli |" in (tmp_path / "cli" / "summary.md").read_text()
@@ -196,8 +274,61 @@ def test_bootstrap_ci_values() -> None:
     assert bootstrap_ci([1.0]) is None
     x = np.random.default_rng(0).normal(5.0, 2.0, size=400)
     low, high = bootstrap_ci(x, level=0.95, num_resamples=4000, seed=1)
-    half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)  # normal-theory half width, which the bootstrap approximates
+    half = (
+        1.96 * x.std(ddof=1) / np.sqrt(x.size)
+    )  # normal-theory half width, which the bootstrap approximates
     assert low < x.mean() < high
     assert (high - low) / 2 == pytest.approx(half, rel=0.1)
     with pytest.raises(ValueError, match="confidence level"):
         bootstrap_ci(x, level=95)
+
+
+def test_weights_dir_does_not_leak_into_the_environment(monkeypatch) -> None:
+    from eval.run import weights_dir_env
+
+    monkeypatch.setenv("SCAIL_EVAL_WEIGHTS_DIR", "/before")
+    with weights_dir_env("/during"):
+        assert os.environ["SCAIL_EVAL_WEIGHTS_DIR"] == "/during"
+    assert os.environ["SCAIL_EVAL_WEIGHTS_DIR"] == "/before"
+
+
+@pytest.mark.parametrize("suite", sorted(p.stem for p in (CONFIG_DIR / "suite").glob("*.yaml")))
+def test_every_suite_composes_and_instantiates(suite: str, monkeypatch) -> None:
+    from eval.run import build_metrics
+
+    monkeypatch.delenv("SCAIL_EVAL_WEIGHTS_DIR", raising=False)
+    cfg = _compose([f"suite={suite}", "on_missing_weights=skip"])
+    metrics = build_metrics(cfg.metrics)
+    assert {"psnr", "ssim"} & {m.split("_")[0] for m in metrics}
+    weighted = [m for m in metrics.values() if m.skipped and "weight file" in m.skipped]
+    assert all(m.compute().value is None for m in weighted)
+    if suite == "standard":
+        assert {"lpips_alex", "fid", "fvd", "fid_vid", "psnr", "ssim", "l1"} <= set(metrics)
+    if suite == "tiktok_disco":
+        assert {"psnr_legacy_uint8", "ssim_disco_gray7", "l1_disco", "lpips_vgg"} <= set(metrics)
+
+
+def test_paired_differences_verdicts() -> None:
+    from eval.evaluate import RunResult
+    from eval.report import paired_differences
+    from scail_lab.metrics import MetricResult
+
+    def run(name: str, values: dict[str, float], higher: bool = True) -> RunResult:
+        return RunResult(
+            name, {"m": MetricResult("m", float(np.mean(list(values.values()))), values, {}, higher)}
+        )
+
+    base = run("a", {"s0": 1.0, "s1": 2.0, "s2": 3.0, "s3": 4.0})
+    better = run(
+        "b", {"s0": 1.5, "s1": 2.4, "s2": 3.6, "s3": 4.5, "extra": 9.0}
+    )  # +0.4..0.6 on common samples
+    noisy = run("c", {"s0": 1.5, "s1": 1.5, "s2": 3.5, "s3": 3.5})  # +-0.5: mean 0
+    rows = {r.run: r for r in paired_differences([base, better, noisy], num_resamples=500)}
+    assert rows["b"].num_common == 4 and rows["b"].mean_diff == pytest.approx(0.5)
+    assert rows["b"].verdict == "better" and rows["c"].verdict == "n.s." and rows["c"].mean_diff == 0.0
+    lower = paired_differences(
+        [run("a", base.results["m"].per_sample, False), run("b", better.results["m"].per_sample, False)]
+    )
+    assert lower[0].verdict == "worse"  # an increase of a lower-is-better metric
+    with pytest.raises(ValueError, match="baseline run 'zz'"):
+        paired_differences([base, better], baseline="zz")

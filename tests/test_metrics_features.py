@@ -21,11 +21,16 @@ from scail_lab.metrics.distribution import KINETICS_MEAN_255, resize_frames
 from scail_lab.metrics.extractors import ResNet3D50
 from scail_lab.metrics.lpips import LPIPSNetwork, build_features, bundled_heads_path
 
+# the stand-ins are written with torch.jit.script (deprecated in torch, still what the real weight files are)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 class StandInI3D(nn.Module):
     """I3D call convention; features: per-channel clip mean and per-channel mean of the centre pixel."""
 
-    def forward(self, x: Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> Tensor:
         if rescale or resize or not return_features:
             raise RuntimeError("FVD must call the I3D with rescale=False, resize=False, return_features=True")
         if x.shape[1] != 3 or x.shape[2] != 16 or x.shape[3] != 224 or x.shape[4] != 224:
@@ -135,13 +140,17 @@ def hara_checkpoint(tmp_path_factory) -> tuple[ResNet3D50, str]:
     torch.manual_seed(0)
     model = ResNet3D50().eval()
     path = tmp_path_factory.mktemp("hara") / "resnet-50-kinetics.pth"
-    torch.save({"arch": "resnet-50", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    torch.save(
+        {"arch": "resnet-50", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path
+    )
     return model, str(path)
 
 
 def test_fid_vid_loads_hara_resnet50_layout(hara_checkpoint, tmp_path) -> None:
     model, path = hara_checkpoint
-    assert {"conv1.weight", "layer1.0.downsample.0.weight", "layer4.2.bn3.running_var", "fc.weight"} <= set(model.state_dict())
+    assert {"conv1.weight", "layer1.0.downsample.0.weight", "layer4.2.bn3.running_var", "fc.weight"} <= set(
+        model.state_dict()
+    )
     metric = FIDVID(weights=path, resolution=16)
     loaded = metric.extractor.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
@@ -157,8 +166,15 @@ def test_fid_vid_resnet50_features_match_manual_segments(hara_checkpoint) -> Non
     metric = FIDVID(weights=path, resolution=16)
     video = np.random.default_rng(3).integers(0, 256, (17, 16, 16, 3)).astype(np.uint8)
     feats = metric.features(torch.from_numpy(video).permute(0, 3, 1, 2).float())
-    padded = torch.cat([torch.from_numpy(video).float(), torch.from_numpy(video[-1:]).float().expand(15, -1, -1, -1)])
-    clips = (padded - torch.tensor(KINETICS_MEAN_255)).permute(3, 0, 1, 2).reshape(3, 2, 16, 16, 16).transpose(0, 1)
+    padded = torch.cat(
+        [torch.from_numpy(video).float(), torch.from_numpy(video[-1:]).float().expand(15, -1, -1, -1)]
+    )
+    clips = (
+        (padded - torch.tensor(KINETICS_MEAN_255))
+        .permute(3, 0, 1, 2)
+        .reshape(3, 2, 16, 16, 16)
+        .transpose(0, 1)
+    )
     expected = model(clips).mean(dim=0, keepdim=True)  # resizing 16x16 to 16x16 is the identity
     assert feats.shape == (1, 2048)
     torch.testing.assert_close(feats, expected, rtol=1e-4, atol=1e-5)
@@ -230,7 +246,9 @@ def test_lpips_alex_matches_reference_from_files(tmp_path) -> None:
     y = torch.randint(0, 256, (4, 3, 64, 64), generator=gen, dtype=torch.uint8)
     assert metric.update(x, x, sample_id="same") == pytest.approx(0.0, abs=1e-9)
     value = metric.update(x, y, sample_id="diff")
-    ref = _lpips_reference(x.double() / 127.5 - 1, y.double() / 127.5 - 1, torch.load(backbone), torch.load(heads))
+    ref = _lpips_reference(
+        x.double() / 127.5 - 1, y.double() / 127.5 - 1, torch.load(backbone), torch.load(heads)
+    )
     assert value == pytest.approx(float(ref.mean()), rel=1e-4)
     assert value > 0.01
     assert metric.update(y, x, sample_id="swap") == pytest.approx(value, rel=1e-5)  # symmetric
@@ -260,3 +278,71 @@ def test_lpips_bundled_heads_missing_backbone_and_vgg_layout(tmp_path, monkeypat
     out = vgg(torch.zeros(1, 3, 32, 32), torch.ones(1, 3, 32, 32) * 0.5)
     assert out.shape == (1,)
     assert isinstance(FeatureStats(), FeatureStats)
+
+
+def test_fid_loads_pytorch_fid_inception_layout(tmp_path) -> None:
+    from scail_lab.metrics.inception import FIDInceptionV3, _avg_pool
+
+    torch.manual_seed(0)
+    model = FIDInceptionV3()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    # torchvision Inception3 without the aux head has 23,834,568 parameters with 1000 classes; pytorch-fid's
+    # 1008-class fc adds 8 * 2048 + 8
+    assert sum(v.numel() for k, v in state.items() if "running" not in k) == 23_834_568 + 8 * 2049
+    shapes = {
+        "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
+        "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1),
+        "Mixed_6e.branch7x7dbl_5.conv.weight": (192, 192, 1, 7),
+        "Mixed_7a.branch3x3_2.conv.weight": (320, 192, 3, 3),
+        "Mixed_7c.branch3x3dbl_3b.conv.weight": (384, 384, 3, 1),
+        "fc.weight": (1008, 2048),
+    }
+    assert {k: tuple(state[k].shape) for k in shapes} == shapes
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(state, path)  # the ported file carries no num_batches_tracked entries
+    metric = FID(weights=path)
+    assert "pytorch-fid" in metric.protocol()["implementation"]
+    assert torch.equal(
+        metric.extractor.state_dict()["Mixed_6d.branch7x7_2.conv.weight"],
+        state["Mixed_6d.branch7x7_2.conv.weight"],
+    )
+    # TF-style average pooling ignores the zero padding: a constant map stays constant at the corners
+    assert torch.equal(_avg_pool(torch.ones(1, 1, 4, 4)), torch.ones(1, 1, 4, 4))
+    del state["Mixed_7c.branch_pool.bn.bias"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="not pytorch-fid's Inception"):
+        FID(weights=tmp_path / "broken.pth")
+
+
+@pytest.mark.slow
+def test_fid_inception_forward_shape_and_pooling() -> None:
+    from scail_lab.metrics.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    model = FIDInceptionV3().eval()
+    frames = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8)
+    feats = model(frames)
+    assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()  # ReLU then mean
+    torch.testing.assert_close(model(frames[:1]), feats[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_reference_stats_cache_is_written_reused_and_checked(tmp_path) -> None:
+    weights = _script(StandInI3D(), tmp_path / "i3d_torchscript.pt")
+    rng = np.random.default_rng(7)
+    preds = [_colour_video(np.tile(rng.integers(0, 256, 3), (16, 1))) for _ in range(4)]
+    targets = [_colour_video(np.tile(rng.integers(0, 256, 3), (16, 1))) for _ in range(4)]
+    cache = tmp_path / "gt_fvd.npz"
+    first = FVD(weights=weights, reference_stats=cache)
+    for p, t in zip(preds, targets, strict=True):
+        first.update(p, t)
+    value = first.compute().value
+    assert cache.is_file()
+    second = FVD(weights=weights, reference_stats=cache)
+    assert second.target_stats.count == 4
+    for p in preds:
+        second.update(p, np.zeros_like(p))  # ground truth ignored: its statistics come from the cache
+    assert second.compute().value == pytest.approx(value, rel=1e-12)
+    second.reset()
+    assert second.target_stats.count == 4 and second.pred_stats.count == 0  # a new run reloads the cache
+    with pytest.raises(ValueError, match="another protocol.*clip_frames"):
+        FVD(weights=weights, reference_stats=cache, num_frames=8)

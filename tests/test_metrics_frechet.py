@@ -36,9 +36,18 @@ def test_commuting_full_covariances() -> None:
 def test_random_spd_matches_torchmetrics_and_is_symmetric() -> None:
     gen = torch.Generator().manual_seed(1)
     d = 12
-    a, b = torch.randn(d, d, generator=gen, dtype=torch.float64), torch.randn(d, d, generator=gen, dtype=torch.float64)
-    s1, s2 = a @ a.T + 0.1 * torch.eye(d, dtype=torch.float64), b @ b.T + 0.1 * torch.eye(d, dtype=torch.float64)
-    mu1, mu2 = torch.randn(d, generator=gen, dtype=torch.float64), torch.randn(d, generator=gen, dtype=torch.float64)
+    a, b = (
+        torch.randn(d, d, generator=gen, dtype=torch.float64),
+        torch.randn(d, d, generator=gen, dtype=torch.float64),
+    )
+    s1, s2 = (
+        a @ a.T + 0.1 * torch.eye(d, dtype=torch.float64),
+        b @ b.T + 0.1 * torch.eye(d, dtype=torch.float64),
+    )
+    mu1, mu2 = (
+        torch.randn(d, generator=gen, dtype=torch.float64),
+        torch.randn(d, generator=gen, dtype=torch.float64),
+    )
     ours = frechet_distance(mu1, s1, mu2, s2)
     assert ours == pytest.approx(float(_compute_fid(mu1, s1, mu2, s2)), rel=1e-9)
     assert ours == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-12)
@@ -55,8 +64,14 @@ def test_rank_deficient_covariances_stay_finite() -> None:
     a.update(x)
     b.update(y)
     value = frechet_from_stats(a, b)
-    ref = float(_compute_fid(*(torch.from_numpy(v) for v in (x.mean(0), np.cov(x, rowvar=False),
-                                                            y.mean(0), np.cov(y, rowvar=False)))))
+    ref = float(
+        _compute_fid(
+            *(
+                torch.from_numpy(v)
+                for v in (x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+            )
+        )
+    )
     assert np.isfinite(value) and value == pytest.approx(ref, rel=1e-6)
 
 

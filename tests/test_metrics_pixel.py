@@ -45,7 +45,9 @@ def test_psnr_identical_is_capped_and_frame_mean() -> None:
     # frame 0 off by 1, frame 1 off by 10: mean of per-frame dB, not dB of mean MSE
     pred = torch.cat([_const(100, 1), _const(100, 1)])
     target = torch.cat([_const(101, 1), _const(110, 1)])
-    assert metric.update(pred, target, sample_id="mixed") == pytest.approx((48.130803608679 + 28.130803608679) / 2)
+    assert metric.update(pred, target, sample_id="mixed") == pytest.approx(
+        (48.130803608679 + 28.130803608679) / 2
+    )
     result = metric.compute()
     assert result.per_sample == {"same": 100.0, "mixed": pytest.approx(38.130803608679)}
     assert result.value == pytest.approx((100.0 + 38.130803608679) / 2)
@@ -57,7 +59,9 @@ def test_psnr_matches_torchmetrics_per_frame() -> None:
     pred = torch.randint(0, 256, (5, 3, 24, 20), generator=gen, dtype=torch.uint8)
     target = torch.randint(0, 256, (5, 3, 24, 20), generator=gen, dtype=torch.uint8)
     ours = psnr_per_frame(to_frames(pred), to_frames(target))
-    ref = peak_signal_noise_ratio(pred.double(), target.double(), data_range=255.0, reduction="none", dim=(1, 2, 3))
+    ref = peak_signal_noise_ratio(
+        pred.double(), target.double(), data_range=255.0, reduction="none", dim=(1, 2, 3)
+    )
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)  # torchmetrics accumulates in float32
 
 
@@ -122,8 +126,10 @@ def _ssim_window_reference(x: np.ndarray, y: np.ndarray, win: int = 7) -> float:
             a, b = x[i : i + win, j : j + win].ravel(), y[i : i + win, j : j + win].ravel()
             va, vb = a.var(ddof=1), b.var(ddof=1)
             cov = ((a - a.mean()) * (b - b.mean())).sum() / (a.size - 1)
-            vals.append(((2 * a.mean() * b.mean() + c1) * (2 * cov + c2))
-                        / ((a.mean() ** 2 + b.mean() ** 2 + c1) * (va + vb + c2)))
+            vals.append(
+                ((2 * a.mean() * b.mean() + c1) * (2 * cov + c2))
+                / ((a.mean() ** 2 + b.mean() ** 2 + c1) * (va + vb + c2))
+            )
     return float(np.mean(vals))
 
 
@@ -135,7 +141,9 @@ def test_ssim_disco_variant_matches_loop_reference() -> None:
     pred = torch.from_numpy(np.repeat(gray_a[None, None], 3, axis=1))
     target = torch.from_numpy(np.repeat(gray_b[None, None], 3, axis=1))
     ours = SSIM("disco_gray7").update(pred, target)
-    assert ours == pytest.approx(_ssim_window_reference(gray_a.astype(float), gray_b.astype(float)), abs=1e-10)
+    assert ours == pytest.approx(
+        _ssim_window_reference(gray_a.astype(float), gray_b.astype(float)), abs=1e-10
+    )
 
 
 def test_ssim_rejects_tiny_frames_and_bad_variant() -> None:
@@ -159,7 +167,9 @@ def test_layouts_agree_and_ambiguity_is_an_error() -> None:
     other = torch.randint(0, 256, (4, 3, 16, 16), generator=gen, dtype=torch.uint8)
     ref = PSNR().update(nchw, other)
     assert PSNR().update(nchw.permute(1, 0, 2, 3), other.permute(1, 0, 2, 3)) == ref  # [3, N, H, W]
-    assert PSNR().update(nchw.permute(0, 2, 3, 1).numpy(), other.permute(0, 2, 3, 1).numpy()) == ref  # [N, H, W, 3]
+    assert (
+        PSNR().update(nchw.permute(0, 2, 3, 1).numpy(), other.permute(0, 2, 3, 1).numpy()) == ref
+    )  # [N, H, W, 3]
     three = torch.zeros(3, 3, 16, 16, dtype=torch.uint8)
     with pytest.raises(ValueError, match="layout"):
         to_frames(three)

@@ -22,7 +22,9 @@ from scail_lab.metrics import (
 RED, BLUE, GREY = (230, 20, 20), (20, 20, 230), (40, 40, 40)
 
 
-def _scene(rects: list[tuple[int, int, int, int, tuple[int, int, int]]], n: int = 4, size: int = 32) -> np.ndarray:
+def _scene(
+    rects: list[tuple[int, int, int, int, tuple[int, int, int]]], n: int = 4, size: int = 32
+) -> np.ndarray:
     """uint8 [n, size, size, 3] grey background with filled rectangles (y0, y1, x0, x1, colour)."""
     frames = np.empty((n, size, size, 3), np.uint8)
     frames[:] = GREY
@@ -37,7 +39,9 @@ def test_mask_iou_given_and_derived_masks() -> None:
     pred_mask[:, 0:10, 0:10] = True  # 100 px
     target_mask[:, 5:15, 0:10] = True  # 100 px, overlap 50 -> IoU 50 / 150
     frames = np.zeros((2, 20, 20, 3), np.uint8)
-    assert MaskIoU().update(frames, frames, pred_mask=pred_mask, target_mask=target_mask) == pytest.approx(1 / 3)
+    assert MaskIoU().update(frames, frames, pred_mask=pred_mask, target_mask=target_mask) == pytest.approx(
+        1 / 3
+    )
     # derived by background difference: rectangles of 8x8 and 8x12 sharing 8x8 -> IoU 64 / 96
     pred = _scene([(4, 12, 4, 12, RED)])
     target = _scene([(4, 12, 4, 16, BLUE)])
@@ -72,8 +76,14 @@ def test_temporal_flicker_and_diff_error() -> None:
 
 def _gt(num_frames: int = 4, colours=(RED, BLUE)) -> SyntheticGT:
     joints = [[[10.0 + t, 5.0], [20.0, 8.0 + 2 * t], [3.0, 4.0]] for t in range(num_frames)]
-    return SyntheticGT.from_dict({"joints": joints, "joint_names": ["head", "hand", "foot"],
-                                  "identity_colors": [list(c) for c in colours], "fps": 8})
+    return SyntheticGT.from_dict(
+        {
+            "joints": joints,
+            "joint_names": ["head", "hand", "foot"],
+            "identity_colors": [list(c) for c in colours],
+            "fps": 8,
+        }
+    )
 
 
 class OracleEstimator:
@@ -128,11 +138,23 @@ def test_identity_colour_consistency_hand_made() -> None:
 
 def test_gt_json_contract(tmp_path) -> None:
     path = tmp_path / "gt.json"
-    path.write_text(json.dumps({"joints": [[[1, 2]], [[3, 4]]], "joint_names": ["nose"],
-                                "identity_colors": [[255, 0, 0]], "fps": 8}))
+    path.write_text(
+        json.dumps(
+            {
+                "joints": [[[1, 2]], [[3, 4]]],
+                "joint_names": ["nose"],
+                "identity_colors": [[255, 0, 0]],
+                "fps": 8,
+            }
+        )
+    )
     gt = SyntheticGT.load(path)
-    assert gt.joints.shape == (2, 1, 2) and gt.joint_names == ("nose",) and gt.identity_colors.dtype == np.uint8
-    path.write_text(json.dumps({"joints": [[[1, 2, 3]]], "joint_names": ["nose"], "identity_colors": [[1, 2, 3]]}))
+    assert (
+        gt.joints.shape == (2, 1, 2) and gt.joint_names == ("nose",) and gt.identity_colors.dtype == np.uint8
+    )
+    path.write_text(
+        json.dumps({"joints": [[[1, 2, 3]]], "joint_names": ["nose"], "identity_colors": [[1, 2, 3]]})
+    )
     with pytest.raises(ValueError, match="joints must be"):
         SyntheticGT.load(path)
     path.write_text("{broken")
@@ -149,10 +171,24 @@ def test_compute_weight_free_layouts_ranges_and_synthetic_extras() -> None:
     pred[:, 12:20, 4:12] = RED  # the blue half turned red
     target_mask = np.zeros((4, 32, 32), bool)
     target_mask[:, 4:20, 4:12] = True
-    base = compute_weight_free(pred, target, target_mask=target_mask, gt=gt,
-                               joint_estimator=OracleEstimator(gt.joints, offset=(0.0, 2.0)))
-    assert set(base) == {"psnr", "ssim", "l1", "temporal_flicker", "temporal_diff_error", "mask_iou",
-                         "identity_color_hist", "identity_color_dist", "joint_error_px"}
+    base = compute_weight_free(
+        pred,
+        target,
+        target_mask=target_mask,
+        gt=gt,
+        joint_estimator=OracleEstimator(gt.joints, offset=(0.0, 2.0)),
+    )
+    assert set(base) == {
+        "psnr",
+        "ssim",
+        "l1",
+        "temporal_flicker",
+        "temporal_diff_error",
+        "mask_iou",
+        "identity_color_hist",
+        "identity_color_dist",
+        "joint_error_px",
+    }
     assert base["mask_iou"] == 1.0 and base["identity_color_hist"] == pytest.approx(0.5)
     assert base["joint_error_px"] == pytest.approx(2.0) and base["temporal_flicker"] == 1.0
     mse = 64 * 3 * 0 + 64 * ((230 - 20) ** 2 + 0 + (20 - 230) ** 2) / (32 * 32 * 3)  # red vs blue on 64 px
@@ -164,3 +200,8 @@ def test_compute_weight_free_layouts_ranges_and_synthetic_extras() -> None:
         assert again[key] == pytest.approx(base[key], rel=1e-5, abs=1e-6)
     with pytest.raises(ValueError, match="differ"):
         compute_weight_free(pred[:2], target)
+
+
+def test_compute_weight_free_single_frame_has_no_temporal_metrics() -> None:
+    frame = _scene([(4, 12, 4, 12, RED)], n=1)
+    assert set(compute_weight_free(frame, frame)) == {"psnr", "ssim", "l1"}

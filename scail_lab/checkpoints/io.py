@@ -40,13 +40,28 @@ SAFETENSORS_DTYPES = {
 
 
 def _numpy_safe_globals() -> list:
-    """NumPy types needed to unpickle `np.random.get_state()` (stored next to SCAIL-2's weights)."""
+    """NumPy types needed to unpickle `np.random.get_state()` (stored next to SCAIL-2's weights).
+
+    `_reconstruct` is registered under both module names: NumPy 1.x pickles it as `numpy.core.multiarray`,
+    NumPy 2.x as `numpy._core.multiarray`, and the weights-only unpickler matches the name in the file.
+    """
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
     dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32, np.uint8)]
-    return [np.ndarray, np.dtype, _reconstruct, *dtypes, argparse.Namespace]
+    reconstruct = [
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+    ]
+    return [np.ndarray, np.dtype, *reconstruct, *dtypes, argparse.Namespace]
+
+
+def _refusal_reason(error: Exception) -> str:
+    """The 'Unsupported global: ...' line of a weights-only refusal (torch's message is long)."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    reason = next((line for line in lines if "Unsupported global" in line), lines[-1] if lines else "")
+    return reason.split(". Please use")[0][:300]
 
 
 def load_torch_file(path: str | Path, *, mmap: bool = True, trust_pickle: bool = False) -> Any:
@@ -66,9 +81,8 @@ def load_torch_file(path: str | Path, *, mmap: bool = True, trust_pickle: bool =
             return torch.load(path, map_location="cpu", mmap=use_mmap, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
-            first_line = str(error).strip().splitlines()[-1][:300]
             raise ValueError(
-                f"{path}: holds Python objects that a weights-only load refuses ({first_line}). "
+                f"{path}: holds Python objects that a weights-only load refuses ({_refusal_reason(error)}). "
                 "If you trust this file, load it with trust_pickle=True (convert_checkpoint.py --trust-pickle)."
             ) from error
         raise ValueError(f"{path}: corrupt or truncated torch checkpoint ({error})") from error

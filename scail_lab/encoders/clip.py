@@ -44,7 +44,7 @@ class ImageEncoder(Protocol):
     out_dim: int
     num_tokens: int
 
-    def __call__(self, images: Tensor) -> Tensor: ...
+    def encode(self, images: Tensor) -> Tensor: ...
 
 
 class LayerNorm32(nn.LayerNorm):
@@ -234,12 +234,19 @@ class CLIPImageEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        """Images [B, 3, H, W] in [-1, 1] -> tokens [B, 1 + P, D] in the weights' dtype, on `device`."""
-        pixels = self.preprocess(images.to(self.device))
+        """Images [B, 3, H, W] in [-1, 1] -> tokens [B, 1 + P, D] in the weights' dtype.
+
+        Runs on `device` when offloading, else wherever the weights are (they may have been moved since).
+        """
         if self.offload:
             self.visual.to(self.device)
+        device = self.visual.pos_embedding.device
         try:
-            return self.visual(pixels, num_blocks=self.num_blocks)
+            return self.visual(self.preprocess(images.to(device)), num_blocks=self.num_blocks)
         finally:
             if self.offload:
                 self.visual.to("cpu")
+
+    def encode(self, images: Tensor) -> Tensor:
+        """The pipeline's encoder interface: the same as calling the module."""
+        return self(images)

@@ -61,7 +61,7 @@ class TextEncoder(Protocol):
     text_dim: int
     text_len: int
 
-    def __call__(self, texts: Sequence[str]) -> list[Tensor]: ...
+    def encode(self, texts: Sequence[str]) -> list[Tensor]: ...
 
 
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -246,16 +246,22 @@ class UMT5TextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, texts: Sequence[str]) -> list[Tensor]:
-        """Prompts -> list of [L_i, D] encoder states on `device`, padding stripped (Wan's `u[:v]`)."""
+        """Prompts -> list of [L_i, D] encoder states, padding stripped (Wan's `u[:v]`).
+
+        Runs on `device` when offloading, else wherever the weights are (they may have been moved since).
+        """
         ids, mask = self.tokenize(texts)
         if self.offload:
             self.model.to(self.device)
+        device = self.model.get_input_embeddings().weight.device
         try:
-            states = self.model(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-            ).last_hidden_state
+            states = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
         finally:
             if self.offload:
                 self.model.to("cpu")
         lengths = mask.sum(dim=1).tolist()
         return [u[:n] for u, n in zip(states, lengths, strict=True)]  # [text_len, D] -> [L_i, D]
+
+    def encode(self, texts: Sequence[str]) -> list[Tensor]:
+        """The pipeline's encoder interface: the same as calling the module."""
+        return self(texts)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +85,13 @@ class Metric:
     def protocol(self) -> dict[str, Any]:
         return {}
 
-    def update(self, pred: Tensor | np.ndarray, target: Tensor | np.ndarray, sample_id: str | None = None,
-               **extras: Any) -> float | None:
+    def update(
+        self,
+        pred: Tensor | np.ndarray,
+        target: Tensor | np.ndarray,
+        sample_id: str | None = None,
+        **extras: Any,
+    ) -> float | None:
         """Score one sample; returns its value (also kept for `compute`)."""
         if self.skipped is not None:
             return None
@@ -135,7 +139,9 @@ class Frames:
     data: Tensor
 
     @classmethod
-    def of(cls, video: Tensor | np.ndarray, layout: str = "auto", value_range: tuple[float, float] = (0.0, 1.0)) -> Frames:
+    def of(
+        cls, video: Tensor | np.ndarray, layout: str = "auto", value_range: tuple[float, float] = (0.0, 1.0)
+    ) -> Frames:
         return cls(to_frames(video, layout, value_range))
 
 
@@ -158,7 +164,9 @@ def to_frames(
     if not isinstance(x, Tensor):
         raise ValueError(f"frames must be a torch Tensor or numpy array, got {type(video).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"frames must be 4-D ([N,3,H,W], [3,N,H,W] or [N,H,W,3]), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"frames must be 4-D ([N,3,H,W], [3,N,H,W] or [N,H,W,3]), got shape {tuple(x.shape)}"
+        )
     layout = _guess_layout(x.shape) if layout == "auto" else layout
     if layout == "CNHW":
         x = x.permute(1, 0, 2, 3)  # [3, N, H, W] -> [N, 3, H, W]
@@ -233,12 +241,13 @@ def sha256_of(path: str | os.PathLike) -> str:
 def resolve_weights(
     metric: str,
     path: str | os.PathLike | None,
-    expected_name: str,
+    expected_name: str | tuple[str, ...],
     on_missing: str = "error",
     sha256: str | None = None,
     config_key: str = "weights",
 ) -> tuple[Path | None, str | None]:
-    """Find a metric's weight file: the explicit path, else `$SCAIL_EVAL_WEIGHTS_DIR/<expected_name>`.
+    """Find a metric's weight file: the explicit path, else `$SCAIL_EVAL_WEIGHTS_DIR/<expected_name>` (the
+    first existing one when several accepted file names are given).
 
     Returns (path, None) when found, (None, reason) when missing and `on_missing == "skip"`; raises
     FileNotFoundError naming the metric, the expected file and the config key otherwise. A given `sha256` is
@@ -249,9 +258,10 @@ def resolve_weights(
     candidates: list[Path] = []
     if path is not None and str(path) != "":
         candidates.append(Path(path).expanduser())
+    names = (expected_name,) if isinstance(expected_name, str) else tuple(expected_name)
     env_dir = os.environ.get(WEIGHTS_DIR_ENV)
     if env_dir:
-        candidates.append(Path(env_dir).expanduser() / expected_name)
+        candidates += [Path(env_dir).expanduser() / name for name in names]
     for candidate in candidates:
         if candidate.is_file():
             if sha256 is not None:
@@ -261,8 +271,8 @@ def resolve_weights(
             return candidate, None
     tried = ", ".join(str(c) for c in candidates) or "no path given"
     reason = (
-        f"{metric} needs the weight file {expected_name!r} (tried: {tried}); set `{config_key}` to its path or "
-        f"put it in ${WEIGHTS_DIR_ENV}"
+        f"{metric} needs the weight file {' or '.join(repr(n) for n in names)} (tried: {tried}); set "
+        f"`{config_key}` to its path or put it in ${WEIGHTS_DIR_ENV}"
     )
     if on_missing == "skip":
         logger.warning("skipping %s: %s", metric, reason)
@@ -275,12 +285,3 @@ def file_protocol(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {"weights": None}
     return {"weights": path.name, "weights_sha256": sha256_of(path)}
-
-
-def mean_or_none(values: Sequence[float]) -> float | None:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def merge_protocol(base: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
-    return {**base, **changes}

@@ -1,7 +1,8 @@
 """Feature extractors behind FID, FVD and FID-VID, each built from a user-supplied weight file.
 
 Supported files (nothing is downloaded):
-    FID      NVIDIA's TorchScript Inception-v3 `inception-2015-12-05.pt` (StyleGAN2-ADA / clean-fid), called as
+    FID      pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (see inception.py), or NVIDIA's TorchScript
+             Inception-v3 `inception-2015-12-05.pt` (StyleGAN2-ADA / clean-fid), called as
              `model(uint8 [B, 3, H, W], return_features=True) -> [B, 2048]` (pool3; it resizes to 299 inside).
     FVD      StyleGAN-V's TorchScript I3D `i3d_torchscript.pt` (the TF-hub Kinetics-400 I3D), called as
              `model(float [B, 3, T, 224, 224] in [-1, 1], rescale=False, resize=False, return_features=True)
@@ -15,6 +16,7 @@ Shapes: B batch, T frames, D feature width.
 from __future__ import annotations
 
 import logging
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +39,10 @@ def is_torchscript(path: Path) -> bool:
 
 def load_torchscript(path: Path, what: str) -> torch.jit.ScriptModule:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch marks torch.jit as deprecated, but the published FID / FVD weights are TorchScript files
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"{what}: {path} is not a loadable TorchScript file ({err})") from err
     return module.eval()
@@ -119,7 +124,9 @@ class ResNet3D50(nn.Module):
     pooling equals the original fixed AvgPool3d for the 16 x 112 x 112 clips it was trained on.
     """
 
-    def __init__(self, layers: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 400, width: int = 64) -> None:
+    def __init__(
+        self, layers: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 400, width: int = 64
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(3, width, kernel_size=7, stride=(1, 2, 2), padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(width)
@@ -156,7 +163,9 @@ class ResNet3D50(nn.Module):
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         bad = [k for k, v in state.items() if tuple(v.shape) != shapes[k]]
         if bad:
-            raise ValueError(f"fid_vid: {path} has wrongly shaped tensors, e.g. {bad[0]} {tuple(state[bad[0]].shape)}")
+            raise ValueError(
+                f"fid_vid: {path} has wrongly shaped tensors, e.g. {bad[0]} {tuple(state[bad[0]].shape)}"
+            )
         model.load_state_dict(state, strict=False)
         return model.eval()
 

@@ -10,6 +10,7 @@ float64.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from torch import Tensor
 
 
 def _as_f64(x: Tensor | np.ndarray) -> Tensor:
-    return (torch.from_numpy(np.asarray(x)) if not isinstance(x, Tensor) else x).detach().to(torch.float64).cpu()
+    return (
+        (torch.from_numpy(np.asarray(x)) if not isinstance(x, Tensor) else x).detach().to(torch.float64).cpu()
+    )
 
 
 def sqrtm_psd(matrix: Tensor) -> Tensor:
@@ -30,15 +33,22 @@ def sqrtm_psd(matrix: Tensor) -> Tensor:
 
 
 def frechet_distance(
-    mu1: Tensor | np.ndarray, sigma1: Tensor | np.ndarray, mu2: Tensor | np.ndarray, sigma2: Tensor | np.ndarray
+    mu1: Tensor | np.ndarray,
+    sigma1: Tensor | np.ndarray,
+    mu2: Tensor | np.ndarray,
+    sigma2: Tensor | np.ndarray,
 ) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2). mu: [D], sigma: [D, D] symmetric PSD."""
     m1, m2, s1, s2 = _as_f64(mu1), _as_f64(mu2), _as_f64(sigma1), _as_f64(sigma2)
     if m1.ndim != 1 or m1.shape != m2.shape:
-        raise ValueError(f"frechet_distance: means must be equal-length vectors, got {tuple(m1.shape)}, {tuple(m2.shape)}")
+        raise ValueError(
+            f"frechet_distance: means must be equal-length vectors, got {tuple(m1.shape)}, {tuple(m2.shape)}"
+        )
     dim = m1.shape[0]
     if s1.shape != (dim, dim) or s2.shape != (dim, dim):
-        raise ValueError(f"frechet_distance: covariances must be [{dim}, {dim}], got {tuple(s1.shape)}, {tuple(s2.shape)}")
+        raise ValueError(
+            f"frechet_distance: covariances must be [{dim}, {dim}], got {tuple(s1.shape)}, {tuple(s2.shape)}"
+        )
     root1 = sqrtm_psd(s1)
     middle = root1 @ ((s2 + s2.T) / 2.0) @ root1
     middle = (middle + middle.T) / 2.0
@@ -55,6 +65,7 @@ class FeatureStats:
     """
 
     def __init__(self) -> None:
+        self.meta: dict = {}  # protocol the features were made with (saved with the statistics)
         self.count = 0
         self.mean: Tensor | None = None  # [D]
         self.m2: Tensor | None = None  # [D, D] sum of centred outer products
@@ -89,16 +100,19 @@ class FeatureStats:
 
     def mean_cov(self, ddof: int = 1) -> tuple[Tensor, Tensor]:
         if self.mean is None or self.count - ddof <= 0:
-            raise ValueError(f"FeatureStats: need more than {ddof} feature rows for a covariance, have {self.count}")
+            raise ValueError(
+                f"FeatureStats: need more than {ddof} feature rows for a covariance, have {self.count}"
+            )
         return self.mean.clone(), self.m2 / (self.count - ddof)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write count/mean/m2 to an npz (temp file + os.replace, so no half-written cache)."""
+        """Write count/mean/m2 and `meta` to an npz (temp file + os.replace, so no half-written cache)."""
         if self.mean is None:
             raise ValueError("FeatureStats.save: no features accumulated")
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, count=self.count, mean=self.mean.numpy(), m2=self.m2.numpy())
+        meta = np.array(json.dumps(self.meta, sort_keys=True, default=str))
+        np.savez(tmp, count=self.count, mean=self.mean.numpy(), m2=self.m2.numpy(), meta=meta)
         os.replace(tmp, path)
 
     @classmethod
@@ -112,6 +126,7 @@ class FeatureStats:
             stats.count = int(data["count"])
             stats.mean = torch.from_numpy(data["mean"]).double()
             stats.m2 = torch.from_numpy(data["m2"]).double()
+            stats.meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
         return stats
 
 

@@ -26,14 +26,33 @@ from scail_lab.metrics.extractors import load_state_dict
 # (layer spec, indices whose outputs are tapped). Spec: ("C", out, kernel, stride, pad) conv + ReLU, ("M", k, s) pool.
 _BACKBONES: dict[str, tuple[list[tuple], tuple[int, ...]]] = {
     "alex": (
-        [("C", 64, 11, 4, 2), ("M", 3, 2), ("C", 192, 5, 1, 2), ("M", 3, 2), ("C", 384, 3, 1, 1),
-         ("C", 256, 3, 1, 1), ("C", 256, 3, 1, 1), ("M", 3, 2)],
+        [
+            ("C", 64, 11, 4, 2),
+            ("M", 3, 2),
+            ("C", 192, 5, 1, 2),
+            ("M", 3, 2),
+            ("C", 384, 3, 1, 1),
+            ("C", 256, 3, 1, 1),
+            ("C", 256, 3, 1, 1),
+            ("M", 3, 2),
+        ],
         (1, 4, 7, 9, 11),
     ),
     "vgg": (
-        [("C", 64, 3, 1, 1), ("C", 64, 3, 1, 1), ("M", 2, 2), ("C", 128, 3, 1, 1), ("C", 128, 3, 1, 1), ("M", 2, 2)]
-        + [("C", 256, 3, 1, 1)] * 3 + [("M", 2, 2)] + [("C", 512, 3, 1, 1)] * 3 + [("M", 2, 2)]
-        + [("C", 512, 3, 1, 1)] * 3 + [("M", 2, 2)],
+        [
+            ("C", 64, 3, 1, 1),
+            ("C", 64, 3, 1, 1),
+            ("M", 2, 2),
+            ("C", 128, 3, 1, 1),
+            ("C", 128, 3, 1, 1),
+            ("M", 2, 2),
+        ]
+        + [("C", 256, 3, 1, 1)] * 3
+        + [("M", 2, 2)]
+        + [("C", 512, 3, 1, 1)] * 3
+        + [("M", 2, 2)]
+        + [("C", 512, 3, 1, 1)] * 3
+        + [("M", 2, 2)],
         (3, 8, 15, 22, 29),
     ),
 }
@@ -75,11 +94,15 @@ class LPIPSNetwork(nn.Module):
         super().__init__()
         self.features, self.taps, self.channels = build_features(net)
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.channels)
-        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
 
     def load_files(self, backbone: Path, heads: Path) -> None:
-        state = {k: v for k, v in load_state_dict(backbone, "lpips").items() if not k.startswith("classifier.")}
+        state = {
+            k: v for k, v in load_state_dict(backbone, "lpips").items() if not k.startswith("classifier.")
+        }
         ours = self.features.state_dict()
         expected = {f"features.{k}" for k in ours}
         if set(state) != expected:
@@ -89,8 +112,10 @@ class LPIPSNetwork(nn.Module):
             )
         for key, value in ours.items():
             if tuple(state[f"features.{key}"].shape) != tuple(value.shape):
-                raise ValueError(f"lpips: {backbone} key features.{key} has shape {tuple(state['features.' + key].shape)}, "
-                                 f"expected {tuple(value.shape)}")
+                raise ValueError(
+                    f"lpips: {backbone} key features.{key} has shape {tuple(state['features.' + key].shape)}, "
+                    f"expected {tuple(value.shape)}"
+                )
         self.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
         head_state = load_state_dict(heads, "lpips heads")
         for k, head in enumerate(self.heads):
@@ -133,9 +158,16 @@ class LPIPS(Metric):
     name = "lpips"
     higher_is_better = False
 
-    def __init__(self, net: str = "alex", weights: str | Path | None = None, heads: str | Path | None = None,
-                 on_missing: str = "error", input_range: str = "minus_one_one", batch_size: int = 16,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        net: str = "alex",
+        weights: str | Path | None = None,
+        heads: str | Path | None = None,
+        on_missing: str = "error",
+        input_range: str = "minus_one_one",
+        batch_size: int = 16,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         if net not in BACKBONE_FILES:
             raise ValueError(f"lpips net must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
@@ -148,17 +180,29 @@ class LPIPS(Metric):
         backbone, reason = resolve_weights(self.name, weights, BACKBONE_FILES[net], on_missing)
         heads_default = bundled_heads_path(net)
         head_path, head_reason = resolve_weights(
-            self.name, heads if heads is not None else heads_default, f"{net}.pth", on_missing, config_key="heads"
+            self.name,
+            heads if heads is not None else heads_default,
+            f"{net}.pth",
+            on_missing,
+            config_key="heads",
         )
         self.skipped = reason or head_reason
         if self.skipped is None:
             self.network = LPIPSNetwork(net)
             self.network.load_files(backbone, head_path)
-            self._files = {**file_protocol(backbone), "heads_sha256": file_protocol(head_path)["weights_sha256"]}
+            self._files = {
+                **file_protocol(backbone),
+                "heads_sha256": file_protocol(head_path)["weights_sha256"],
+            }
 
     def protocol(self) -> dict[str, Any]:
-        return {"backbone": self.net, "version": "0.1 linear heads", "input_range": self.input_range,
-                "resolution": "native", **self._files}
+        return {
+            "backbone": self.net,
+            "version": "0.1 linear heads",
+            "input_range": self.input_range,
+            "resolution": "native",
+            **self._files,
+        }
 
     def _score(self, pred: Tensor, target: Tensor, **extras: Any) -> float:
         p, t = to_frames(pred), to_frames(target)
@@ -167,6 +211,8 @@ class LPIPS(Metric):
             p, t = p / 127.5 - 1.0, t / 127.5 - 1.0
         else:
             p, t = p / 255.0, t / 255.0
-        values = [self.network(p[i : i + self.batch_size], t[i : i + self.batch_size])
-                  for i in range(0, p.shape[0], self.batch_size)]
+        values = [
+            self.network(p[i : i + self.batch_size], t[i : i + self.batch_size])
+            for i in range(0, p.shape[0], self.batch_size)
+        ]
         return float(torch.cat(values).mean())

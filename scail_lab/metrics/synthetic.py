@@ -49,8 +49,16 @@ class SyntheticGT:
                 f"{source}: joints must be [frames, {len(names)} joints, 2], got shape {joints.shape}"
             )
         colors = np.asarray(data["identity_colors"])
-        if colors.ndim != 2 or colors.shape[1] != 3 or colors.shape[0] == 0 or colors.min() < 0 or colors.max() > 255:
-            raise ValueError(f"{source}: identity_colors must be a non-empty list of [r, g, b] in 0..255, got {colors.shape}")
+        if (
+            colors.ndim != 2
+            or colors.shape[1] != 3
+            or colors.shape[0] == 0
+            or colors.min() < 0
+            or colors.max() > 255
+        ):
+            raise ValueError(
+                f"{source}: identity_colors must be a non-empty list of [r, g, b] in 0..255, got {colors.shape}"
+            )
         return cls(joints, names, colors.astype(np.uint8), float(data.get("fps", 0.0)))
 
     @classmethod
@@ -107,13 +115,18 @@ class JointPositionError(Metric):
         self.missed = []
 
     def protocol(self) -> dict[str, Any]:
-        return {"estimator": type(self.estimator).__name__ if self.estimator is not None else None,
-                "unit": "pixels of the generated frame", "reduction": "mean over frames and joints",
-                "missed_joint_share": float(np.mean(self.missed)) if self.missed else None}
+        return {
+            "estimator": type(self.estimator).__name__ if self.estimator is not None else None,
+            "unit": "pixels of the generated frame",
+            "reduction": "mean over frames and joints",
+            "missed_joint_share": float(np.mean(self.missed)) if self.missed else None,
+        }
 
     def _score(self, pred: Tensor, target: Tensor | None = None, **extras: Any) -> float | None:
         gt = _gt_from_extras(self.name, extras)
-        frames = to_frames(pred).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [N, 3, H, W] -> [N, H, W, 3]
+        frames = (
+            to_frames(pred).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        )  # [N, 3, H, W] -> [N, H, W, 3]
         estimated = np.asarray(self.estimator(frames), dtype=np.float64)
         if estimated.shape != gt.joints.shape:
             raise ValueError(
@@ -128,7 +141,9 @@ class JointPositionError(Metric):
 
 def _foreground_pixels(frames: Tensor, mask: Any, threshold: float) -> Tensor:
     """RGB of foreground pixels [P, 3] (float64): inside `mask`, or by background difference when None."""
-    fg = to_masks(mask, frames.shape[0]) if mask is not None else background_difference_mask(frames, threshold)
+    fg = (
+        to_masks(mask, frames.shape[0]) if mask is not None else background_difference_mask(frames, threshold)
+    )
     if fg.shape != (frames.shape[0], *frames.shape[-2:]):
         raise ValueError(f"mask {tuple(fg.shape)} does not match frames {tuple(frames.shape)}")
     return frames.permute(0, 2, 3, 1)[fg].double()  # [N, H, W, 3][mask] -> [P, 3]
@@ -154,21 +169,38 @@ class IdentityColorConsistency(Metric):
     Pixels of all frames are pooled per sample.
     """
 
-    def __init__(self, statistic: str = "histogram_intersection", max_distance: float = 60.0,
-                 threshold: float = 30.0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        statistic: str = "histogram_intersection",
+        max_distance: float = 60.0,
+        threshold: float = 30.0,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         if statistic not in COLOR_STATISTICS:
-            raise ValueError(f"identity colour statistic must be one of {COLOR_STATISTICS}, got {statistic!r}")
+            raise ValueError(
+                f"identity colour statistic must be one of {COLOR_STATISTICS}, got {statistic!r}"
+            )
         self.statistic, self.max_distance, self.threshold = statistic, float(max_distance), float(threshold)
         self.higher_is_better = statistic == "histogram_intersection"
         self.name = name or ("identity_color_hist" if self.higher_is_better else "identity_color_dist")
 
     def protocol(self) -> dict[str, Any]:
-        return {"statistic": self.statistic, "color_space": "rgb", "other_bin_beyond": self.max_distance,
-                "missing_mask": f"background difference > {self.threshold}"}
+        return {
+            "statistic": self.statistic,
+            "color_space": "rgb",
+            "other_bin_beyond": self.max_distance,
+            "missing_mask": f"background difference > {self.threshold}",
+        }
 
-    def _score(self, pred: Tensor, target: Tensor | None = None, pred_mask: Any = None, target_mask: Any = None,
-               **extras: Any) -> float | None:
+    def _score(
+        self,
+        pred: Tensor,
+        target: Tensor | None = None,
+        pred_mask: Any = None,
+        target_mask: Any = None,
+        **extras: Any,
+    ) -> float | None:
         palette = torch.from_numpy(_gt_from_extras(self.name, extras).identity_colors.astype(np.float64))
         pixels = _foreground_pixels(to_frames(pred), pred_mask, self.threshold)
         if pixels.shape[0] == 0:
@@ -180,7 +212,9 @@ class IdentityColorConsistency(Metric):
             raise ValueError(f"{self.name} (histogram_intersection) needs the ground-truth frames")
         gt_pixels = _foreground_pixels(to_frames(target), target_mask, self.threshold)
         if gt_pixels.shape[0] == 0:
-            raise ValueError(f"{self.name}: the ground-truth foreground is empty; cannot build its colour histogram")
+            raise ValueError(
+                f"{self.name}: the ground-truth foreground is empty; cannot build its colour histogram"
+            )
         gt_index, _ = palette_assignment(gt_pixels, palette, self.max_distance)
         bins = palette.shape[0] + 1
         h_pred = torch.bincount(index, minlength=bins).double() / index.numel()

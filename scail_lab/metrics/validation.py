@@ -40,18 +40,26 @@ def compute_weight_free(
     gt: synthetic-world ground truth (gt.json contents) enables `identity_color_hist` / `identity_color_dist`,
         and with a `joint_estimator` also `joint_error_px`.
 
-    Returns {"psnr", "ssim", "l1", "temporal_flicker", "temporal_diff_error", [...]} as floats.
+    Returns {"psnr", "ssim", "l1", "temporal_flicker", "temporal_diff_error", [...]} as floats (the temporal
+    pair only for N >= 2 frames).
     """
     p = Frames.of(pred, layout, value_range)
     t = Frames.of(target, layout, value_range)
     if p.data.shape != t.data.shape:
-        raise ValueError(f"compute_weight_free: pred {tuple(p.data.shape)} and target {tuple(t.data.shape)} differ")
-    metrics: list[Any] = [PSNR(), SSIM(), L1(), TemporalFlicker(), TemporalDiffError()]
+        raise ValueError(
+            f"compute_weight_free: pred {tuple(p.data.shape)} and target {tuple(t.data.shape)} differ"
+        )
+    metrics: list[Any] = [PSNR(), SSIM(), L1()]
+    if p.data.shape[0] >= 2:  # temporal metrics need a frame pair
+        metrics += [TemporalFlicker(), TemporalDiffError()]
     if target_mask is not None:
         metrics.append(MaskIoU())
     if gt is not None:
         gt = gt if isinstance(gt, SyntheticGT) else SyntheticGT.from_dict(gt)
-        metrics += [IdentityColorConsistency("histogram_intersection"), IdentityColorConsistency("palette_distance")]
+        metrics += [
+            IdentityColorConsistency("histogram_intersection"),
+            IdentityColorConsistency("palette_distance"),
+        ]
         if joint_estimator is not None:
             metrics.append(JointPositionError(joint_estimator))
     out: dict[str, float] = {}

@@ -20,12 +20,14 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.nda
         raise FileNotFoundError(f"video not found: {path}")
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    except (decord.DECORDError, RuntimeError) as err:
+        num = len(reader) if max_frames is None else min(len(reader), int(max_frames))
+        if num == 0:
+            raise ValueError(f"video {path} has no frames")
+        frames = reader.get_batch(list(range(num))).asnumpy()
+    except (decord.DECORDError, RuntimeError) as err:  # truncated files can fail on open or mid-stream
         raise ValueError(f"cannot decode video {path}: {err}") from err
-    num = len(reader) if max_frames is None else min(len(reader), int(max_frames))
-    if num == 0:
-        raise ValueError(f"video {path} has no frames")
-    frames = reader.get_batch(list(range(num))).asnumpy()
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"video {path} decoded to {frames.shape} {frames.dtype}, expected uint8 [N, H, W, 3]")
+        raise ValueError(
+            f"video {path} decoded to {frames.shape} {frames.dtype}, expected uint8 [N, H, W, 3]"
+        )
     return frames

@@ -21,10 +21,17 @@ def background_difference_mask(frames: Tensor, threshold: float = 30.0, border: 
     (characters on plain backgrounds), not real footage. frames [N, 3, H, W] -> bool [N, H, W].
     """
     if border < 1 or 2 * border >= min(frames.shape[-2:]):
-        raise ValueError(f"border must be in [1, min(H, W) / 2), got {border} for frames {tuple(frames.shape)}")
+        raise ValueError(
+            f"border must be in [1, min(H, W) / 2), got {border} for frames {tuple(frames.shape)}"
+        )
     edge = torch.cat(
-        [frames[..., :border, :].flatten(2), frames[..., -border:, :].flatten(2),
-         frames[..., :, :border].flatten(2), frames[..., :, -border:].flatten(2)], dim=2
+        [
+            frames[..., :border, :].flatten(2),
+            frames[..., -border:, :].flatten(2),
+            frames[..., :, :border].flatten(2),
+            frames[..., :, -border:].flatten(2),
+        ],
+        dim=2,
     )  # [N, 3, E] edge pixels
     background = edge.median(dim=2).values[..., None, None]  # [N, 3] -> [N, 3, 1, 1]
     return (frames - background).abs().amax(dim=1) > threshold  # [N, 3, H, W] -> [N, H, W]
@@ -54,14 +61,26 @@ class MaskIoU(Metric):
         self.name = name or "mask_iou"
 
     def protocol(self) -> dict[str, Any]:
-        return {"missing_mask": f"background difference > {self.threshold} vs border median", "reduction": "frame mean"}
+        return {
+            "missing_mask": f"background difference > {self.threshold} vs border median",
+            "reduction": "frame mean",
+        }
 
-    def _score(self, pred: Tensor, target: Tensor, pred_mask: Any = None, target_mask: Any = None, **extras: Any) -> float:
+    def _score(
+        self, pred: Tensor, target: Tensor, pred_mask: Any = None, target_mask: Any = None, **extras: Any
+    ) -> float:
         p, t = to_frames(pred), to_frames(target)
         check_same_shape(self.name, p, t)
-        pm = to_masks(pred_mask, p.shape[0]) if pred_mask is not None else background_difference_mask(p, self.threshold, self.border)
-        tm = (to_masks(target_mask, t.shape[0]) if target_mask is not None
-              else background_difference_mask(t, self.threshold, self.border))
+        pm = (
+            to_masks(pred_mask, p.shape[0])
+            if pred_mask is not None
+            else background_difference_mask(p, self.threshold, self.border)
+        )
+        tm = (
+            to_masks(target_mask, t.shape[0])
+            if target_mask is not None
+            else background_difference_mask(t, self.threshold, self.border)
+        )
         if pm.shape != tm.shape:
             raise ValueError(f"{self.name}: masks {tuple(pm.shape)} and {tuple(tm.shape)} differ")
         iou = mask_iou_per_frame(pm, tm)
@@ -84,7 +103,10 @@ class TemporalFlicker(Metric):
     higher_is_better = True
 
     def protocol(self) -> dict[str, Any]:
-        return {"definition": "(255 - mean |f[t+1] - f[t]|) / 255 (VBench temporal_flickering)", "paired": False}
+        return {
+            "definition": "(255 - mean |f[t+1] - f[t]|) / 255 (VBench temporal_flickering)",
+            "paired": False,
+        }
 
     def _score(self, pred: Tensor, target: Tensor | None = None, **extras: Any) -> float:
         return flicker_score(to_frames(pred))
