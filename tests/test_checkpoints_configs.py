@@ -24,7 +24,7 @@ def compose_sample(overrides: list[str]):
 
 
 def test_light_encoders_feed_the_tiny_model():
-    cfg = compose_sample(["model=tiny", "+text_encoder=light", "+image_encoder=light", "+checkpoint=none"])
+    cfg = compose_sample(["model=tiny", "text_encoder=light", "image_encoder=light", "checkpoint=none"])
     text_encoder, image_encoder = instantiate(cfg.text_encoder), instantiate(cfg.image_encoder)
     model = instantiate(cfg.model).eval()
     assert isinstance(text_encoder, TextEncoder) and isinstance(image_encoder, ImageEncoder)
@@ -68,10 +68,10 @@ def test_official_configs_build_from_one_folder_setting(tmp_path):
     ]
     cfg = compose_sample(
         [
-            "+checkpoint=official",
+            "checkpoint=official",
             f"checkpoint.dir={tmp_path}",
-            "+text_encoder=umt5_xxl",
-            "+image_encoder=clip_vit_h14",
+            "text_encoder=umt5_xxl",
+            "image_encoder=clip_vit_h14",
         ]
         + ["text_encoder.dtype=float32", "image_encoder.num_layers=3", *tiny_clip]
     )
@@ -86,10 +86,10 @@ def test_official_configs_build_from_one_folder_setting(tmp_path):
 
 
 def test_checkpoint_dir_must_be_set_and_exist(tmp_path):
-    cfg = compose_sample(["+checkpoint=official"])
+    cfg = compose_sample(["checkpoint=official"])
     with pytest.raises(MissingMandatoryValue):
         instantiate(cfg.checkpoint)
-    cfg = compose_sample(["+checkpoint=official", f"checkpoint.dir={tmp_path}"])
+    cfg = compose_sample(["checkpoint=official", f"checkpoint.dir={tmp_path}"])
     with pytest.raises(
         Exception, match="is missing 5 component"
     ) as info:  # Hydra wraps the FileNotFoundError

@@ -2,7 +2,9 @@
 
 Every epoch of the data pipeline is a pure function of (seed, epoch) (see scail_lab/data/loader.py), so a resumed
 run re-opens the interrupted epoch and skips the batches already trained on; its batches then match an
-uninterrupted run's. Skipped batches are still read and decoded (cheap for latent shards).
+uninterrupted run's. The count of training batches consumed in the current epoch is this module's checkpoint
+state (counted when a batch reaches the device, so Lightning's one-batch prefetch does not skew it). Skipped
+batches are still read and decoded (cheap for latent shards).
 """
 
 from __future__ import annotations
@@ -34,13 +36,25 @@ class MotionPairDataModule(L.LightningDataModule):
     def __init__(self, train: Callable[[], Iterable] | Iterable, val: Callable[[], Iterable] | Iterable | None = None):
         super().__init__()
         self._train, self._val = train, val
+        self._consumed = 0  # training batches handed to the model in the current epoch
+        self._resume_skip = 0
+
+    def state_dict(self) -> dict:
+        return {"consumed_in_epoch": self._consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_skip = int(state.get("consumed_in_epoch", 0))
 
     def _position(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 0
-        skip = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return trainer.current_epoch, skip
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        skip, self._resume_skip = self._resume_skip, 0
+        self._consumed = skip
+        return epoch, skip
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.trainer is not None and self.trainer.training:
+            self._consumed += 1
+        return batch
 
     def train_dataloader(self):
         loader = self._train() if callable(self._train) else self._train

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ class CPUDeepSpeedStrategy(AtomicDeepSpeedMixin, DeepSpeedStrategy):
     def setup_environment(self) -> None:
         # DeepSpeedStrategy.setup_environment rejects non-CUDA accelerators; the DDP setup underneath is fine.
         DDPStrategy.setup_environment(self)
+
+    def setup_distributed(self) -> None:
+        # As DeepSpeedStrategy does, minus the CUDA device-index check (CPU devices have no index).
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
 
     @property
     def root_device(self) -> torch.device:

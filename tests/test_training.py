@@ -1,0 +1,209 @@
+"""Fine-tuning: overfitting, LoRA, exact kill-and-resume, NaN stop, config errors, sweeps, DeepSpeed on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from safetensors import safe_open
+
+from scail_lab.conditioning import Conditions
+from scail_lab.diffusion.objective import FlowMatchingObjective
+from scail_lab.model.dit import SCAILDiT
+from scail_lab.training.module import NonFiniteLossError
+from scail_lab.training.sweeps import write_summary
+from tests.conftest import CONFIGS, REPO, tiny_config
+from tests.latent_batches import LatentBatches
+from train import train
+
+LOADER = "tests.latent_batches.LatentBatches"
+
+
+def config(tmp_path, *overrides):
+    base = [
+        f"+output_dir={tmp_path}",
+        "~data", f"+data._target_={LOADER}", "+data.kind=latent", "+data.num_batches=6",
+        "~val_data", "trainer.max_steps=8", "trainer.log_every_n_steps=1", "trainer.val_check_interval=4",
+        "trainer.enable_progress_bar=false", "checkpointing.every_n_steps=4", "checkpointing.keep=-1",
+        "optimizer.warmup_steps=2", "optimizer.lr=1e-3",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=base + list(overrides))
+
+
+def losses(run_dir) -> dict[int, float]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    return {int(r["step"]): float(r["train/loss"]) for r in rows}
+
+
+def test_overfitting_one_batch_drops_the_loss_tenfold():
+    torch.manual_seed(0)
+    model = SCAILDiT(tiny_config(dim=64, num_layers=2))
+    batch = LatentBatches(mask_width=28).batch(0)
+    x0 = batch["target_latents"]
+    cond = Conditions(batch["ref_latents"], batch["pose_latents"], batch["text_emb"], batch["clip_emb"],
+                      batch["ref_mask_code"], batch["driving_mask_code"])  # fmt: skip
+    objective = FlowMatchingObjective()
+    noise, sigma = torch.randn_like(x0), torch.tensor([0.4, 0.7])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(150):
+        loss = objective(model, cond, x0, sigma=sigma, noise=noise).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert history[-1] < history[0] / 10, (history[0], history[-1])
+
+
+def test_kill_and_resume_follows_the_uninterrupted_loss_curve(tmp_path):
+    straight = tmp_path / "straight"
+    train(config(straight))
+    reference = losses(straight)
+    assert sorted(reference) == list(range(8))
+
+    class Killed(Exception):
+        pass
+
+    import lightning as L
+
+    class KillAtStep(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 6:
+                raise Killed
+
+    killed = tmp_path / "killed"
+    cfg = config(killed)
+    from lightning.pytorch import Trainer
+
+    original = Trainer.__init__
+
+    def with_killer(self, *args, **kwargs):
+        kwargs["callbacks"] = list(kwargs.get("callbacks", [])) + [KillAtStep()]
+        original(self, *args, **kwargs)
+
+    Trainer.__init__ = with_killer
+    try:
+        with pytest.raises(Killed):
+            train(cfg)
+    finally:
+        Trainer.__init__ = original
+    checkpoint = killed / "checkpoints" / "step0000004.ckpt"
+    assert checkpoint.is_file()
+    resumed = tmp_path / "resumed"
+    train(config(resumed, f"resume={checkpoint}"))
+    after = losses(resumed)
+    assert sorted(after) == [4, 5, 6, 7]
+    for step in after:
+        assert after[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
+    assert losses(killed)[3] == pytest.approx(reference[3], rel=1e-6)
+
+
+def test_lora_trains_only_adapters_and_its_files_hold_only_adapters(tmp_path):
+    train(config(tmp_path, "lora.enabled=true", "lora.rank=4", "trainer.max_steps=4"))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert keys and all("lora_" in k for k in keys)
+    assert len(keys) == 2 * 10 * 2  # 2 blocks x 10 target modules x (A, B)
+    for style, down in (("peft", "lora_A"), ("comfy", "lora_down")):
+        with safe_open(str(tmp_path / "export" / f"lora_{style}.safetensors"), "pt") as f:
+            names = list(f.keys())
+        assert names and all(down in n or "lora_B" in n or "lora_up" in n or n.endswith(".alpha") for n in names)
+    optimizer_params = sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"])
+    assert optimizer_params == len(keys)
+
+
+def test_full_fine_tune_export_loads_strictly_for_sampling(tmp_path):
+    train(config(tmp_path, "trainer.max_steps=3"))
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "export" / "denoiser.safetensors"))
+    model = SCAILDiT(tiny_config(freq_dim=64))
+    model.load_state_dict(state, strict=True)
+    meta = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert meta["step"] == 3 and meta["config"]["model"]["config"]["dim"] == 64
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = config(tmp_path, "+data.nan_at=5", "checkpointing.every_n_steps=2")
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* step 5"):
+        train(cfg)
+    good = tmp_path / "checkpoints" / "step0000004.ckpt"
+    state = torch.load(good, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert not (tmp_path / "checkpoints" / "step0000006.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=-1", "lr must be positive"),
+        ("optimizer.warmup_steps=100", "warmup_steps < total_steps"),
+        ("+lora.bogus=1", "bogus"),
+        ("strategy.name=zero9", "strategy must be one of"),
+        ("lora.enabled=true lora.target_modules=[nothing]", "matches no module"),
+        ("lora.enabled=true lora.rank=0", "bad LoRA settings"),
+        ("model.config.num_heads=5", "divisible"),
+    ],
+)
+def test_bad_config_values_fail_before_training_starts(tmp_path, override, message):
+    with pytest.raises((ValueError, TypeError, InstantiationException), match=message):
+        train(config(tmp_path, *override.split()))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_every_training_config_group_composes():
+    for group in ("data", "strategy", "sampler", "vae", "text_encoder", "image_encoder", "checkpoint"):
+        for option in sorted(p.stem for p in (CONFIGS / group).glob("*.yaml")):
+            with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+                cfg = compose("train", overrides=[f"{group}={option}"])
+            assert cfg.trainer.max_steps > 0, (group, option)
+
+
+def test_sweep_summary_table_and_plot(tmp_path):
+    for i, (loss, override) in enumerate([(0.5, "interface=scail2"), (0.7, "interface=channel_concat")]):
+        run = tmp_path / str(i)
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"metrics": {"train/loss": loss}, "overrides": [override]}))
+    rows = write_summary(tmp_path, ["train/loss"])
+    assert [r["train/loss"] for r in rows] == [0.5, 0.7]
+    assert "interface=channel_concat" in (tmp_path / "sweep_summary.md").read_text()
+    assert (tmp_path / "sweep_summary.csv").read_text().count("\n") == 3
+    assert (tmp_path / "sweep_summary.png").stat().st_size > 1000
+
+
+def _ds_available() -> bool:
+    try:
+        import deepspeed  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ds_available(), reason="deepspeed not importable")
+def test_two_process_deepspeed_zero2_on_cpu_completes_and_its_checkpoint_reloads(tmp_path):
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "train.py", f"+output_dir={out}", "~data", f"+data._target_={LOADER}", "+data.kind=latent",
+           "+data.num_batches=4", "~val_data", "strategy=deepspeed_zero2", "trainer.devices=2", "trainer.max_steps=3",
+           "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "checkpointing.every_n_steps=3",
+           "optimizer.warmup_steps=1",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_dir()  # DeepSpeed writes a directory (renamed into place when complete)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+    model = SCAILDiT(tiny_config(freq_dim=64))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=True)
+    assert json.loads((out / "metrics.json").read_text())["step"] == 3

@@ -1,0 +1,108 @@
+"""Fine-tune the denoiser on motion pairs (Hydra entry point; `train(cfg)` is callable from tests).
+
+    python tools/make_synthetic.py --out data/synthetic          # a toy world with ground truth
+    python train.py                                               # tiny model, CPU, synthetic pixel shards
+    python train.py data=latent data.shards=/data/latents/train model=scail2_14b weights=... lora.enabled=true \
+        trainer.accelerator=gpu trainer.devices=8 trainer.precision=bf16-mixed strategy=deepspeed_zero2
+    python train.py -m interface=scail2,channel_concat rope=scail2,shared      # an ablation sweep
+    python train.py resume=outputs/<run>/checkpoints/last.ckpt                 # exact resume
+
+Each run directory holds checkpoints/ (Lightning, for resume), export/ (safetensors + config.json for
+sampling), csv/ metrics, val_videos/ and metrics.json (final metrics, read by the sweep summary).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from scail_lab.build import build_encoder, build_model, build_pipeline, data_mask_scheme, plain
+from scail_lab.training.callbacks import ExportWeights, Throughput, ValidationVideos
+from scail_lab.training.data import MotionPairDataModule
+from scail_lab.training.lora import LoraSettings
+from scail_lab.training.module import SCAILModule
+from scail_lab.training.optim import OptimizerConfig
+from scail_lab.training.strategies import build_strategy
+
+log = logging.getLogger("train")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    if cfg.get("output_dir"):
+        return Path(cfg.output_dir)
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def loggers(cfg: DictConfig, out: Path) -> list:
+    found = [CSVLogger(save_dir=str(out), name="csv", version="")]
+    wb = cfg.logging.wandb
+    if wb.enabled:
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_MODE", wb.mode)
+        found.append(WandbLogger(project=wb.project, name=wb.name, group=wb.group, save_dir=str(out),
+                                 config=OmegaConf.to_container(cfg, resolve=True)))  # fmt: skip
+    return found
+
+
+def train(cfg: DictConfig) -> dict:
+    """Build everything (config errors surface here, before any step), fit, export, return final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    out = output_dir(cfg)
+    optimizer = OptimizerConfig(**plain(cfg.optimizer))
+    lora = LoraSettings(**plain(cfg.lora))
+    strategy = build_strategy(cfg.strategy.name, cfg.trainer.accelerator, cfg.strategy.offload_optimizer,
+                              int(cfg.strategy.bucket_size))  # fmt: skip
+    model = build_model(cfg)
+    needs_encoder = cfg.data.kind == "pixel" or bool(cfg.validation.examples)
+    encoder = build_encoder(cfg, model) if needs_encoder else None
+    scheme = data_mask_scheme(model)
+    train_loader = instantiate(cfg.data, _partial_=True, mask_scheme=scheme, seed=cfg.seed)
+    val_loader = instantiate(cfg.val_data, _partial_=True, mask_scheme=scheme) if cfg.get("val_data") else None
+    module = SCAILModule(model, optimizer, instantiate(cfg.objective), encoder, lora, cfg.seed,
+                         tuple(cfg.validation.val_sigmas))  # fmt: skip
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [
+        ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=cfg.checkpointing.every_n_steps,
+                        save_last=cfg.checkpointing.save_last, save_top_k=cfg.checkpointing.keep,
+                        monitor="step", mode="max", filename="step{step:07d}", auto_insert_metric_name=False),
+        Throughput(),
+        ExportWeights(str(out / "export"), resolved),
+    ]  # fmt: skip
+    if cfg.validation.examples:
+        factory = lambda model, encoder: build_pipeline(cfg, model, encoder)  # noqa: E731
+        callbacks.append(ValidationVideos(factory, list(cfg.validation.examples), cfg.validation.every_n_steps,
+                                          str(out / "val_videos"), cfg.seed))  # fmt: skip
+    trainer_options = plain(cfg.trainer)
+    if val_loader is None:
+        trainer_options["limit_val_batches"] = 0
+    trainer = L.Trainer(**trainer_options, strategy=strategy, logger=loggers(cfg, out), callbacks=callbacks,
+                        default_root_dir=str(out))  # fmt: skip
+    datamodule = MotionPairDataModule(train_loader, val_loader)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        record = {"metrics": metrics, "step": trainer.global_step, "overrides": overrides}
+        (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    return metrics
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("train/loss")
+
+
+if __name__ == "__main__":
+    main()
