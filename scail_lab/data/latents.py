@@ -141,13 +141,13 @@ class LatentCacher:
 
     def _variant(self, arrays: Mapping[str, np.ndarray], prefix: str, out: dict, with_target: bool) -> None:
         """Encode one (ref, driving, target) variant into `out` with field prefix `prefix`."""
-        ref, driving = image_tensor(arrays["ref_image"]), video_tensor(arrays["driving"])
+        ref, driving = image_tensor(arrays[schema.REF_IMAGE]), video_tensor(arrays[schema.DRIVING])
         if with_target:
-            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(self._video_latents(video_tensor(arrays["target"])), self.dtype)
+            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(self._video_latents(video_tensor(arrays[schema.TARGET])), self.dtype)
             out[prefix + schema.F_REF_LATENTS] = npy_bytes(self._video_latents(ref[:, None]), self.dtype)
         out[prefix + schema.F_POSE_LATENTS] = npy_bytes(self._pose_latents(driving), self.dtype)
         if self.uses_masks:
-            ref_code, drv_code = self._masks(image_tensor(arrays["ref_mask"]), video_tensor(arrays["driving_mask"]))
+            ref_code, drv_code = self._masks(image_tensor(arrays[schema.REF_MASK]), video_tensor(arrays[schema.DRIVING_MASK]))
             if with_target:
                 out[prefix + schema.F_REF_MASK_CODE] = npy_bytes(ref_code, np.float16)
             out[prefix + schema.F_DRIVING_MASK_CODE] = npy_bytes(drv_code, np.float16)
@@ -177,8 +177,9 @@ class LatentCacher:
                 out[schema.F_DRIVING_MASK_CODE_AUG] = tmp[schema.F_DRIVING_MASK_CODE]
         if self.include_variants and has_rev:
             fields = stream_fields(raw, Decisions(reverse=True), self.uses_masks)
-            rev = decode_fields(raw, {k: v for k, v in fields.items() if k in ("ref_image", "ref_mask", "driving_mask")}, indices, bucket)
-            rev.update(driving=arrays["target"], target=arrays["driving"])
+            wanted = {k: v for k, v in fields.items() if k in (schema.REF_IMAGE, schema.REF_MASK, schema.DRIVING_MASK)}
+            rev = decode_fields(raw, wanted, indices, bucket)
+            rev.update({schema.DRIVING: arrays[schema.TARGET], schema.TARGET: arrays[schema.DRIVING]})
             self._variant(rev, schema.F_REVERSE_PREFIX, out, with_target=True)
         caption = raw[schema.F_CAPTION].decode("utf-8").strip()
         if self.text_encoder is not None:

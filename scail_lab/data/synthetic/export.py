@@ -40,8 +40,8 @@ def sample_files(sample: SyntheticSample, fps: float, rgb_quality: str | int = L
     raw_driving = video(sample.raw_driving)
     pose = video(sample.pose)
     files = {
-        "ref.png": encode_image(sample.ref),
-        "ref_mask.png": encode_image(sample.ref_mask),
+        schema.SYNTH_REF_FILE: encode_image(sample.ref),
+        schema.SYNTH_REF_MASK_FILE: encode_image(sample.ref_mask),
         schema.DRIVING_FILES[0]: raw_driving if sample.driving_kind == "video" else pose,
         mask_name: video(sample.driving_mask, mask=True),
         schema.TARGET_FILES[0]: video(sample.target),
