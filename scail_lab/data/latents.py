@@ -69,6 +69,15 @@ def npy_tensor(data: bytes) -> Tensor:
     return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
 
 
+def npy_shape(data: bytes) -> tuple[int, ...]:
+    """Shape stored in `.npy` bytes, read from the header only."""
+    stream = io.BytesIO(data)
+    major, _ = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, _ = read(stream)
+    return tuple(shape)
+
+
 def unit_range(x: Tensor) -> Tensor:
     """uint8 pixels -> float32 in [-1, 1]."""
     return x.float() / 127.5 - 1.0
@@ -209,6 +218,31 @@ class LatentCacher:
 
 
 # ------------------------------------------------------------------------------ latent sample (training)
+def _kept_latent_frames(raw: Mapping, sampling: FrameSampling, key: str) -> int:
+    """Latent frames to keep: from the largest frame bucket that fits the cached clip."""
+    available = 4 * (npy_shape(raw[schema.F_TARGET_LATENTS])[1] - 1) + 1
+    fits = [n for n in sampling.frame_buckets if n <= available]
+    if not fits:
+        raise ValueError(f"latent sample {key}: {available} cached frames < smallest frame bucket {min(sampling.frame_buckets)}")
+    return (fits[0] - 1) // 4 + 1
+
+
+def _latent_fields(d: Decisions, use_masks: bool) -> dict[str, str]:
+    """Batch key -> latent-shard field, for the forward, augmented-driving or reverse variant."""
+    prefix = schema.F_REVERSE_PREFIX if d.reverse else ""
+    fields = {
+        schema.TARGET_LATENTS: prefix + schema.F_TARGET_LATENTS,
+        schema.REF_LATENTS: prefix + schema.F_REF_LATENTS,
+        schema.POSE_LATENTS: schema.F_POSE_LATENTS_AUG if d.driving_aug else prefix + schema.F_POSE_LATENTS,
+    }
+    if use_masks:
+        fields[schema.REF_MASK_CODE] = prefix + schema.F_REF_MASK_CODE
+        fields[schema.DRIVING_MASK_CODE] = (
+            schema.F_DRIVING_MASK_CODE_AUG if d.driving_aug else prefix + schema.F_DRIVING_MASK_CODE
+        )
+    return fields
+
+
 def latent_sample(
     raw: Mapping,
     *,
@@ -234,36 +268,22 @@ def latent_sample(
             raise ValueError(f"latent sample {key} has no {field}")
     if use_masks and schema.F_DRIVING_MASK_CODE not in raw:
         raise ValueError(f"latent sample {key} has no mask codes but the mask scheme needs them")
-    target = npy_tensor(raw[schema.F_TARGET_LATENTS])
-    available = 4 * (target.shape[1] - 1) + 1
-    fits = [n for n in sampling.frame_buckets if n <= available]
-    if not fits:
-        raise ValueError(f"latent sample {key}: {available} cached frames < smallest frame bucket {min(sampling.frame_buckets)}")
-    t_keep = (fits[0] - 1) // 4 + 1
-    rng = sample_rng(seed, epoch, key)
+    t_keep = _kept_latent_frames(raw, sampling, key)
     rev = schema.reverse_field
     has_aug = schema.F_POSE_LATENTS_AUG in raw and (not use_masks or schema.F_DRIVING_MASK_CODE_AUG in raw)
     has_rev = rev(schema.F_TARGET_LATENTS) in raw and (not use_masks or rev(schema.F_DRIVING_MASK_CODE) in raw)
-    d = decide(augment, rng, driving_kind=kind, continuation=continuation, has_aug=has_aug, has_reverse=has_rev,
-               num_latent_frames=t_keep)  # fmt: skip
+    d = decide(augment, sample_rng(seed, epoch, key), driving_kind=kind, continuation=continuation,
+               has_aug=has_aug, has_reverse=has_rev, num_latent_frames=t_keep)  # fmt: skip
+    sample = {k: npy_tensor(raw[field]) for k, field in _latent_fields(d, use_masks).items()}
+    for k in (schema.TARGET_LATENTS, schema.POSE_LATENTS, schema.DRIVING_MASK_CODE):
+        if k in sample:
+            sample[k] = sample[k][:, :t_keep]
+    if use_masks and mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:
+        raise ValueError(
+            f"latent sample {key} has {sample[schema.REF_MASK_CODE].shape[0]} mask channels, "
+            f"the configured mask scheme has {mask_width}"
+        )
     prefix = schema.F_REVERSE_PREFIX if d.reverse else ""
-    pose_field = schema.F_POSE_LATENTS_AUG if d.driving_aug else prefix + schema.F_POSE_LATENTS
-    code_field = schema.F_DRIVING_MASK_CODE_AUG if d.driving_aug else prefix + schema.F_DRIVING_MASK_CODE
-    if d.reverse:
-        target = npy_tensor(raw[prefix + schema.F_TARGET_LATENTS])
-    sample = {
-        schema.TARGET_LATENTS: target[:, :t_keep],
-        schema.REF_LATENTS: npy_tensor(raw[prefix + schema.F_REF_LATENTS]),
-        schema.POSE_LATENTS: npy_tensor(raw[pose_field])[:, :t_keep],
-    }
-    if use_masks:
-        sample[schema.REF_MASK_CODE] = npy_tensor(raw[prefix + schema.F_REF_MASK_CODE])
-        sample[schema.DRIVING_MASK_CODE] = npy_tensor(raw[code_field])[:, :t_keep]
-        if mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:
-            raise ValueError(
-                f"latent sample {key} has {sample[schema.REF_MASK_CODE].shape[0]} mask channels, "
-                f"the configured mask scheme has {mask_width}"
-            )
     if d.drop_pose:
         sample[schema.POSE_LATENTS] = torch.zeros_like(sample[schema.POSE_LATENTS])
         if use_masks:

@@ -15,7 +15,7 @@ import torch
 
 from scail_lab.data import schema
 from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng
-from scail_lab.data.folders import read_meta
+from scail_lab.data.folders import has_variants, read_meta
 from scail_lab.data.media import decode_image, decode_video, probe_video
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets, resize_cover_crop
 
@@ -35,18 +35,6 @@ def clip_info(raw: Mapping) -> tuple[dict, int, float, int, int]:
         raise ValueError("sample has no driving video")
     info = probe_video(raw[schema.F_DRIVING])
     return meta, info.num_frames, info.fps, info.height, info.width
-
-
-def has_variants(raw: Mapping, driving_kind: str, load_masks: bool) -> tuple[bool, bool]:
-    """(has an augmented driving variant, has the reverse-driving files), given whether masks are needed."""
-    has_aug = schema.F_DRIVING_AUG in raw and (not load_masks or schema.F_DRIVING_MASK_AUG in raw)
-    rev_mask = schema.image_field(schema.F_REVERSE_REF_MASK, raw) is not None and schema.F_REVERSE_DRIVING_MASK in raw
-    has_rev = (
-        driving_kind == "video"
-        and schema.image_field(schema.F_REVERSE_REF, raw) is not None
-        and (not load_masks or rev_mask)
-    )
-    return has_aug, has_rev
 
 
 def stream_fields(raw: Mapping, decisions: Decisions, load_masks: bool) -> dict[str, str]:
