@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scail_lab.data import AugmentConfig, FolderDataset, FrameSampling, build_dataloader, make_shards
-from scail_lab.data.media import decode_video, encode_video
+from scail_lab.data.media import current_umask, decode_video, encode_video
 from scail_lab.data.shards import ShardJob, list_shards, run_jobs, signature_of
 from tests.test_data_fixtures import write_synthetic
 
@@ -84,6 +84,8 @@ def test_bad_samples_are_skipped_and_reported(good_root, tmp_path):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["skipped"] == report["skipped"]
     assert not list(out.glob(".*tmp*"))  # nothing half-written left behind
+    for path in (out / "report.json", out / "shard-000000.json", out / "shard-000000.tar"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # ordinary, shareable files
     loader = build_dataloader(shards=str(out), shuffle=False, **EVAL)
     assert sorted(k for b in loader for k in b["key"]) == [names[1], names[3]]
 

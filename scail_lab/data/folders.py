@@ -174,10 +174,7 @@ def _required(sample: Mapping, require_masks: bool) -> list[tuple[str, str]]:
     ]
     if require_masks:
         needed += [
-            (
-                schema.image_field(schema.F_REF_MASK, sample) or "ref_mask.*",
-                "reference mask (ref_mask.jpg|ref_mask.png)",
-            ),
+            (schema.image_field(schema.F_REF_MASK, sample) or "ref_mask.*", "reference mask (ref_mask.jpg|ref_mask.png)"),
             (schema.F_DRIVING_MASK, "driving mask (rendered_mask_v2.mp4|replace_mask.mp4)"),
         ]
     return needed
@@ -195,21 +192,20 @@ def _check_video(sample: Mapping, field: str, full_decode: bool) -> VideoInfo:
     return info
 
 
-def validate_sample(
-    sample: Mapping[str, bytes],
-    require_masks: bool = True,
-    min_frames: int = 5,
-    min_size: int = 32,
-    full_decode: bool = True,
-) -> SampleInfo:
-    """Check a raw sample; raise ValueError naming the first problem, else return its SampleInfo.
+def has_variants(raw: Mapping, driving_kind: str, need_masks: bool) -> tuple[bool, bool]:
+    """(has an augmented driving variant, has the reverse-driving files), given whether masks are needed."""
+    has_aug = schema.F_DRIVING_AUG in raw and (not need_masks or schema.F_DRIVING_MASK_AUG in raw)
+    rev_masks = schema.image_field(schema.F_REVERSE_REF_MASK, raw) is not None and schema.F_REVERSE_DRIVING_MASK in raw
+    has_rev = (
+        driving_kind == "video"
+        and schema.image_field(schema.F_REVERSE_REF, raw) is not None
+        and (not need_masks or rev_masks)
+    )
+    return has_aug, has_rev
 
-    Checks: required files present (masks only when `require_masks`); images and videos readable
-    (every frame decoded when `full_decode`); all videos share frame count, fps and size; ref and ref
-    mask share a size; at least `min_frames` frames and `min_size` pixels per side; caption is UTF-8;
-    meta.json (if any) has a known mode and driving kind.
-    """
-    key = str(sample.get(schema.KEY, "?"))
+
+def _check_meta(sample: Mapping, require_masks: bool) -> tuple[str, str]:
+    """Required files, caption encoding, meta.json values -> (mode, driving kind)."""
     if "__bad_meta__" in sample:
         raise ValueError(str(sample["__bad_meta__"]))
     for field, name in _required(sample, require_masks):
@@ -226,65 +222,74 @@ def validate_sample(
         sample[schema.F_CAPTION].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"caption is not UTF-8: {exc}") from exc
+    return mode, kind
 
-    image_sizes = {}
+
+def _check_images(sample: Mapping) -> dict[str, tuple[int, int]]:
+    """Decode every image; each mask must match its image's size. -> base name -> (H, W)."""
+    sizes = {}
     for base in (schema.F_REF, schema.F_REF_MASK, schema.F_REVERSE_REF, schema.F_REVERSE_REF_MASK):
         field = schema.image_field(base, sample)
         if field is not None:
             try:
-                image_sizes[base] = decode_image(sample[field]).shape[:2]
+                sizes[base] = decode_image(sample[field]).shape[:2]
             except ValueError as exc:
                 raise ValueError(f"{field}: {exc}") from exc
     for image, mask in ((schema.F_REF, schema.F_REF_MASK), (schema.F_REVERSE_REF, schema.F_REVERSE_REF_MASK)):
-        if image in image_sizes and mask in image_sizes and image_sizes[image] != image_sizes[mask]:
-            raise ValueError(
-                f"{mask} size {image_sizes[mask]} differs from {image} size {image_sizes[image]}"
-            )
+        if image in sizes and mask in sizes and sizes[image] != sizes[mask]:
+            raise ValueError(f"{mask} size {sizes[mask]} differs from {image} size {sizes[image]}")
+    return sizes
 
-    video_fields = [
-        f
-        for f in (schema.F_DRIVING, schema.F_DRIVING_MASK, schema.F_TARGET, schema.F_TARGET_MASK,
-                  schema.F_DRIVING_AUG, schema.F_DRIVING_MASK_AUG, schema.F_REVERSE_DRIVING_MASK)
-        if f in sample
-    ]  # fmt: skip
-    infos = {f: _check_video(sample, f, full_decode) for f in video_fields}
+
+def _check_videos(sample: Mapping, full_decode: bool) -> VideoInfo:
+    """Every video readable and agreeing with the driving video in frame count, fps and size."""
+    fields = (schema.F_DRIVING, schema.F_DRIVING_MASK, schema.F_TARGET, schema.F_TARGET_MASK,
+              schema.F_DRIVING_AUG, schema.F_DRIVING_MASK_AUG, schema.F_REVERSE_DRIVING_MASK)  # fmt: skip
+    infos = {f: _check_video(sample, f, full_decode) for f in fields if f in sample}
     ref = infos[schema.F_DRIVING]
     for field, info in infos.items():
         if info.num_frames != ref.num_frames:
-            raise ValueError(
-                f"frame count mismatch: {field} has {info.num_frames}, driving has {ref.num_frames}"
-            )
+            raise ValueError(f"frame count mismatch: {field} has {info.num_frames}, driving has {ref.num_frames}")
         if abs(info.fps - ref.fps) > FPS_TOLERANCE:
             raise ValueError(f"fps mismatch: {field} is {info.fps:g}, driving is {ref.fps:g}")
         if (info.height, info.width) != (ref.height, ref.width):
-            raise ValueError(
-                f"size mismatch: {field} is {info.height}x{info.width}, driving is {ref.height}x{ref.width}"
-            )
-    if ref.num_frames < min_frames:
-        raise ValueError(f"too few frames: {ref.num_frames} < {min_frames}")
-    if ref.fps <= 0:
-        raise ValueError(f"fps must be positive, got {ref.fps}")
-    if min(ref.height, ref.width, *(min(s) for s in image_sizes.values())) < min_size:
+            raise ValueError(f"size mismatch: {field} is {info.height}x{info.width}, driving is {ref.height}x{ref.width}")
+    return ref
+
+
+def validate_sample(
+    sample: Mapping[str, bytes],
+    require_masks: bool = True,
+    min_frames: int = 5,
+    min_size: int = 32,
+    full_decode: bool = True,
+) -> SampleInfo:
+    """Check a raw sample; raise ValueError naming the first problem, else return its SampleInfo.
+
+    Checks: required files present (masks only when `require_masks`); images and videos readable
+    (every frame decoded when `full_decode`); all videos share frame count, fps and size; ref and ref
+    mask share a size; at least `min_frames` frames and `min_size` pixels per side; caption is UTF-8;
+    meta.json (if any) has a known mode and driving kind.
+    """
+    mode, kind = _check_meta(sample, require_masks)
+    image_sizes = _check_images(sample)
+    video = _check_videos(sample, full_decode)
+    if video.num_frames < min_frames:
+        raise ValueError(f"too few frames: {video.num_frames} < {min_frames}")
+    if video.fps <= 0:
+        raise ValueError(f"fps must be positive, got {video.fps}")
+    if min(video.height, video.width, *(min(s) for s in image_sizes.values())) < min_size:
         raise ValueError(f"frames or images smaller than {min_size} px")
-    has_aug = schema.F_DRIVING_AUG in sample and (not require_masks or schema.F_DRIVING_MASK_AUG in sample)
-    has_reverse = (
-        kind == "video"
-        and schema.F_REVERSE_REF in image_sizes
-        and (
-            not require_masks
-            or (schema.F_REVERSE_REF_MASK in image_sizes and schema.F_REVERSE_DRIVING_MASK in sample)
-        )
-    )
+    has_aug, has_reverse = has_variants(sample, kind, require_masks)
     return SampleInfo(
-        key=key,
-        num_frames=ref.num_frames,
-        fps=ref.fps,
-        height=ref.height,
-        width=ref.width,
+        key=str(sample.get(schema.KEY, "?")),
+        num_frames=video.num_frames,
+        fps=video.fps,
+        height=video.height,
+        width=video.width,
         mode=mode,
         driving_kind=kind,
-        has_masks=schema.F_DRIVING_MASK in sample
-        and schema.image_field(schema.F_REF_MASK, sample) is not None,
+        has_masks=schema.F_DRIVING_MASK in sample and schema.image_field(schema.F_REF_MASK, sample) is not None,
         has_driving_aug=has_aug,
         has_reverse=has_reverse,
     )

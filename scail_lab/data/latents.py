@@ -69,6 +69,15 @@ def npy_tensor(data: bytes) -> Tensor:
     return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
 
 
+def npy_shape(data: bytes) -> tuple[int, ...]:
+    """Shape stored in `.npy` bytes, read from the header only."""
+    stream = io.BytesIO(data)
+    major, _ = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, _ = read(stream)
+    return tuple(shape)
+
+
 def unit_range(x: Tensor) -> Tensor:
     """uint8 pixels -> float32 in [-1, 1]."""
     return x.float() / 127.5 - 1.0
@@ -107,9 +116,7 @@ class LatentCacher:
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.sampling = sampling or FrameSampling(random_start=False)
         if self.sampling.random_start:
-            raise ValueError(
-                "latent caching cuts clips deterministically: use FrameSampling(random_start=False)"
-            )
+            raise ValueError("latent caching cuts clips deterministically: use FrameSampling(random_start=False)")
         self.buckets = buckets or ResolutionBuckets()
         self.dtype = LATENT_DTYPES[dtype]
         self.include_variants = include_variants
@@ -126,9 +133,7 @@ class LatentCacher:
             z = self.vae.encode(unit_range(video)[None].to(self.device))
         want = ((n - 1) // 4 + 1, h // 8, w // 8)
         if z.dim() != 5 or z.shape[0] != 1 or tuple(z.shape[2:]) != want:
-            raise ValueError(
-                f"VAE returned {tuple(z.shape)} for a [1, 3, {n}, {h}, {w}] video; expected [1, C, *{want}]"
-            )
+            raise ValueError(f"VAE returned {tuple(z.shape)} for a [1, 3, {n}, {h}, {w}] video; expected [1, C, *{want}]")
         return z[0]
 
     def _pose_latents(self, video: Tensor) -> Tensor:
@@ -145,17 +150,13 @@ class LatentCacher:
 
     def _variant(self, arrays: Mapping[str, np.ndarray], prefix: str, out: dict, with_target: bool) -> None:
         """Encode one (ref, driving, target) variant into `out` with field prefix `prefix`."""
-        ref, driving = image_tensor(arrays["ref_image"]), video_tensor(arrays["driving"])
+        ref, driving = image_tensor(arrays[schema.REF_IMAGE]), video_tensor(arrays[schema.DRIVING])
         if with_target:
-            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(
-                self._video_latents(video_tensor(arrays["target"])), self.dtype
-            )
+            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(self._video_latents(video_tensor(arrays[schema.TARGET])), self.dtype)
             out[prefix + schema.F_REF_LATENTS] = npy_bytes(self._video_latents(ref[:, None]), self.dtype)
         out[prefix + schema.F_POSE_LATENTS] = npy_bytes(self._pose_latents(driving), self.dtype)
         if self.uses_masks:
-            ref_code, drv_code = self._masks(
-                image_tensor(arrays["ref_mask"]), video_tensor(arrays["driving_mask"])
-            )
+            ref_code, drv_code = self._masks(image_tensor(arrays[schema.REF_MASK]), video_tensor(arrays[schema.DRIVING_MASK]))
             if with_target:
                 out[prefix + schema.F_REF_MASK_CODE] = npy_bytes(ref_code, np.float16)
             out[prefix + schema.F_DRIVING_MASK_CODE] = npy_bytes(drv_code, np.float16)
@@ -177,9 +178,7 @@ class LatentCacher:
         arrays = decode_fields(raw, stream_fields(raw, Decisions(), self.uses_masks), indices, bucket)
         self._variant(arrays, "", out, with_target=True)
         if self.include_variants and has_aug:
-            aug = decode_fields(
-                raw, stream_fields(raw, Decisions(driving_aug=True), self.uses_masks), indices, bucket
-            )
+            aug = decode_fields(raw, stream_fields(raw, Decisions(driving_aug=True), self.uses_masks), indices, bucket)
             tmp: dict = {}
             self._variant(aug, "", tmp, with_target=False)
             out[schema.F_POSE_LATENTS_AUG] = tmp[schema.F_POSE_LATENTS]
@@ -187,13 +186,9 @@ class LatentCacher:
                 out[schema.F_DRIVING_MASK_CODE_AUG] = tmp[schema.F_DRIVING_MASK_CODE]
         if self.include_variants and has_rev:
             fields = stream_fields(raw, Decisions(reverse=True), self.uses_masks)
-            rev = decode_fields(
-                raw,
-                {k: v for k, v in fields.items() if k in ("ref_image", "ref_mask", "driving_mask")},
-                indices,
-                bucket,
-            )
-            rev.update(driving=arrays["target"], target=arrays["driving"])
+            wanted = {k: v for k, v in fields.items() if k in (schema.REF_IMAGE, schema.REF_MASK, schema.DRIVING_MASK)}
+            rev = decode_fields(raw, wanted, indices, bucket)
+            rev.update({schema.DRIVING: arrays[schema.TARGET], schema.TARGET: arrays[schema.DRIVING]})
             self._variant(rev, schema.F_REVERSE_PREFIX, out, with_target=True)
         caption = raw[schema.F_CAPTION].decode("utf-8").strip()
         if self.text_encoder is not None:
@@ -223,6 +218,31 @@ class LatentCacher:
 
 
 # ------------------------------------------------------------------------------ latent sample (training)
+def _kept_latent_frames(raw: Mapping, sampling: FrameSampling, key: str) -> int:
+    """Latent frames to keep: from the largest frame bucket that fits the cached clip."""
+    available = 4 * (npy_shape(raw[schema.F_TARGET_LATENTS])[1] - 1) + 1
+    fits = [n for n in sampling.frame_buckets if n <= available]
+    if not fits:
+        raise ValueError(f"latent sample {key}: {available} cached frames < smallest frame bucket {min(sampling.frame_buckets)}")
+    return (fits[0] - 1) // 4 + 1
+
+
+def _latent_fields(d: Decisions, use_masks: bool) -> dict[str, str]:
+    """Batch key -> latent-shard field, for the forward, augmented-driving or reverse variant."""
+    prefix = schema.F_REVERSE_PREFIX if d.reverse else ""
+    fields = {
+        schema.TARGET_LATENTS: prefix + schema.F_TARGET_LATENTS,
+        schema.REF_LATENTS: prefix + schema.F_REF_LATENTS,
+        schema.POSE_LATENTS: schema.F_POSE_LATENTS_AUG if d.driving_aug else prefix + schema.F_POSE_LATENTS,
+    }
+    if use_masks:
+        fields[schema.REF_MASK_CODE] = prefix + schema.F_REF_MASK_CODE
+        fields[schema.DRIVING_MASK_CODE] = (
+            schema.F_DRIVING_MASK_CODE_AUG if d.driving_aug else prefix + schema.F_DRIVING_MASK_CODE
+        )
+    return fields
+
+
 def latent_sample(
     raw: Mapping,
     *,
@@ -248,48 +268,28 @@ def latent_sample(
             raise ValueError(f"latent sample {key} has no {field}")
     if use_masks and schema.F_DRIVING_MASK_CODE not in raw:
         raise ValueError(f"latent sample {key} has no mask codes but the mask scheme needs them")
-    target = npy_tensor(raw[schema.F_TARGET_LATENTS])
-    available = 4 * (target.shape[1] - 1) + 1
-    fits = [n for n in sampling.frame_buckets if n <= available]
-    if not fits:
-        raise ValueError(
-            f"latent sample {key}: {available} cached frames < smallest frame bucket {min(sampling.frame_buckets)}"
-        )
-    t_keep = (fits[0] - 1) // 4 + 1
-    rng = sample_rng(seed, epoch, key)
+    t_keep = _kept_latent_frames(raw, sampling, key)
     rev = schema.reverse_field
     has_aug = schema.F_POSE_LATENTS_AUG in raw and (not use_masks or schema.F_DRIVING_MASK_CODE_AUG in raw)
-    has_rev = rev(schema.F_TARGET_LATENTS) in raw and (
-        not use_masks or rev(schema.F_DRIVING_MASK_CODE) in raw
-    )
-    d = decide(augment, rng, driving_kind=kind, continuation=continuation, has_aug=has_aug, has_reverse=has_rev,
-               num_latent_frames=t_keep)  # fmt: skip
+    has_rev = rev(schema.F_TARGET_LATENTS) in raw and (not use_masks or rev(schema.F_DRIVING_MASK_CODE) in raw)
+    d = decide(augment, sample_rng(seed, epoch, key), driving_kind=kind, continuation=continuation,
+               has_aug=has_aug, has_reverse=has_rev, num_latent_frames=t_keep)  # fmt: skip
+    sample = {k: npy_tensor(raw[field]) for k, field in _latent_fields(d, use_masks).items()}
+    for k in (schema.TARGET_LATENTS, schema.POSE_LATENTS, schema.DRIVING_MASK_CODE):
+        if k in sample:
+            sample[k] = sample[k][:, :t_keep]
+    if use_masks and mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:
+        raise ValueError(
+            f"latent sample {key} has {sample[schema.REF_MASK_CODE].shape[0]} mask channels, "
+            f"the configured mask scheme has {mask_width}"
+        )
     prefix = schema.F_REVERSE_PREFIX if d.reverse else ""
-    pose_field = schema.F_POSE_LATENTS_AUG if d.driving_aug else prefix + schema.F_POSE_LATENTS
-    code_field = schema.F_DRIVING_MASK_CODE_AUG if d.driving_aug else prefix + schema.F_DRIVING_MASK_CODE
-    if d.reverse:
-        target = npy_tensor(raw[prefix + schema.F_TARGET_LATENTS])
-    sample = {
-        schema.TARGET_LATENTS: target[:, :t_keep],
-        schema.REF_LATENTS: npy_tensor(raw[prefix + schema.F_REF_LATENTS]),
-        schema.POSE_LATENTS: npy_tensor(raw[pose_field])[:, :t_keep],
-    }
-    if use_masks:
-        sample[schema.REF_MASK_CODE] = npy_tensor(raw[prefix + schema.F_REF_MASK_CODE])
-        sample[schema.DRIVING_MASK_CODE] = npy_tensor(raw[code_field])[:, :t_keep]
-        if mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:
-            raise ValueError(
-                f"latent sample {key} has {sample[schema.REF_MASK_CODE].shape[0]} mask channels, "
-                f"the configured mask scheme has {mask_width}"
-            )
     if d.drop_pose:
         sample[schema.POSE_LATENTS] = torch.zeros_like(sample[schema.POSE_LATENTS])
         if use_masks:
             sample[schema.DRIVING_MASK_CODE] = torch.zeros_like(sample[schema.DRIVING_MASK_CODE])
     if schema.F_TEXT_EMB in raw:
-        sample[schema.TEXT_EMB] = npy_tensor(
-            raw[schema.F_TEXT_EMB_NULL if d.drop_text else schema.F_TEXT_EMB]
-        )
+        sample[schema.TEXT_EMB] = npy_tensor(raw[schema.F_TEXT_EMB_NULL if d.drop_text else schema.F_TEXT_EMB])
     if prefix + schema.F_CLIP_EMB in raw:
         sample[schema.CLIP_EMB] = npy_tensor(raw[prefix + schema.F_CLIP_EMB])
     sample.update(

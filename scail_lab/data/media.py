@@ -118,6 +118,12 @@ def decode_image(data: bytes) -> np.ndarray:
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same directory and `os.replace` (never a half-written file)."""
     path = Path(path)
@@ -126,6 +132,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp files are private; these are ordinary data files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

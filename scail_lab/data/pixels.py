@@ -15,13 +15,14 @@ import torch
 
 from scail_lab.data import schema
 from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng
-from scail_lab.data.folders import read_meta
+from scail_lab.data.folders import has_variants, read_meta
 from scail_lab.data.media import decode_image, decode_video, probe_video
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets, resize_cover_crop
 
-IMAGE_ROLES = ("ref_image", "ref_mask")
-VIDEO_ROLES = ("driving", "driving_mask", "target")
-MASK_ROLES = ("ref_mask", "driving_mask")
+# roles are the batch keys they fill
+IMAGE_ROLES = (schema.REF_IMAGE, schema.REF_MASK)
+VIDEO_ROLES = (schema.DRIVING, schema.DRIVING_MASK, schema.TARGET)
+MASK_ROLES = (schema.REF_MASK, schema.DRIVING_MASK)
 
 
 def clip_info(raw: Mapping) -> tuple[dict, int, float, int, int]:
@@ -36,39 +37,24 @@ def clip_info(raw: Mapping) -> tuple[dict, int, float, int, int]:
     return meta, info.num_frames, info.fps, info.height, info.width
 
 
-def has_variants(raw: Mapping, driving_kind: str, load_masks: bool) -> tuple[bool, bool]:
-    """(has an augmented driving variant, has the reverse-driving files), given whether masks are needed."""
-    has_aug = schema.F_DRIVING_AUG in raw and (not load_masks or schema.F_DRIVING_MASK_AUG in raw)
-    rev_mask = (
-        schema.image_field(schema.F_REVERSE_REF_MASK, raw) is not None
-        and schema.F_REVERSE_DRIVING_MASK in raw
-    )
-    has_rev = (
-        driving_kind == "video"
-        and schema.image_field(schema.F_REVERSE_REF, raw) is not None
-        and (not load_masks or rev_mask)
-    )
-    return has_aug, has_rev
-
-
 def stream_fields(raw: Mapping, decisions: Decisions, load_masks: bool) -> dict[str, str]:
-    """Role (ref_image, ref_mask, driving, driving_mask, target) -> the raw field that fills it."""
+    """Batch key (ref_image, ref_mask, driving, driving_mask, target) -> the raw field that fills it."""
     if decisions.reverse:
         fields = {
-            "ref_image": schema.image_field(schema.F_REVERSE_REF, raw),
-            "ref_mask": schema.image_field(schema.F_REVERSE_REF_MASK, raw),
-            "driving": schema.F_TARGET,
-            "driving_mask": schema.F_REVERSE_DRIVING_MASK,
-            "target": schema.F_DRIVING,
+            schema.REF_IMAGE: schema.image_field(schema.F_REVERSE_REF, raw),
+            schema.REF_MASK: schema.image_field(schema.F_REVERSE_REF_MASK, raw),
+            schema.DRIVING: schema.F_TARGET,
+            schema.DRIVING_MASK: schema.F_REVERSE_DRIVING_MASK,
+            schema.TARGET: schema.F_DRIVING,
         }
     else:
         aug = decisions.driving_aug
         fields = {
-            "ref_image": schema.image_field(schema.F_REF, raw),
-            "ref_mask": schema.image_field(schema.F_REF_MASK, raw),
-            "driving": schema.F_DRIVING_AUG if aug else schema.F_DRIVING,
-            "driving_mask": schema.F_DRIVING_MASK_AUG if aug else schema.F_DRIVING_MASK,
-            "target": schema.F_TARGET,
+            schema.REF_IMAGE: schema.image_field(schema.F_REF, raw),
+            schema.REF_MASK: schema.image_field(schema.F_REF_MASK, raw),
+            schema.DRIVING: schema.F_DRIVING_AUG if aug else schema.F_DRIVING,
+            schema.DRIVING_MASK: schema.F_DRIVING_MASK_AUG if aug else schema.F_DRIVING_MASK,
+            schema.TARGET: schema.F_TARGET,
         }
     if not load_masks:
         fields = {k: v for k, v in fields.items() if k not in MASK_ROLES}
@@ -84,7 +70,7 @@ def decode_fields(
     """Decode and fit each field to `bucket`: images -> [H, W, 3], videos -> [n, H, W, 3] (uint8)."""
     out = {}
     for role, field in fields.items():
-        nearest = "mask" in role
+        nearest = role in MASK_ROLES
         if field.split(".")[-1] in schema.IMAGE_FIELD_EXTS:
             try:
                 image = decode_image(raw[field])
@@ -135,15 +121,12 @@ def pixel_sample(
     bucket = buckets.choose(height, width)
     arrays = decode_fields(raw, stream_fields(raw, decisions, load_masks), indices, bucket)
     if decisions.drop_pose:
-        arrays["driving"] = np.zeros_like(arrays["driving"])
-        if "driving_mask" in arrays:
-            arrays["driving_mask"] = np.zeros_like(arrays["driving_mask"])
+        arrays[schema.DRIVING] = np.zeros_like(arrays[schema.DRIVING])
+        if schema.DRIVING_MASK in arrays:
+            arrays[schema.DRIVING_MASK] = np.zeros_like(arrays[schema.DRIVING_MASK])
     caption = "" if decisions.drop_text else raw[schema.F_CAPTION].decode("utf-8").strip()
     sample = {role: image_tensor(arrays[role]) for role in IMAGE_ROLES if role in arrays}
     sample.update({role: video_tensor(arrays[role]) for role in VIDEO_ROLES if role in arrays})
-    rename = {"ref_image": schema.REF_IMAGE, "ref_mask": schema.REF_MASK, "driving": schema.DRIVING,
-              "driving_mask": schema.DRIVING_MASK, "target": schema.TARGET}  # fmt: skip
-    sample = {rename[k]: v for k, v in sample.items()}
     sample.update(
         {
             schema.CAPTION: caption,
@@ -159,9 +142,7 @@ def pixel_sample(
 def batch_signature(sample: Mapping) -> tuple:
     """Samples with equal signatures can share a batch (same tensor shapes and the same keys)."""
     return tuple(
-        (k, tuple(v.shape))
-        for k, v in sorted(sample.items())
-        if isinstance(v, torch.Tensor) and k != schema.TEXT_EMB
+        (k, tuple(v.shape)) for k, v in sorted(sample.items()) if isinstance(v, torch.Tensor) and k != schema.TEXT_EMB
     )  # text embeddings are padded per batch, so their length does not split batches
 
 
@@ -184,9 +165,7 @@ def collate(samples: Sequence[Mapping]) -> dict:
         else:
             batch[k] = list(values)
     if schema.TEXT_EMB in first:
-        batch[schema.TEXT_EMB], batch[schema.TEXT_EMB_LENGTHS] = pad_text(
-            [s[schema.TEXT_EMB] for s in samples]
-        )
+        batch[schema.TEXT_EMB], batch[schema.TEXT_EMB_LENGTHS] = pad_text([s[schema.TEXT_EMB] for s in samples])
     return batch
 
 

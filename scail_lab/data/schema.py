@@ -42,6 +42,9 @@ REVERSE_REF_FILES = ("ref_driving.png", "ref_driving.jpg")
 REVERSE_REF_MASK_FILES = ("ref_driving_mask.png", "ref_driving_mask.jpg")
 REVERSE_DRIVING_MASK_FILES = ("target_driving_mask.mp4",)
 CONTACT_SHEET_FILE = "contact_sheet.png"
+# what the synthetic world writes (png: lossless masks)
+SYNTH_REF_FILE = "ref.png"
+SYNTH_REF_MASK_FILE = "ref_mask.png"
 
 # meta.json keys (all optional in real folders)
 META_MODE = "mode"  # "animate" | "replace"; default from the mask file name
@@ -84,6 +87,12 @@ GT_NUM_CHARACTERS = "num_characters"
 GT_DRIVING_JOINTS = "driving_joints"  # same layout as `joints`, for the driving character(s)
 GT_MOTION_PARAMS = "motion_params"
 GT_SCENE = "scene"
+GT_INDEX = "index"
+GT_DRIVING_KIND = "driving_kind"
+GT_PALETTE = "palette"  # palette colour names by slot
+GT_HEIGHT = "height"
+GT_WIDTH = "width"
+GT_NUM_FRAMES = "num_frames"
 
 # ---------------------------------------------------------------------------------------------------
 # 2. Shard fields

@@ -311,7 +311,7 @@ def iter_shard(url: str) -> Iterator[dict]:
 
 def list_shards(pattern: str | Sequence[str]) -> list[str]:
     """Expand shard specs: brace patterns (`a-{000..009}.tar`), `::`-joined lists, directories (*.tar)."""
-    import braceexpand
+    from webdataset.shardlists import expand_urls  # brace expansion (webdataset's own dependency)
 
     specs = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
     urls: list[str] = []
@@ -320,7 +320,7 @@ def list_shards(pattern: str | Sequence[str]) -> list[str]:
             if os.path.isdir(part):
                 urls.extend(sorted(str(p) for p in Path(part).glob("*.tar")))
             else:
-                urls.extend(braceexpand.braceexpand(part))
+                urls.extend(expand_urls(part))
     if not urls:
         raise ValueError(f"no shards match {pattern!r}")
     return urls

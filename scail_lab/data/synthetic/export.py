@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from scail_lab.data import schema
-from scail_lab.data.media import LOSSLESS, encode_image, encode_video
+from scail_lab.data.media import LOSSLESS, current_umask, encode_image, encode_video
 from scail_lab.data.synthetic.world import SyntheticSample
 
 
@@ -40,8 +40,8 @@ def sample_files(sample: SyntheticSample, fps: float, rgb_quality: str | int = L
     raw_driving = video(sample.raw_driving)
     pose = video(sample.pose)
     files = {
-        "ref.png": encode_image(sample.ref),
-        "ref_mask.png": encode_image(sample.ref_mask),
+        schema.SYNTH_REF_FILE: encode_image(sample.ref),
+        schema.SYNTH_REF_MASK_FILE: encode_image(sample.ref_mask),
         schema.DRIVING_FILES[0]: raw_driving if sample.driving_kind == "video" else pose,
         mask_name: video(sample.driving_mask, mask=True),
         schema.TARGET_FILES[0]: video(sample.target),
@@ -81,9 +81,7 @@ def write_folder(files: dict[str, bytes], folder: str | Path) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a sample folder is an ordinary directory
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a sample folder is an ordinary directory
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)

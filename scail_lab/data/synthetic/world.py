@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scail_lab.data import schema
 from scail_lab.data.synthetic.character import Identity, make_identity
 from scail_lab.data.synthetic.motion import MotionSpec, motion_spec, motion_track
 from scail_lab.data.synthetic.render import character_parts, compose, rasterize, skeleton_parts
@@ -250,26 +251,26 @@ class SyntheticWorld:
         cfg, ident = self.config, plan.identities
         by_slot = sorted(range(plan.num), key=lambda j: drv_slot[j])
         return {
-            "joints": _joint_lists([tgt.joints[j] for j in by_slot]),
-            "joint_names": _joint_names(plan.num),
-            "identity_colors": [c for j in by_slot for c in ident[tgt_ids[j]].colours],
-            "fps": float(cfg.fps),
-            "mode": plan.mode,
-            "motion": "+".join(plan.motions[j].family for j in by_slot),
-            "identity_ref": "+".join(ident[tgt_ids[j]].name for j in by_slot),
-            "identity_driving": "+".join(ident[plan.drv_ids[j]].name for j in by_slot),
-            "split": split,
-            "seed": cfg.seed,
-            "index": int(index),
-            "num_characters": plan.num,
-            "driving_kind": plan.kind,
-            "driving_joints": _joint_lists([drv.joints[j] for j in by_slot]),
-            "motion_params": [plan.motions[j].to_dict() for j in by_slot],
-            "scene": {"ref": plan.scene_ids[0], "driving": plan.scene_ids[1], "pan_px_per_s": plan.pan_speed},
-            "palette": [DEFAULT_PALETTE_NAMES[k] for k in range(plan.num)],
-            "height": cfg.height,
-            "width": cfg.width,
-            "num_frames": cfg.num_frames,
+            schema.GT_JOINTS: _joint_lists([tgt.joints[j] for j in by_slot]),
+            schema.GT_JOINT_NAMES: _joint_names(plan.num),
+            schema.GT_IDENTITY_COLORS: [c for j in by_slot for c in ident[tgt_ids[j]].colours],
+            schema.GT_FPS: float(cfg.fps),
+            schema.GT_MODE: plan.mode,
+            schema.GT_MOTION: "+".join(plan.motions[j].family for j in by_slot),
+            schema.GT_IDENTITY_REF: "+".join(ident[tgt_ids[j]].name for j in by_slot),
+            schema.GT_IDENTITY_DRIVING: "+".join(ident[plan.drv_ids[j]].name for j in by_slot),
+            schema.GT_SPLIT: split,
+            schema.GT_SEED: cfg.seed,
+            schema.GT_INDEX: int(index),
+            schema.GT_NUM_CHARACTERS: plan.num,
+            schema.GT_DRIVING_KIND: plan.kind,
+            schema.GT_DRIVING_JOINTS: _joint_lists([drv.joints[j] for j in by_slot]),
+            schema.GT_MOTION_PARAMS: [plan.motions[j].to_dict() for j in by_slot],
+            schema.GT_SCENE: {"ref": plan.scene_ids[0], "driving": plan.scene_ids[1], "pan_px_per_s": plan.pan_speed},
+            schema.GT_PALETTE: [DEFAULT_PALETTE_NAMES[k] for k in range(plan.num)],
+            schema.GT_HEIGHT: cfg.height,
+            schema.GT_WIDTH: cfg.width,
+            schema.GT_NUM_FRAMES: cfg.num_frames,
         }
 
     # ----------------------------------------------------------------------------------- rendering
