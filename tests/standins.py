@@ -38,7 +38,7 @@ class HashTextEncoder:
     def __init__(self, dim: int = 32) -> None:
         self.dim = dim
 
-    def __call__(self, texts: list[str]) -> list[Tensor]:
+    def encode(self, texts: list[str]) -> list[Tensor]:
         out = []
         for text in texts:
             words = text.split() or [""]
@@ -60,6 +60,6 @@ class PoolImageEncoder:
     def __init__(self, dim: int = 32) -> None:
         self.dim = dim
 
-    def __call__(self, images: Tensor) -> Tensor:
+    def encode(self, images: Tensor) -> Tensor:
         pooled = F.adaptive_avg_pool2d(images, 2).flatten(2).transpose(1, 2)  # [B, 4, 3]
         return pooled.repeat(1, 1, self.dim // 3 + 1)[:, :, : self.dim]

@@ -3,8 +3,8 @@
 Shapes: images [B, 3, H, W], videos [B, 3, N, H, W] (uint8 [0, 255] or float [-1, 1]), N = 4k + 1,
 H and W multiples of 32. Latents [B, 16, T, H/8, W/8]; driving latents at half resolution [B, 16, T, H/16, W/16].
 
-Encoders are duck-typed: `vae.encode(video [-1,1]) -> latents` / `vae.decode`, `text_encoder(list[str]) ->
-list[[L, D]]`, `image_encoder(images [-1,1]) -> [B, tokens, D]` (nn.Modules in scail_lab.encoders).
+Encoders are duck-typed: `vae.encode(video [-1,1]) -> latents` / `vae.decode`, `text_encoder.encode(list[str])
+-> list[[L, D]]`, `image_encoder.encode(images [-1,1]) -> [B, tokens, D]` (see scail_lab.encoders).
 """
 
 from __future__ import annotations
@@ -94,15 +94,19 @@ class ConditionEncoder:
         )
 
     @torch.no_grad()
-    def text(self, captions: Sequence[str]) -> Tensor:
-        """list of B captions -> [B, L, D] zero-padded."""
+    def text_list(self, captions: Sequence[str]) -> list[Tensor]:
+        """list of B captions -> B tensors [L_i, D] (padding stripped)."""
         if self.text_encoder is None:
             raise ValueError("no text encoder configured")
-        return pad_sequences(self.text_encoder(list(captions)))
+        return self.text_encoder.encode(list(captions))
+
+    def text(self, captions: Sequence[str]) -> Tensor:
+        """list of B captions -> [B, L, D] zero-padded."""
+        return pad_sequences(self.text_list(captions))
 
     @torch.no_grad()
     def clip(self, image: Tensor) -> Tensor | None:
         """[B, 3, H, W] -> [B, tokens, D], or None without an image encoder."""
         if self.image_encoder is None:
             return None
-        return self.image_encoder(unit_range(image))
+        return self.image_encoder.encode(unit_range(image))

@@ -23,9 +23,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from scail_lab.conditioning.encode import ConditionEncoder
 from scail_lab.data import schema
 from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng
 from scail_lab.data.pixels import (
@@ -78,19 +78,6 @@ def npy_shape(data: bytes) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def unit_range(x: Tensor) -> Tensor:
-    """uint8 pixels -> float32 in [-1, 1]."""
-    return x.float() / 127.5 - 1.0
-
-
-def half_resolution(video: Tensor) -> Tensor:
-    """[B, 3, N, H, W] -> [B, 3, N, H/2, W/2] by bilinear resize (SCAIL-2's driving preprocessing)."""
-    b, c, n, h, w = video.shape
-    frames = video.transpose(1, 2).reshape(b * n, c, h, w)  # [B*N, 3, H, W]
-    frames = F.interpolate(frames, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
-    return frames.view(b, n, c, h // 2, w // 2).transpose(1, 2)  # [B, 3, N, H/2, W/2]
-
-
 class LatentCacher:
     """Turns raw pixel samples into latent-shard samples (field -> bytes)."""
 
@@ -112,6 +99,8 @@ class LatentCacher:
         for name, enc in (("vae", vae), ("text_encoder", text_encoder), ("image_encoder", image_encoder)):
             if enc is not None and not callable(getattr(enc, "encode", None)):
                 raise ValueError(f"{name} must have an encode() method, got {type(enc).__name__}")
+        # The same encoding code as training and sampling (0.5x driving resize, mask codes, text, CLIP).
+        self.encoder = ConditionEncoder(vae, mask_scheme, text_encoder, image_encoder)
         self.vae, self.scheme = vae, mask_scheme
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.sampling = sampling or FrameSampling(random_start=False)
@@ -130,7 +119,7 @@ class LatentCacher:
         """[3, N, H, W] uint8 -> [16, T, H/8, W/8]."""
         n, h, w = video.shape[1:]
         with torch.inference_mode():
-            z = self.vae.encode(unit_range(video)[None].to(self.device))
+            z = self.encoder.video_latents(video[None].to(self.device))
         want = ((n - 1) // 4 + 1, h // 8, w // 8)
         if z.dim() != 5 or z.shape[0] != 1 or tuple(z.shape[2:]) != want:
             raise ValueError(f"VAE returned {tuple(z.shape)} for a [1, 3, {n}, {h}, {w}] video; expected [1, C, *{want}]")
@@ -139,13 +128,10 @@ class LatentCacher:
     def _pose_latents(self, video: Tensor) -> Tensor:
         """Driving [3, N, H, W] uint8 -> latents of the 0.5x bilinear resize [16, T, H/16, W/16]."""
         with torch.inference_mode():
-            half = half_resolution(unit_range(video)[None])  # [1, 3, N, H/2, W/2]
-            z = self.vae.encode(half.to(self.device))
-        return z[0]
+            return self.encoder.pose_latents(video[None].to(self.device))[0]
 
     def _masks(self, ref_mask: Tensor, driving_mask: Tensor) -> tuple[Tensor, Tensor]:
-        ref_code = self.scheme.encode_ref(ref_mask[None, :, None])  # [1, Cm, 1, h, w]
-        drv_code = self.scheme.encode_driving(driving_mask[None])  # [1, Cm, T, h/2, w/2]
+        ref_code, drv_code = self.encoder.mask_codes(ref_mask[None], driving_mask[None])  # [1, Cm, 1|T, ...]
         return ref_code[0], drv_code[0]
 
     def _variant(self, arrays: Mapping[str, np.ndarray], prefix: str, out: dict, with_target: bool) -> None:
@@ -162,7 +148,7 @@ class LatentCacher:
             out[prefix + schema.F_DRIVING_MASK_CODE] = npy_bytes(drv_code, np.float16)
         if with_target and self.image_encoder is not None:
             with torch.inference_mode():
-                clip = self.image_encoder.encode(unit_range(ref)[None].to(self.device))
+                clip = self.encoder.clip(ref[None].to(self.device))
             if clip.dim() != 3 or clip.shape[0] != 1:
                 raise ValueError(f"image encoder returned {tuple(clip.shape)}; expected [1, tokens, dim]")
             out[prefix + schema.F_CLIP_EMB] = npy_bytes(clip[0], self.dtype)
@@ -193,7 +179,7 @@ class LatentCacher:
         caption = raw[schema.F_CAPTION].decode("utf-8").strip()
         if self.text_encoder is not None:
             with torch.inference_mode():
-                embs = self.text_encoder.encode([caption, ""])
+                embs = self.encoder.text_list([caption, ""])
             out[schema.F_TEXT_EMB] = npy_bytes(embs[0], self.dtype)
             out[schema.F_TEXT_EMB_NULL] = npy_bytes(embs[1], self.dtype)
         meta_out = {
