@@ -48,15 +48,16 @@ def input_folders(cfg: DictConfig) -> list[Path]:
     return folders
 
 
-@hydra.main(config_path="configs", config_name="sample", version_base="1.3")
-def main(cfg: DictConfig) -> list[dict]:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
+    """Read and check every input, build the model and encoders, sample, write. Returns the written paths."""
     explicit = cfg.image is not None
     folders = input_folders(cfg)
     examples = []
     if explicit:  # explicit paths: everything is read and checked before any model is built
+        extra = [(e["image"], e.get("mask")) for e in cfg.extra_refs or []]
         examples.append(load_example(image=cfg.image, mask_image=cfg.mask_image, pose=cfg.pose,
-                                     mask_video=cfg.mask_video, prompt=cfg.prompt, mode=cfg.mode))  # fmt: skip
+                                     mask_video=cfg.mask_video, prompt=cfg.prompt, mode=cfg.mode,
+                                     extra_refs=extra))  # fmt: skip
     if not explicit and not folders:
         folders = [default_example(out_dir, cfg.seed)]
     examples += [load_example(f, prompt=cfg.prompt, mode=cfg.mode) for f in folders]
@@ -71,6 +72,11 @@ def main(cfg: DictConfig) -> list[dict]:
         written.append(write_result(result, out_dir, config=resolved))
         log.info("%s: %d frames in %.1fs -> %s", example.name, result.video.shape[1], result.seconds, written[-1]["video"])
     return written
+
+
+@hydra.main(config_path="configs", config_name="sample", version_base="1.3")
+def main(cfg: DictConfig) -> list[dict]:
+    return run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,16 @@ def load_weights(model: SCAILDiT, path: str | Path) -> None:
 
 
 def build_model(cfg: DictConfig) -> SCAILDiT:
+    """The denoiser; weights from `weights`, else from the official folder `checkpoint.dir` when one is set."""
     model = instantiate(cfg.model)
-    if cfg.get("weights"):
-        load_weights(model, cfg.weights)
+    weights = cfg.get("weights")
+    checkpoint_dir = cfg.get("checkpoint", {}).get("dir") if cfg.get("checkpoint") else None
+    if not weights and checkpoint_dir:
+        from scail_lab.checkpoints.folder import find_denoiser
+
+        weights = find_denoiser(checkpoint_dir)
+    if weights:
+        load_weights(model, weights)
     for lora in cfg.get("loras") or []:
         merge_lora(model, lora["path"], float(lora.get("strength", 1.0)))
     return model
