@@ -207,3 +207,36 @@ def test_two_process_deepspeed_zero2_on_cpu_completes_and_its_checkpoint_reloads
     model = SCAILDiT(tiny_config(freq_dim=64))
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=True)
     assert json.loads((out / "metrics.json").read_text())["step"] == 3
+
+
+def test_validation_videos_go_through_the_inference_pipeline_with_metrics(tmp_path):
+    from tests.test_pipeline import write_folder
+
+    folder = write_folder(tmp_path / "val_example")
+    (folder / "target.mp4").write_bytes((folder / "rendered_v2.mp4").read_bytes())
+    cfg = config(tmp_path / "run", "trainer.max_steps=3", f"validation.examples=[{folder}]",
+                 "validation.every_n_steps=2", "pipeline.num_steps=2", "pipeline.max_frames=9")  # fmt: skip
+    metrics = train(cfg)
+    video = tmp_path / "run" / "val_videos" / "step_0000002" / "val_example.mp4"
+    assert video.is_file() and (video.parent / "val_example_side_by_side.png").is_file()
+    assert 0.0 < metrics["val_video/psnr"] < 60.0 and "val_video/ssim" in metrics
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    """Checkpoint writes go through a temporary file; a crash during the write never replaces a good file."""
+    from fsspec.implementations.local import LocalFileOpener
+    from lightning.fabric.utilities.cloud_io import _atomic_save
+
+    path = tmp_path / "last.ckpt"
+    _atomic_save({"step": 1, "w": torch.ones(1000)}, path)
+    good = path.read_bytes()
+
+    def dying_write(self, data):
+        self.f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(LocalFileOpener, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        _atomic_save({"step": 2, "w": torch.zeros(1000)}, path)
+    assert path.read_bytes() == good
+    assert torch.load(path, weights_only=True)["step"] == 1
