@@ -199,3 +199,35 @@ def test_bad_inputs_fail_before_any_model_work(tmp_path):
     with pytest.raises(ValueError, match="ref_mask"):
         pipe(make_example().replace(ref_mask=None))
     assert model.batches == []
+
+
+def test_lightx2v_diff_and_diffusers_kohya_names_and_stacking(tmp_path):
+    from safetensors.torch import save_file
+
+    base = randomize_(SCAILDiT(tiny_config()), seed=2)
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    g = torch.Generator().manual_seed(5)
+    down, up = torch.randn(4, 64, generator=g), torch.randn(64, 4, generator=g)
+    diff, diff_b = torch.randn(128, 64, generator=g), torch.randn(128, generator=g)
+    save_file({
+        "diffusion_model.blocks.0.self_attn.q.lora_down.weight": down,
+        "diffusion_model.blocks.0.self_attn.q.lora_up.weight": up,
+        "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(8.0),  # scale alpha / rank = 2
+        "diffusion_model.blocks.1.ffn.0.diff": diff,
+        "diffusion_model.blocks.1.ffn.0.diff_b": diff_b,
+    }, str(tmp_path / "comfy.safetensors"))  # fmt: skip
+    save_file({"transformer.blocks.1.attn2.add_k_proj.lora_A.weight": down,  # diffusers names
+               "transformer.blocks.1.attn2.add_k_proj.lora_B.weight": up}, str(tmp_path / "diffusers.safetensors"))
+    save_file({"lora_unet_blocks_0_cross_attn_o.lora_down.weight": down,  # kohya / musubi names
+               "lora_unet_blocks_0_cross_attn_o.lora_up.weight": up}, str(tmp_path / "kohya.safetensors"))
+    merge_lora(base, tmp_path / "comfy.safetensors", strength=0.5)
+    merge_lora(base, tmp_path / "diffusers.safetensors", strength=1.0)
+    merge_lora(base, tmp_path / "kohya.safetensors", strength=2.0)
+    new = base.state_dict()
+    torch.testing.assert_close(new["blocks.0.self_attn.q.weight"], state["blocks.0.self_attn.q.weight"] + 0.5 * 2 * up @ down)
+    torch.testing.assert_close(new["blocks.1.ffn.0.weight"], state["blocks.1.ffn.0.weight"] + 0.5 * diff)
+    torch.testing.assert_close(new["blocks.1.ffn.0.bias"], state["blocks.1.ffn.0.bias"] + 0.5 * diff_b)
+    torch.testing.assert_close(new["blocks.1.cross_attn.k_img.weight"], state["blocks.1.cross_attn.k_img.weight"] + up @ down)
+    torch.testing.assert_close(new["blocks.0.cross_attn.o.weight"], state["blocks.0.cross_attn.o.weight"] + 2 * up @ down)
+    untouched = [k for k in state if not any(m in k for m in ("self_attn.q.weight", "ffn.0", "k_img.weight", "cross_attn.o.weight"))]
+    assert all(torch.equal(new[k], state[k]) for k in untouched)
