@@ -240,3 +240,18 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path, mo
         _atomic_save({"step": 2, "w": torch.zeros(1000)}, path)
     assert path.read_bytes() == good
     assert torch.load(path, weights_only=True)["step"] == 1
+
+
+@pytest.mark.slow
+def test_a_real_multirun_sweep_writes_one_summary(tmp_path):
+    cmd = [sys.executable, "train.py", "-m", "interface=scail2,channel_concat", "~data", f"+data._target_={LOADER}",
+           "+data.kind=latent", "+data.num_batches=3", "~val_data", "trainer.max_steps=3", "optimizer.warmup_steps=1",
+           "trainer.enable_progress_bar=false", "checkpointing.every_n_steps=3", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "sweep_summary.md").read_text()
+    assert "interface=scail2" in table and "interface=channel_concat" in table
+    with open(tmp_path / "sweep_summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(float(r["train/loss"]) > 0 for r in rows)
