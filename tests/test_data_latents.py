@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from scail_lab.conditioning.encode import half_resolution, unit_range
 from scail_lab.data import (
     AugmentConfig,
     FolderDataset,
@@ -18,7 +19,6 @@ from scail_lab.data import (
 )
 from scail_lab.data.caching import make_latent_shards
 from scail_lab.data.folders import collect_folder
-from scail_lab.conditioning.encode import half_resolution, unit_range
 from scail_lab.data.latents import latent_sample, npy_tensor
 from scail_lab.data.shards import iter_shard
 from scail_lab.model.masks import ColourMaskScheme, NoMaskScheme

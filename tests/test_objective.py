@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from scail_lab.conditioning import Conditions
-from scail_lab.diffusion.objective import FlowMatchingObjective, LogitNormalSigma, ResolutionShift, UniformSigma
+from scail_lab.diffusion.objective import (
+    FlowMatchingObjective,
+    LogitNormalSigma,
+    ResolutionShift,
+    UniformSigma,
+)
 
 
 def conditions_for(x0: torch.Tensor) -> Conditions:

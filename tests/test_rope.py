@@ -140,3 +140,20 @@ def test_positions_beyond_the_table_are_rejected():
     rope = ScailRoPE(max_position=64)
     with pytest.raises(ValueError, match="max_position"):
         rope.phasors(layout(t=2, h=4, w=6), ANIMATE, 16)  # pose w offset 120 > 64
+
+
+def test_in_place_rotation_matches_and_backpropagates_like_the_out_of_place_one():
+    lay = layout(num_extra=1)
+    tables = ScailRoPE().tables(lay, [ANIMATE], 16)
+    base = torch.randn(2, lay.num_tokens, 3, 16)
+    a = base.clone().requires_grad_(True)
+    b = base.clone().requires_grad_(True)
+    out_a = tables.rotate(a * 1.0)
+    out_b = tables.rotate_(b * 1.0)  # a fresh tensor, as the model's q and k are
+    assert torch.equal(out_a, out_b)
+    weights = torch.randn_like(out_a)
+    (out_a * weights).sum().backward()
+    (out_b * weights).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    half = base.to(torch.bfloat16)
+    assert torch.equal(tables.rotate_(half.clone()), tables.rotate(half))  # non-fp32 inputs are copied first

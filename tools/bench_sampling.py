@@ -35,20 +35,21 @@ def measure(solver: str, steps: int, guide_scale: float, repeats: int, example) 
     pipeline = build_pipeline(cfg, model, build_encoder(cfg, model))
     clip_times, step_times = [], []
     original = pipeline.denoise
+    spent = [0.0]
+
+    def timed_denoise(*args, **kwargs):
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        spent[0] += time.perf_counter() - start
+        return out
+
+    pipeline.denoise = timed_denoise
     for _ in range(repeats + 1):
-        spent = {}
-
-        def timed_denoise(*args, **kwargs):
-            start = time.perf_counter()
-            out = original(*args, **kwargs)
-            spent["denoise"] = spent.get("denoise", 0.0) + time.perf_counter() - start
-            return out
-
-        pipeline.denoise = timed_denoise
+        spent[0] = 0.0
         start = time.perf_counter()
         pipeline(example, seed=0)
         clip_times.append(time.perf_counter() - start)
-        step_times.append(spent["denoise"] / steps)
+        step_times.append(spent[0] / steps)
     return statistics.median(step_times[1:]), statistics.median(clip_times[1:])
 
 

@@ -90,8 +90,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, rope: RopeTables, backend: str) -> Tensor:
         b, length, _ = x.shape
         heads = (b, length, self.num_heads, self.head_dim)
-        q = rope.rotate(self.norm_q(self.q(x)).view(heads))  # [B, L, n, d] fp32
-        k = rope.rotate(self.norm_k(self.k(x)).view(heads))
+        q = rope.rotate_(self.norm_q(self.q(x)).view(heads))  # [B, L, n, d] fp32
+        k = rope.rotate_(self.norm_k(self.k(x)).view(heads))
         v = self.v(x).view(heads)
         return self.o(attention(q, k, v, backend).flatten(2))
 
