@@ -55,9 +55,25 @@ def loggers(cfg: DictConfig, out: Path) -> list:
     return found
 
 
+def check_data_sources(cfg: DictConfig) -> None:
+    """Local data paths must exist before anything is built (brace patterns, lists and URLs are left to the loader)."""
+    for name in ("data", "val_data"):
+        node = cfg.get(name)
+        if not node:
+            continue
+        for key in ("shards", "folders"):
+            source = node.get(key)
+            if not isinstance(source, str) or any(c in source for c in "{}*") or "::" in source or "://" in source:
+                continue
+            if not Path(source).exists():
+                hint = " (make the toy world with: python tools/make_synthetic.py --out data/synthetic)"
+                raise FileNotFoundError(f"{name}.{key} does not exist: {source}" + (hint if "synthetic" in source else ""))
+
+
 def train(cfg: DictConfig) -> dict:
     """Build everything (config errors surface here, before any step), fit, export, return final metrics."""
     L.seed_everything(cfg.seed, workers=True)
+    check_data_sources(cfg)
     out = output_dir(cfg)
     optimizer = OptimizerConfig(**plain(cfg.optimizer))
     lora = LoraSettings(**plain(cfg.lora))
