@@ -271,6 +271,8 @@ def test_bad_video_shapes_raise_value_error(tiny: WanVAE, shape: tuple[int, ...]
 def test_bad_inputs_name_the_problem(tiny: WanVAE) -> None:
     with pytest.raises(ValueError, match="uint8"):
         tiny.encode(torch.zeros(1, 3, 5, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="pixels in \\[-1, 1\\], got values up to 255.0"):
+        tiny.encode(torch.full((1, 3, 1, 16, 16), 255.0))
     with pytest.raises(ValueError, match="multiples of 32"):
         tiny.encode(torch.zeros(1, 3, 5, 36, 32))
     with pytest.raises(ValueError, match="latents \\[B, 16, T, h, w\\]"):
