@@ -161,7 +161,7 @@ def test_fit_tool_reads_video_folders_and_skips_bad_files(
     """A folder of sample folders with mp4s; a corrupt and a too-short file are skipped and reported."""
     import imageio.v3 as iio
 
-    clips = ((moving_shapes(4, 12, 32, seed=5).permute(0, 2, 3, 4, 1) + 1) * 127.5).round().byte().numpy()
+    clips = ((moving_shapes(2, 8, 16, seed=5).permute(0, 2, 3, 4, 1) + 1) * 127.5).round().byte().numpy()
     for i, clip in enumerate(clips):
         (tmp_path / "data" / f"sample_{i}").mkdir(parents=True)
         iio.imwrite(
