@@ -47,7 +47,9 @@ def test_official_layout_checkpoint_reloads_strictly_and_reproduces(tiny_ckpt: t
 
 def test_load_vae_dtype_and_options(tiny_ckpt: tuple[Path, WanVAE]) -> None:
     path, _ = tiny_ckpt
-    model = load_vae("wan21", path, dtype="bf16", arch={"dim": 8}, tile_size=64, tile_overlap=16, chunked=False)
+    model = load_vae(
+        "wan21", path, dtype="bf16", arch={"dim": 8}, tile_size=64, tile_overlap=16, chunked=False
+    )
     assert model.dtype == torch.bfloat16 and model.tile.size == 64 and not model.chunked
     z = model.encode(torch.zeros(1, 3, 1, 16, 16))
     assert z.dtype == torch.float32 and z.shape == (1, 16, 1, 2, 2)

@@ -44,7 +44,9 @@ def test_encoder_is_causal(light: LightVAE, frame: int) -> None:
         z, z_changed = light.encode(video), light.encode(changed)
     group = 0 if frame == 0 else (frame - 1) // 4 + 1
     assert torch.equal(z[:, :, :group], z_changed[:, :, :group])
-    assert (z[:, :, group:] - z_changed[:, :, group:]).abs().amax(dim=(0, 1, 3, 4)).min() > 1e-4  # later ones see it
+    assert (z[:, :, group:] - z_changed[:, :, group:]).abs().amax(
+        dim=(0, 1, 3, 4)
+    ).min() > 1e-4  # later ones see it
 
 
 def test_decoder_is_causal(light: LightVAE) -> None:
@@ -55,6 +57,20 @@ def test_decoder_is_causal(light: LightVAE) -> None:
         video, video_changed = light.decode(z), light.decode(changed)
     assert torch.equal(video[:, :, :1], video_changed[:, :, :1])
     assert (video[:, :, 1:5] - video_changed[:, :, 1:5]).abs().max() > 1e-3
+    later = z.clone()
+    later[:, :, 2] += 1.0
+    with torch.no_grad():
+        assert torch.equal(light.decode(later)[:, :, :5], video[:, :, :5])  # frames <= 4 ignore latent 2
+
+
+def test_moving_shapes_are_valid_moving_video() -> None:
+    clips = moving_shapes(6, 5, 32, seed=3)
+    assert clips.shape == (6, 3, 5, 32, 32) and clips.dtype == torch.float32
+    assert clips.min() >= -1.0 and clips.max() <= 1.0
+    assert (clips[:, :, 1:] - clips[:, :, :-1]).abs().amax(dim=(1, 2, 3, 4)).min() > 0.1  # every clip moves
+    assert torch.equal(clips, moving_shapes(6, 5, 32, seed=3)) and not torch.equal(
+        clips, moving_shapes(6, 5, 32, 4)
+    )
 
 
 def test_a_few_training_steps_reduce_reconstruction_loss() -> None:
@@ -113,7 +129,20 @@ def test_light_checkpoint_errors(tmp_path: Path, light: LightVAE) -> None:
 def test_fit_tool_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "fit" / "light_vae.safetensors"
     metrics = fit_main(
-        ["--out", str(out), "--steps", "3", "--synthetic", "4", "--batch", "2", "--frames", "5", "--size", "16"]
+        [
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--synthetic",
+            "4",
+            "--batch",
+            "2",
+            "--frames",
+            "5",
+            "--size",
+            "16",
+        ]
         + ["--widths", "8", "8", "8", "--eval-clips", "2", "--eval-frames", "5"]
     )
     assert sorted(p.name for p in out.parent.iterdir()) == [
@@ -128,3 +157,42 @@ def test_fit_tool_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert float(model.latents_std.min()) > 0 and not torch.equal(model.latents_std, torch.ones(16))
     with pytest.raises(ValueError, match="no video files match"):
         fit_main(["--out", str(out), "--videos", str(tmp_path / "none_*.mp4"), "--steps", "1"])
+
+
+def test_fit_tool_reads_video_folders_and_skips_bad_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder of sample folders with mp4s; a corrupt and a too-short file are skipped and reported."""
+    import imageio.v3 as iio
+
+    clips = ((moving_shapes(2, 8, 16, seed=5).permute(0, 2, 3, 4, 1) + 1) * 127.5).round().byte().numpy()
+    for i, clip in enumerate(clips):
+        (tmp_path / "data" / f"sample_{i}").mkdir(parents=True)
+        iio.imwrite(
+            tmp_path / "data" / f"sample_{i}" / "driving.mp4", clip, fps=8, codec="libx264", plugin="pyav"
+        )
+    iio.imwrite(
+        tmp_path / "data" / "sample_0" / "short.mp4", clips[0][:3], fps=8, codec="libx264", plugin="pyav"
+    )
+    (tmp_path / "data" / "sample_1" / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out" / "light_vae.safetensors"
+    args = [
+        "--out",
+        str(out),
+        "--videos",
+        str(tmp_path / "data"),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--frames",
+        "5",
+    ]
+    with caplog.at_level("WARNING"):
+        fit_main(
+            args + ["--size", "16", "--widths", "8", "8", "8", "--eval-clips", "2", "--eval-frames", "5"]
+        )
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(skipped) == 2
+    assert any("broken.mp4" in s for s in skipped) and any("short.mp4: 3 frames < 5" in s for s in skipped)
+    assert out.is_file() and load_vae("light", out).latent_channels == 16

@@ -41,6 +41,9 @@ def moving_shapes(num_clips: int, num_frames: int, size: int, seed: int) -> torc
         c0, c1 = rng.uniform(-1, 1, (2, 3, 1, 1)).astype(np.float32)
         angle = rng.uniform(0, 2 * np.pi)
         ramp = np.cos(angle) * xx + np.sin(angle) * yy  # [S, S]
+        ramp = (ramp - ramp.min()) / max(
+            float(ramp.max() - ramp.min()), 1e-6
+        )  # in [0, 1]: pixels stay in [-1, 1]
         background = c0 + (c1 - c0) * ramp[None]  # [3, S, S]
         shapes = []
         for _ in range(rng.integers(1, 5)):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,9 @@ from scail_lab.encoders.vae_base import (
 )
 from scail_lab.encoders.vae_blocks import CausalConv3d, Decoder3d, Encoder3d, StreamState
 from scail_lab.encoders.vae_tiling import TileConfig, run_tiled
+
+if TYPE_CHECKING:
+    from scail_lab.encoders.light_vae import LightVAE
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +248,7 @@ def load_vae(
     tile_size: int | None = None,
     tile_overlap: int = 64,
     arch: Mapping[str, Any] | None = None,
-) -> nn.Module:
+) -> WanVAE | LightVAE:
     """Build a `VideoAutoencoder`. Hydra nodes: configs/vae/wan21.yaml, configs/vae/light.yaml.
 
     kind: "wan21" (official Wan 2.1 VAE; `path` to Wan2.1_VAE.pth) or "light" (the CPU VAE; `path` to the

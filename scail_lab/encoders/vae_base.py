@@ -84,6 +84,13 @@ def check_video(video: Tensor, spatial_factor: int = 8, temporal_factor: int = 4
             f"VAE encode expects float pixels in [-1, 1], got dtype {video.dtype} (map uint8 p -> p / 127.5 - 1)"
         )
     num_latent_frames(video.shape[2], temporal_factor)
+    if (
+        video.numel() and video.detach().abs().amax() > 1.5
+    ):  # one cheap pass; catches [0, 255] or [0, 1]*255 input
+        raise ValueError(
+            f"VAE encode expects pixels in [-1, 1], got values up to {video.detach().abs().amax().item():.1f} "
+            "(map [0, 255] pixels with p / 127.5 - 1)"
+        )
     h, w = video.shape[-2:]
     if h % spatial_factor or w % spatial_factor:
         raise ValueError(
