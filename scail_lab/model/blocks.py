@@ -73,8 +73,8 @@ class FP32LayerNorm(nn.LayerNorm):
         return F.layer_norm(y, self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
-class SelfAttention(nn.Module):
-    """q, k, v, o projections with RMS-normed q and k (over the full dim) and 3-axis RoPE."""
+class Projections(nn.Module):
+    """q, k, v, o projections with RMS norms on q and k over the full dim (shared by both attentions)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -87,6 +87,10 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
+
+class SelfAttention(Projections):
+    """Self-attention over the whole token sequence with 3-axis RoPE on q and k."""
+
     def forward(self, x: Tensor, rope: RopeTables, backend: str) -> Tensor:
         b, length, _ = x.shape
         heads = (b, length, self.num_heads, self.head_dim)
@@ -96,19 +100,11 @@ class SelfAttention(nn.Module):
         return self.o(attention(q, k, v, backend).flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Projections):
     """Shared query; text attention (k, v) plus CLIP-image attention (k_img, v_img), summed before `o`."""
 
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6, use_image: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+        super().__init__(dim, num_heads, eps)
         if use_image:
             self.k_img = nn.Linear(dim, dim)
             self.v_img = nn.Linear(dim, dim)
