@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,26 +25,46 @@ def plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
-def load_weights(model: SCAILDiT, path: str | Path) -> None:
-    """Denoiser weights in any supported layout (official .pt, SAT, safetensors, sharded), strictly."""
+WEIGHT_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_weights(model: SCAILDiT, path: str | Path, dtype: torch.dtype | None = None) -> None:
+    """Denoiser weights in any supported layout (official .pt, SAT, safetensors, sharded), strictly.
+
+    The tensors are read one at a time (cast to `dtype` on the way) and assigned into the module, so a model
+    built on the meta device never holds random weights or a second full copy.
+    """
     from scail_lab.checkpoints.denoiser import load_denoiser_state_dict
 
-    state = load_denoiser_state_dict(path)
-    model.load_state_dict(state, strict=True)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = load_denoiser_state_dict(path, dtype=dtype, expected_shapes=expected)
+    model.load_state_dict(state, strict=True, assign=True)
     log.info("loaded denoiser weights from %s (%d tensors)", path, len(state))
 
 
 def build_model(cfg: DictConfig) -> SCAILDiT:
-    """The denoiser; weights from `weights`, else from the official folder `checkpoint.dir` when one is set."""
-    model = instantiate(cfg.model)
+    """The denoiser; weights from `weights`, else from the official folder `checkpoint.dir` when one is set.
+
+    With weights, the model is built on the meta device (no random init of 16B parameters) and the file is
+    assigned into it; `weights_dtype: bfloat16` keeps the resident copy in bf16 (sample with precision bf16).
+    """
     weights = cfg.get("weights")
     checkpoint_dir = cfg.get("checkpoint", {}).get("dir") if cfg.get("checkpoint") else None
     if not weights and checkpoint_dir:
         from scail_lab.checkpoints.folder import find_denoiser
 
         weights = find_denoiser(checkpoint_dir)
+    dtype_name = cfg.get("weights_dtype")
+    if dtype_name not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {list(WEIGHT_DTYPES)}, got {dtype_name!r}")
     if weights:
-        load_weights(model, weights)
+        with torch.device("meta"):
+            model = instantiate(cfg.model)
+        load_weights(model, weights, WEIGHT_DTYPES[dtype_name])
+    else:
+        model = instantiate(cfg.model)
+        if WEIGHT_DTYPES[dtype_name] is not None:
+            model.to(WEIGHT_DTYPES[dtype_name])
     for lora in cfg.get("loras") or []:
         merge_lora(model, lora["path"], float(lora.get("strength", 1.0)))
     return model
@@ -66,4 +87,6 @@ def build_pipeline(cfg: DictConfig, model: SCAILDiT, encoder: ConditionEncoder, 
 
     options = plain(cfg.pipeline)
     options.update(overrides)
+    if next(model.parameters()).dtype in (torch.bfloat16, torch.float16) and options.get("precision") != "bf16":
+        raise ValueError("the denoiser weights are half precision (weights_dtype); sample with pipeline.precision=bf16")
     return AnimationPipeline(model, encoder, instantiate(cfg.sampler), **options)

@@ -106,7 +106,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out.append(f"pipeline.device={device}")
     if device == "cpu":
-        out.append("pipeline.precision=fp32")
+        out += ["pipeline.precision=fp32", "weights_dtype=null"]
     offload = args.offload_model
     out.append(f"pipeline.offload={str(True if offload is None else offload).lower()}")  # released default: on (1 GPU)
     return out + list(args.override)

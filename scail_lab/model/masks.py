@@ -190,7 +190,7 @@ class ColourMaskScheme(MaskScheme):
         if len(set(patterns)) != len(patterns):
             raise ValueError(f"palette has repeated colours: {palette}")
         self.palette = {name: tuple(int(b) for b in bits) for name, bits in palette.items()}
-        self._patterns = torch.tensor(patterns, dtype=torch.float32)  # [K, 3]
+        self._patterns = torch.tensor(patterns, dtype=torch.float32, device="cpu")  # [K, 3]; cpu even under meta
 
     @property
     def num_classes(self) -> int:
