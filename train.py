@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from scail_lab.build import build_encoder, build_model, build_pipeline, data_mask_scheme, plain
 from scail_lab.training.callbacks import ExportWeights, Throughput, ValidationVideos
 from scail_lab.training.data import MotionPairDataModule
+from scail_lab.training.ema import EMA
 from scail_lab.training.lora import LoraSettings
 from scail_lab.training.module import SCAILModule
 from scail_lab.training.optim import OptimizerConfig
@@ -88,13 +89,20 @@ def train(cfg: DictConfig) -> dict:
     module = SCAILModule(model, optimizer, instantiate(cfg.objective), encoder, lora, cfg.seed,
                          tuple(cfg.validation.val_sigmas))  # fmt: skip
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    ema = None
+    if cfg.ema.enabled:
+        if lora.enabled or cfg.strategy.name == "deepspeed_zero3":
+            raise ValueError("ema.enabled works with full fine-tunes under auto/ddp/deepspeed_zero2/fsdp")
+        ema = EMA(cfg.ema.decay)
     callbacks = [
         ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=cfg.checkpointing.every_n_steps,
                         save_last=cfg.checkpointing.save_last, save_top_k=cfg.checkpointing.keep,
                         monitor="step", mode="max", filename="step{step:07d}", auto_insert_metric_name=False),
         Throughput(),
-        ExportWeights(str(out / "export"), resolved),
+        ExportWeights(str(out / "export"), resolved, ema),
     ]  # fmt: skip
+    if ema is not None:
+        callbacks.append(ema)
     if cfg.validation.examples:
         factory = lambda model, encoder: build_pipeline(cfg, model, encoder)  # noqa: E731
         callbacks.append(ValidationVideos(factory, list(cfg.validation.examples), cfg.validation.every_n_steps,

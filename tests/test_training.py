@@ -255,3 +255,27 @@ def test_a_real_multirun_sweep_writes_one_summary(tmp_path):
     with open(tmp_path / "sweep_summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(float(r["train/loss"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 0.5])
+def test_ema_exports_the_average_and_resumes_exactly(tmp_path, decay):
+    from safetensors.torch import load_file
+
+    train(config(tmp_path / "a", "ema.enabled=true", f"ema.decay={decay}", "trainer.max_steps=4",
+                 "optimizer.total_steps=4"))  # fmt: skip
+    raw = load_file(str(tmp_path / "a" / "export" / "denoiser.safetensors"))
+    ema = load_file(str(tmp_path / "a" / "export" / "denoiser_ema.safetensors"))
+    key = "blocks.0.self_attn.q.weight"
+    if decay == 0.0:
+        assert torch.equal(ema[key], raw[key])  # the average is the last weights
+    elif decay == 1.0:
+        init = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+        shadow = next(v for k, v in init.items() if k.startswith("EMA"))["shadow"][key]
+        assert torch.equal(ema[key], shadow) and not torch.equal(ema[key], raw[key])
+    else:  # resumed from step 2 == uninterrupted
+        train(config(tmp_path / "b", "ema.enabled=true", f"ema.decay={decay}", "trainer.max_steps=2",
+                     "optimizer.total_steps=4", "checkpointing.every_n_steps=2"))  # fmt: skip
+        train(config(tmp_path / "c", "ema.enabled=true", f"ema.decay={decay}", "trainer.max_steps=4",
+                     "optimizer.total_steps=4", f"resume={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"))  # fmt: skip
+        resumed = load_file(str(tmp_path / "c" / "export" / "denoiser_ema.safetensors"))
+        torch.testing.assert_close(resumed[key], ema[key], rtol=1e-5, atol=1e-6)

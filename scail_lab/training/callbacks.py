@@ -110,9 +110,10 @@ class ExportWeights(L.Callback):
     key style) and `lora_comfy.safetensors` (ComfyUI / lightx2v lora_down / lora_up / alpha style), adapters only.
     """
 
-    def __init__(self, out_dir: str, config: dict | None = None) -> None:
+    def __init__(self, out_dir: str, config: dict | None = None, ema=None) -> None:
         self.out_dir = Path(out_dir)
         self.config = config or {}
+        self.ema = ema
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -124,10 +125,13 @@ class ExportWeights(L.Callback):
             for style in ("peft", "comfy"):
                 export_lora(adapters, pl_module.lora.alpha, self.out_dir / f"lora_{style}.safetensors", style)
         else:
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            tmp = self.out_dir / "denoiser.safetensors.tmp"
-            save_file(state, str(tmp), metadata={"format": "pt"})
-            tmp.replace(self.out_dir / "denoiser.safetensors")
+            states = {"denoiser": model.state_dict()}
+            if self.ema is not None:
+                states["denoiser_ema"] = self.ema.averaged_state(model)
+            for name, state in states.items():
+                tmp = self.out_dir / f"{name}.safetensors.tmp"
+                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+                tmp.replace(self.out_dir / f"{name}.safetensors")
         meta = {"config": self.config, "step": trainer.global_step, "model": model.describe()}
         tmp = self.out_dir / "config.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2, default=str))
