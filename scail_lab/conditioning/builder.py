@@ -32,6 +32,12 @@ class Conditions:
     def replace(self, **changes) -> Conditions:
         return dataclasses.replace(self, **changes)
 
+    def to(self, device: torch.device | str) -> Conditions:
+        """Every tensor on `device`."""
+        changes = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), Tensor)}  # fmt: skip
+        return self.replace(**changes)
+
     def frames(self, start: int, stop: int) -> Conditions:
         """The driving-side conditions of latent frames [start, stop) (for long-video segments)."""
         dm = None if self.driving_mask is None else self.driving_mask[:, :, start:stop]

@@ -75,7 +75,7 @@ class AnimationPipeline:
             raise ValueError(
                 f"mask scheme width {encoder.mask_scheme.width} does not match the model's mask width {model.mask_width}"
             )
-        self.model, self.encoder, self.sampler = model, encoder, sampler
+        self.model, self.encoder, self.sampler = model.to(device), encoder, sampler
         self.builder = ConditionBuilder()
         self.num_steps, self.guide_scale, self.negative_prompt = num_steps, guide_scale, negative_prompt
         self.height, self.width, self.max_frames = height, width, max_frames
@@ -163,10 +163,12 @@ class AnimationPipeline:
         bar=None,
     ) -> Tensor:
         """Latents [1, C, T, H, W] for one segment; `history` [1, C, Th, H, W] clean latents or None."""
+        conditions = conditions.to(self.device)
+        negative = None if negative is None else negative.to(self.device)
         ref = conditions.ref_latents
         t = conditions.pose_latents.shape[2]
         shape = (1, ref.shape[1], t, ref.shape[3], ref.shape[4])
-        x = torch.randn(shape, generator=generator).to(self.device)
+        x = torch.randn(shape, generator=generator).to(self.device)  # CPU generator: same noise on any device
         num_history = 0 if history is None else history.shape[2]
         history_mask = self.builder.history_mask(x, num_history)
 
@@ -186,6 +188,11 @@ class AnimationPipeline:
                 bar.update(1)
         return x
 
+    def _vae_device(self) -> torch.device:
+        vae = self.encoder.vae
+        params = next(vae.parameters(), None) if isinstance(vae, nn.Module) else None
+        return params.device if params is not None else torch.device("cpu")
+
     # --- the whole thing -----------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, example: MotionExample, seed: int = 0) -> AnimationResult:
@@ -204,7 +211,7 @@ class AnimationPipeline:
             if plan.history:
                 history = self.encoder.video_latents(previous[:, :, -plan.history :])  # clean history latents
             latents = self.denoise(conditions, negative, history, generator, bar)
-            video = self.encoder.vae.decode(latents.float())  # [1, 3, length, H, W] in [-1, 1]
+            video = self.encoder.vae.decode(latents.float().to(self._vae_device()))  # [1, 3, length, H, W] in [-1, 1]
             previous = video[:, :, : plan.length - plan.padding]
             pieces.append(previous[0, :, plan.history :])
         bar.close()
