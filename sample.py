@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,16 +63,41 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
         folders = [default_example(out_dir, cfg.seed)]
     examples += [load_example(f, prompt=cfg.prompt, mode=cfg.mode) for f in folders]
 
+    torch.manual_seed(cfg.seed)  # random-init weights (toy runs) are the same in every process and run
     model = build_model(cfg).eval()
+    overrides = {}
+    writer = True
+    if cfg.sequence_parallel:
+        overrides["device"], writer = setup_sequence_parallel(model, cfg.pipeline.device)
     encoder = build_encoder(cfg, model)
-    pipeline = build_pipeline(cfg, model, encoder)
+    pipeline = build_pipeline(cfg, model, encoder, **overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     written = []
     for i, example in enumerate(examples):
         result = pipeline(example, seed=cfg.seed + i)
-        written.append(write_result(result, out_dir, config=resolved))
-        log.info("%s: %d frames in %.1fs -> %s", example.name, result.video.shape[1], result.seconds, written[-1]["video"])
+        if writer:
+            written.append(write_result(result, out_dir, config=resolved))
+            log.info("%s: %d frames in %.1fs -> %s", example.name, result.video.shape[1], result.seconds,
+                     written[-1]["video"])  # fmt: skip
     return written
+
+
+def setup_sequence_parallel(model, device: str) -> tuple[str, bool]:
+    """Under torchrun: one process group over all ranks, tokens split across them. -> (this rank's device, writes?)"""
+    import os
+
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ:
+        raise ValueError("sequence_parallel=true needs a distributed launch: torchrun --nproc-per-node N sample.py ...")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    model.enable_sequence_parallel()
+    return device, dist.get_rank() == 0
 
 
 @hydra.main(config_path="configs", config_name="sample", version_base="1.3")

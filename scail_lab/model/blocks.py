@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from scail_lab.model.attention import attention
 from scail_lab.model.rope import RopeTables
+from scail_lab.model.sequence_parallel import SequenceParallel
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -91,13 +92,17 @@ class Projections(nn.Module):
 class SelfAttention(Projections):
     """Self-attention over the whole token sequence with 3-axis RoPE on q and k."""
 
-    def forward(self, x: Tensor, rope: RopeTables, backend: str) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeTables, backend: str, sp: SequenceParallel | None = None) -> Tensor:
         b, length, _ = x.shape
         heads = (b, length, self.num_heads, self.head_dim)
         q = rope.rotate_(self.norm_q(self.q(x)).view(heads))  # [B, L, n, d] fp32
         k = rope.rotate_(self.norm_k(self.k(x)).view(heads))
         v = self.v(x).view(heads)
-        return self.o(attention(q, k, v, backend).flatten(2))
+        if sp is None:
+            return self.o(attention(q, k, v, backend).flatten(2))
+        # Ulysses: local tokens x all heads -> all tokens x local heads, attend, and back.
+        q, k, v = sp.tokens_to_heads(q), sp.tokens_to_heads(k), sp.tokens_to_heads(v)
+        return self.o(sp.heads_to_tokens(attention(q, k, v, backend)).flatten(2))
 
 
 class CrossAttention(Projections):
@@ -140,12 +145,19 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
-        self, x: Tensor, mod: Tensor, text: Tensor, image: Tensor | None, rope: RopeTables, backend: str
+        self,
+        x: Tensor,
+        mod: Tensor,
+        text: Tensor,
+        image: Tensor | None,
+        rope: RopeTables,
+        backend: str,
+        sp: SequenceParallel | None = None,
     ) -> Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             upcast(self.modulation) + mod
         ).chunk(6, 1)
-        y = self.self_attn(upcast(self.norm1(x)) * (1 + scale_msa) + shift_msa, rope, backend)
+        y = self.self_attn(upcast(self.norm1(x)) * (1 + scale_msa) + shift_msa, rope, backend, sp)
         x = x + upcast(y) * gate_msa  # fp32 residual stream
         x = x + self.cross_attn(self.norm3(x), text, image, backend)
         y = self.ffn(upcast(self.norm2(x)) * (1 + scale_mlp) + shift_mlp)

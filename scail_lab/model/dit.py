@@ -26,7 +26,8 @@ from scail_lab.model.attention import check_backend
 from scail_lab.model.blocks import DiTBlock, Head, ImageProjection, sequential_fp32, sinusoidal_embedding
 from scail_lab.model.interfaces import I2V_MASK_CHANNELS, InContextInterface, MotionInterface
 from scail_lab.model.masks import ColourMaskScheme, MaskScheme
-from scail_lab.model.rope import ScailRoPE, axis_pairs
+from scail_lab.model.rope import RopeTables, ScailRoPE, axis_pairs
+from scail_lab.model.sequence_parallel import SequenceParallel
 from scail_lab.types import DiTInputs, MotionMode, TokenLayout
 
 DEFAULT_MODES = {
@@ -109,6 +110,7 @@ class SCAILDiT(nn.Module):
         self.attention_backend = check_backend(attention_backend)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.mask_width = self.interface.mask_width(self.mask_scheme.width)
+        self.sequence_parallel: SequenceParallel | None = None
         dim = config.dim
 
         # embeddings (names fixed by the interface: patch_embedding, patch_embedding_pose, patch_embedding_mask)
@@ -235,15 +237,27 @@ class SCAILDiT(nn.Module):
 
         modes = [self.modes[m] for m in inputs.modes()]
         rope = self.rope.tables(layout, modes, cfg.head_dim, device=x.device)
+        sp = self.sequence_parallel
+        if sp is not None:  # keep this rank's contiguous slice of the tokens and of their positions
+            sp.check(x.shape[1], cfg.num_heads)
+            x, rope = sp.local(x), RopeTables(sp.local(rope.phasor))
 
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, e0, text, image, rope, self.attention_backend, use_reentrant=False)
+                x = checkpoint(block, x, e0, text, image, rope, self.attention_backend, sp, use_reentrant=False)
             else:
-                x = block(x, e0, text, image, rope, self.attention_backend)
+                x = block(x, e0, text, image, rope, self.attention_backend, sp)
 
+        if sp is not None:
+            return self.unpatchify(sp.gather_tokens(self.head(x, e))[:, layout.slice("video")], layout)
         video = x[:, layout.slice("video")]
         return self.unpatchify(self.head(video, e), layout)
+
+    def enable_sequence_parallel(self, group=None) -> None:
+        """Split every forward's tokens over the ranks of `group` (inference; see sequence_parallel.py)."""
+        if torch.is_grad_enabled() and self.training:
+            raise ValueError("sequence parallelism is implemented for inference (eval mode / no_grad) only")
+        self.sequence_parallel = SequenceParallel(group)
 
     def unpatchify(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
         """[B, T*Hp*Wp, pt*ph*pw*C] -> [B, C, T*pt, Hp*ph, Wp*pw] (channel is the fastest patch index)."""

@@ -1,0 +1,70 @@
+"""Ulysses sequence parallelism for the denoiser (inference): each rank of a group holds 1/S of the tokens.
+
+Every rank embeds the full (identical) inputs, keeps its contiguous slice of the token sequence and of the RoPE
+tables, and runs the blocks on it. Self-attention swaps the split with two all-to-alls: tokens split -> heads
+split ([B, L/S, H, d] -> [B, L, H/S, d]), full-sequence attention on H/S heads, and back. Cross-attention and the
+FFN are token-local. The head's output is all-gathered so every rank returns the full velocity.
+
+The token count L and the head count must be divisible by S (checked with a clear error). The released SCAIL-2
+Wan branch has no working sequence parallelism (its USP patch does not match the SCAIL-2 forward); the SAT branch
+splits the latent grid spatially instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    """The process group that shares one sample's tokens (None = the default group)."""
+
+    group: object | None = None
+
+    @property
+    def size(self) -> int:
+        return dist.get_world_size(self.group)
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
+
+    def check(self, num_tokens: int, num_heads: int) -> None:
+        if num_tokens % self.size or num_heads % self.size:
+            raise ValueError(
+                f"sequence parallelism over {self.size} ranks needs the token count ({num_tokens}) and the head count "
+                f"({num_heads}) to be divisible by {self.size}; change the resolution / frame count or the group size"
+            )
+
+    def local(self, x: Tensor, dim: int = 1) -> Tensor:
+        """This rank's contiguous slice along `dim`."""
+        n = x.shape[dim] // self.size
+        return x.narrow(dim, self.rank * n, n)
+
+    def tokens_to_heads(self, x: Tensor) -> Tensor:
+        """[B, L/S, H, d] on each rank -> [B, L, H/S, d] (all tokens, this rank's head group)."""
+        b, ll, h, d = x.shape
+        s = self.size
+        send = x.reshape(b, ll, s, h // s, d).permute(2, 0, 1, 3, 4).contiguous()  # [S, B, L/S, H/S, d]
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=self.group)  # recv[i]: rank i's tokens, my heads
+        return recv.permute(1, 0, 2, 3, 4).reshape(b, s * ll, h // s, d)
+
+    def heads_to_tokens(self, x: Tensor) -> Tensor:
+        """[B, L, H/S, d] -> [B, L/S, H, d] (inverse of tokens_to_heads)."""
+        b, length, hs, d = x.shape
+        s = self.size
+        send = x.reshape(b, s, length // s, hs, d).permute(1, 0, 2, 3, 4).contiguous()  # [S, B, L/S, H/S, d]
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=self.group)  # recv[i]: my tokens, head group i
+        return recv.permute(1, 2, 0, 3, 4).reshape(b, length // s, s * hs, d)
+
+    def gather_tokens(self, x: Tensor) -> Tensor:
+        """[B, L/S, C] on each rank -> [B, L, C] on every rank."""
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=1)
