@@ -194,18 +194,27 @@ def test_augmentation_moves_joints_with_the_pixels() -> None:
         assert (centroid - expected).abs().max() < 0.05
 
 
-def test_a_few_training_steps_reduce_the_loss(world_samples) -> None:
+@pytest.fixture
+def one_thread():
+    """Small convolutions on a shared 2-core machine: 2 torch threads were ~20x slower than 1 under load."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_a_few_training_steps_reduce_the_loss(world_samples, one_thread) -> None:
     singles, _ = world_samples
     frames = np.concatenate([s.target for s in singles])  # [34, 64, 64, 3]
     joints = np.concatenate([np.asarray(s.gt["joints"], np.float32) for s in singles])
     torch.manual_seed(0)
     estimator = JointHeatmapEstimator(JointEstimatorConfig(JOINT_NAMES, (64, 64), (4, 8, 8, 16), (1, 1)))
     before = summarize_errors(estimator(frames), joints, JOINT_NAMES).mean
-    losses = fit_estimator(estimator, frames, joints, FitConfig(steps=40, batch_size=8, lr=5e-3, warmup_steps=5,
+    losses = fit_estimator(estimator, frames, joints, FitConfig(steps=80, batch_size=8, lr=5e-3, warmup_steps=5,
                                                                 augment=None), progress=False)  # fmt: skip
-    assert len(losses) == 40
+    assert len(losses) == 80
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
-    assert summarize_errors(estimator(frames), joints, JOINT_NAMES).mean < 0.7 * before
+    assert summarize_errors(estimator(frames), joints, JOINT_NAMES).mean < 0.5 * before
     with pytest.raises(ValueError, match=r"joints must be \[34, 14, 2\]"):
         fit_estimator(estimator, frames, joints[:, :3], FitConfig(steps=1), progress=False)
 
