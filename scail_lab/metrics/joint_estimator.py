@@ -266,7 +266,7 @@ class JointHeatmapEstimator:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
         if metadata.get("format") != FORMAT_NAME:
