@@ -116,6 +116,7 @@ def test_runner_two_runs_reports_real_values(dataset, tmp_path, monkeypatch) -> 
     cfg = _compose(
         [
             "suite=synthetic",
+            "on_missing_weights=skip",  # no joint estimator file: joint_error_px is recorded as skipped
             f"+runs.same={dataset / 'same'}",
             f"+runs.shifted={dataset / 'shifted'}",
             f"gt_dir={dataset / 'gt'}",

@@ -113,8 +113,9 @@ def test_joint_error_oracle_perturbed_and_missing() -> None:
     bad = JointPositionError(lambda f: gt.joints[:, :2])
     with pytest.raises(ValueError, match=r"\(4, 2, 2\).*\(4, 3, 2\)"):
         bad.update(frames, None, gt=gt)
-    none = JointPositionError()
+    none = JointPositionError(on_missing="skip")
     assert none.update(frames, None, gt=gt) is None and "no joint estimator" in none.compute().skipped
+    assert "joint_estimator.safetensors" in none.skipped
 
 
 def test_identity_colour_consistency_hand_made() -> None:

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scail_lab.metrics.base import Metric, to_frames, to_masks
+from scail_lab.metrics.base import Metric, file_protocol, resolve_weights, to_frames, to_masks
+from scail_lab.metrics.joint_estimator import JointHeatmapEstimator
 from scail_lab.metrics.weight_free import background_difference_mask
 
 COLOR_STATISTICS = ("histogram_intersection", "palette_distance")
+ESTIMATOR_FILE = "joint_estimator.safetensors"  # looked up in $SCAIL_EVAL_WEIGHTS_DIR
 
 
 @dataclass(frozen=True)
@@ -96,31 +98,91 @@ class JointPositionError(Metric):
     """Mean Euclidean pixel distance between estimated joints of the generated video and the gt.json joints.
 
     Averaged over frames and joints; joints the estimator returns as NaN are left out (their share is logged as
-    `missed_joint_share` in the protocol). Skipped (recorded, not an error) when no estimator is configured.
+    `missed_joint_share` in the protocol). The estimator is either given (any `JointEstimator` callable) or
+    loaded from `weights`, a `JointHeatmapEstimator` file (tools/fit_joint_estimator.py), found like every
+    metric weight file: the explicit path, else `$SCAIL_EVAL_WEIGHTS_DIR/joint_estimator.safetensors`. A
+    missing file raises FileNotFoundError, or with `on_missing="skip"` records the metric as skipped.
+
+    An estimator with a `joint_names` attribute scores only samples whose gt.json has exactly those joints;
+    others (two-character samples for the single-character estimator) are skipped and counted in the protocol
+    (`unsupported_samples`, `unsupported_reason`). The protocol also carries the estimator's own held-out error
+    (`estimator_heldout`), the floor under which differences between runs mean nothing.
     """
 
     name = "joint_error_px"
     higher_is_better = False
 
-    def __init__(self, estimator: JointEstimator | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        estimator: JointEstimator | None = None,
+        weights: str | os.PathLike | None = None,
+        on_missing: str = "error",
+        name: str | None = None,
+    ) -> None:
         super().__init__()
-        self.estimator = estimator
         self.name = name or "joint_error_px"
-        self.missed: list[float] = []  # per scored sample: share of joints the estimator did not find
+        self.weights_path: Path | None = None
+        if estimator is not None and weights is not None:
+            raise ValueError(f"{self.name}: give either `estimator` or `weights`, not both")
         if estimator is None:
-            self.skipped = f"{self.name}: no joint estimator configured (set `estimator` to a JointEstimator)"
+            self.weights_path, reason = resolve_weights(self.name, weights, ESTIMATOR_FILE, on_missing)
+            if self.weights_path is None:
+                self.skipped = f"no joint estimator configured: {reason}"
+            else:
+                estimator = JointHeatmapEstimator.load(self.weights_path)
+        self.estimator = estimator
+        self._weights_stamp = file_protocol(self.weights_path) if self.weights_path is not None else {}
+        self.missed: list[float] = []  # per scored sample: share of joints the estimator did not find
+        self.unsupported: dict[str, str] = {}  # sample id -> why the estimator cannot score it
 
     def reset(self) -> None:
         super().reset()
         self.missed = []
+        self.unsupported = {}
 
     def protocol(self) -> dict[str, Any]:
+        heldout = getattr(self.estimator, "heldout", None) or {}
+        test = heldout.get("test") or {}
         return {
             "estimator": type(self.estimator).__name__ if self.estimator is not None else None,
+            **self._weights_stamp,
+            "estimator_heldout": {
+                "split": "test",
+                "mean_px": test.get("mean_px"),
+                "median_px": test.get("median_px"),
+                "pck": test.get("pck"),
+                "mp4_mean_px": (heldout.get("test_mp4") or {}).get("mean_px"),
+                "num_frames": test.get("num_frames"),
+            }
+            if test
+            else None,
             "unit": "pixels of the generated frame",
             "reduction": "mean over frames and joints",
             "missed_joint_share": float(np.mean(self.missed)) if self.missed else None,
+            "unsupported_samples": len(self.unsupported),
+            "unsupported_reason": next(iter(self.unsupported.values()), None),
         }
+
+    def update(
+        self,
+        pred: Tensor | np.ndarray,
+        target: Tensor | np.ndarray | None = None,
+        sample_id: str | None = None,
+        **extras: Any,
+    ) -> float | None:
+        if self.skipped is None:
+            names = getattr(self.estimator, "joint_names", None)
+            gt = _gt_from_extras(self.name, extras)
+            if names is not None and tuple(names) != gt.joint_names:
+                key = sample_id if sample_id is not None else f"unsupported_{len(self.unsupported)}"
+                self.unsupported[key] = (
+                    f"ground truth has {len(gt.joint_names)} joints ({gt.joint_names[0]}, ...), the estimator "
+                    f"estimates {len(names)} ({names[0]}, ...): two-character samples need a two-character "
+                    "estimator"
+                )
+                return None
+            extras = {**extras, "gt": gt}
+        return super().update(pred, target, sample_id, **extras)
 
     def _score(self, pred: Tensor, target: Tensor | None = None, **extras: Any) -> float | None:
         gt = _gt_from_extras(self.name, extras)
