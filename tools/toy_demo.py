@@ -108,6 +108,7 @@ def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict
     A stage whose record is missing or says "running" with the same signature resumes in place; one whose
     settings changed starts from an empty folder (its tools would otherwise keep stale files).
     """
+    signature = json.loads(json.dumps(signature))  # as stored (tuples become lists), so reruns compare equal
     folder = out / name
     marker = folder / "stage.json"
     if marker.is_file():
@@ -321,7 +322,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="latent", choices=("latent", "pixel"),
                    help="train on latent shards (no encoder work per step) or pixel shards")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; 1 is fastest on a shared 2-core machine (docs/TOY_WORLD.md)")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override budget fields, e.g. --set train_steps=400 lr=2e-3")  # fmt: skip
     return p.parse_args(argv)

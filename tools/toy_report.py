@@ -5,6 +5,7 @@ Runs compared on the held-out test split (every video written as yuv420p CRF 18,
     untrained   the same pipeline with the untrained (seeded random) denoiser
     copy_ref    the reference image repeated for every frame
     driving     the driving input itself (the driving video, or the pose render for pose-driven samples)
+    copy_source the better of the two for the sample's mode: copy_ref (animate), driving (replace)
     vae_recon   the ground truth through the light VAE: the ceiling of anything decoded by this VAE (oracle)
 
 Foreground masks of generated videos: the eval runner's default estimator compares pixels with the median
@@ -32,12 +33,13 @@ from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
 log = logging.getLogger("toy_report")
 CRF = 18  # the quality sample.py writes results with; every run is encoded the same way
 FOREGROUND_THRESHOLD = 30.0
-BASELINES = ("copy_ref", "driving", "vae_recon")
+BASELINES = ("copy_ref", "driving", "copy_source", "vae_recon")
 RUN_NOTES = {
     "model": "trained denoiser",
     "untrained": "same pipeline, untrained denoiser (seeded init)",
     "copy_ref": "baseline: the reference image for every frame",
     "driving": "baseline: the driving input (video or pose render) as the result",
+    "copy_source": "baseline: the scene the mode asks for, copied: copy_ref for animate, driving for replace",
     "vae_recon": "oracle: the ground truth through the light VAE (ceiling of any VAE-decoded result)",
 }
 REPORT_METRICS = ("psnr", "ssim", "l1", "mask_iou", "identity_color_hist", "identity_color_dist",
@@ -78,7 +80,7 @@ def write_video(path: Path, frames: np.ndarray, fps: float, quality: str | int =
 
 @torch.no_grad()
 def write_baselines(folder: Path, tests: Sequence[Path], vae_path: Path) -> dict[str, Path]:
-    """copy_ref / driving / vae_recon videos <folder>/<run>/<key>.mp4 (existing files are kept)."""
+    """Baseline videos <folder>/<run>/<key>.mp4 for every run in BASELINES (existing files are kept)."""
     from scail_lab.encoders.light_vae import LightVAE
 
     vae = LightVAE.from_checkpoint(vae_path)
@@ -88,9 +90,12 @@ def write_baselines(folder: Path, tests: Sequence[Path], vae_path: Path) -> dict
             continue
         target = media.decode_video(test / "target.mp4")  # [N, H, W, 3]
         fps = media.probe_video(test / "target.mp4").fps
-        ref = media.decode_image((test / "ref.png").read_bytes())
-        write_video(dirs["copy_ref"] / f"{test.name}.mp4", np.repeat(ref[None], len(target), axis=0), fps)
-        write_video(dirs["driving"] / f"{test.name}.mp4", media.decode_video(test / "rendered_v2.mp4"), fps)
+        ref = np.repeat(media.decode_image((test / "ref.png").read_bytes())[None], len(target), axis=0)
+        driving = media.decode_video(test / "rendered_v2.mp4")
+        animate = json.loads((test / "gt.json").read_text())["mode"] == "animate"
+        write_video(dirs["copy_ref"] / f"{test.name}.mp4", ref, fps)
+        write_video(dirs["driving"] / f"{test.name}.mp4", driving, fps)
+        write_video(dirs["copy_source"] / f"{test.name}.mp4", ref if animate else driving, fps)
         video = torch.from_numpy(target).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0  # [1, 3, N, H, W]
         recon = vae.decode(vae.encode(video))[0]  # [3, N, H, W] in [-1, 1]
         pixels = ((recon + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
@@ -296,7 +301,7 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path)
 
 
 def render_markdown(budget, records: dict, table: dict, comparisons: dict, ceiling: float, num_tests: int) -> str:
-    runs = [r for r in ("model", "untrained", "copy_ref", "driving", "vae_recon") if r in table]
+    runs = [r for r in RUN_NOTES if r in table]
     metrics = [m for m in REPORT_METRICS if any(m in table[r] for r in runs)]
     vae = records["vae"]["result"]
     train = records["train"]["result"]
