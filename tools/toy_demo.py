@@ -38,6 +38,7 @@ from scail_lab.data.media import atomic_write_bytes  # noqa: E402
 
 log = logging.getLogger("toy_demo")
 SPLITS = ("train", "val", "test")
+VAE_FILE = "light_vae.safetensors"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Budget:
     ffn_dim: int = 128
     num_heads: int = 4
     num_layers: int = 2
+    patch: int = 2  # spatial patch of the denoiser (latent cells per token side)
     train_steps: int = 200
     batch_size: int = 4
     lr: float = 1e-3
@@ -81,7 +83,7 @@ class Budget:
         return {k: getattr(self, k) for k in ("vae_steps", "vae_batch", "vae_frames", "vae_widths", "vae_lr")}
 
     def train_args(self) -> dict:
-        return {k: getattr(self, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers", "train_steps",
+        return {k: getattr(self, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers", "patch", "train_steps",
                                                "batch_size", "lr", "warmup_steps", "val_every")}  # fmt: skip
 
 
@@ -89,9 +91,12 @@ BUDGETS = {
     # smoke test only (tests/test_toy_demo.py): every stage runs, nothing is learned
     "micro": Budget("micro", num_train=8, num_val=2, num_test=2, vae_steps=4, vae_batch=2, train_steps=4,
                     batch_size=2, warmup_steps=1, val_every=4, sample_steps=2),
-    "small": Budget("small", num_train=192, num_val=8, num_test=16),
-    "medium": Budget("medium", num_train=768, num_val=16, num_test=48, vae_steps=1200, train_steps=1500,
-                     dim=96, ffn_dim=256, num_heads=4, num_layers=4, val_every=250, sample_steps=16),
+    "small": Budget("small", num_train=256, num_val=16, num_test=32, vae_steps=800, vae_lr=4e-3,
+                    vae_widths=(16, 32, 64), dim=128, ffn_dim=256, num_layers=4, train_steps=1500, lr=2e-3,
+                    val_every=500),
+    "medium": Budget("medium", num_train=1024, num_val=16, num_test=64, vae_steps=2500, vae_lr=3e-3,
+                     vae_widths=(32, 64, 96), dim=128, ffn_dim=256, num_layers=4, patch=1, train_steps=3000,
+                     lr=2e-3, val_every=500),
 }  # fmt: skip
 
 
@@ -143,6 +148,7 @@ def model_overrides(budget: Budget, vae_path: Path) -> list[str]:
         f"model.config.ffn_dim={budget.ffn_dim}",
         f"model.config.num_heads={budget.num_heads}",
         f"model.config.num_layers={budget.num_layers}",
+        f"model.config.patch_size=[1,{budget.patch},{budget.patch}]",
         f"vae.path={vae_path}",
     ]
 
@@ -165,7 +171,7 @@ def stage_vae(folder: Path, world: Path, budget: Budget, seed: int) -> dict:
     from tools import fit_light_vae as fit
 
     b = budget
-    path = folder / "light_vae.safetensors"
+    path = folder / VAE_FILE
     train = world / "folders" / "train"
     metrics = fit.main([
         "--out", str(path), "--videos", str(train / "*" / "target.mp4"), str(train / "*" / "rendered_v2.mp4"),
@@ -296,7 +302,7 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     world = out / "world"
     sig["vae"] = {**sig["world"], **budget.vae_args()}
     records["vae"] = run_stage(out, "vae", sig["vae"], lambda f: stage_vae(f, world, budget, seed))
-    vae_path = Path(records["vae"]["result"]["path"])
+    vae_path = out / "vae" / VAE_FILE
     if data_kind == "latent":
         sig["latents"] = {**sig["vae"], "size": budget.size, "frames": budget.frames}
         records["latents"] = run_stage(out, "latents", sig["latents"],
@@ -304,7 +310,7 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     sig["train"] = {**sig["vae"], **budget.train_args(), "data": data_kind}
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, data_kind, seed))  # fmt: skip
-    weights = Path(records["train"]["result"]["weights"])
+    weights = out / "train" / "export" / "denoiser.safetensors"
     sig["sample"] = {**sig["train"], "sampler": budget.sampler, "sample_steps": budget.sample_steps}
     for run, w in (("model", weights), ("untrained", None)):
         records[f"sample_{run}"] = run_stage(out, f"samples_{run}", sig["sample"],

@@ -157,11 +157,11 @@ def run_eval(folder: Path, manifests: dict[str, Path]):
 # ------------------------------------------------------------------------------------------ numbers
 
 
-def collect(results, tests: Sequence[Path]) -> dict:
-    """{run: {metric: {"mean", "ci", "n", "higher", "by_mode": {mode: mean}, "per_sample"}}} from RunResults."""
+def collect(results, modes: dict[str, str]) -> dict:
+    """{run: {metric: {"mean", "ci", "n", "higher", "by_mode": {mode: mean}, "per_sample"}}} from RunResults;
+    `modes`: sample id -> animate / replace."""
     from eval.report import bootstrap_ci
 
-    modes = {t.name: json.loads((t / "gt.json").read_text())["mode"] for t in tests}
     table: dict = {}
     for run in results:
         table[run.name] = {}
@@ -181,14 +181,24 @@ def collect(results, tests: Sequence[Path]) -> dict:
     return table
 
 
-def model_vs(results, baseline: str) -> dict[str, dict]:
-    """{metric: paired difference model - baseline, 95% paired-bootstrap CI, verdict for the model}."""
-    from eval.report import paired_differences
+def compare(table: dict, other: str, keys: set[str] | None = None) -> dict[str, dict]:
+    """{metric: mean paired difference model - other over the samples both scored (restricted to `keys`),
+    its 95% paired-bootstrap CI and the verdict for the model (better / worse when the CI excludes 0)}."""
+    from eval.report import PairedRow, bootstrap_ci
 
-    pair = [r for r in results if r.name in (baseline, "model")]
-    rows = paired_differences(pair, baseline=baseline) if len(pair) == 2 else []
-    return {r.metric: {"diff": r.mean_diff, "ci": [r.ci_low, r.ci_high], "n": r.num_common, "verdict": r.verdict}
-            for r in rows if r.run == "model"}  # fmt: skip
+    out = {}
+    for metric, mine in table["model"].items():
+        theirs = table.get(other, {}).get(metric)
+        if theirs is None:
+            continue
+        common = sorted(set(mine["per_sample"]) & set(theirs["per_sample"]) & (keys if keys is not None else set(mine["per_sample"])))
+        if not common:
+            continue
+        diffs = [mine["per_sample"][k] - theirs["per_sample"][k] for k in common]
+        ci = bootstrap_ci(diffs) or (None, None)
+        row = PairedRow("model", other, metric, float(np.mean(diffs)), ci[0], ci[1], len(common), mine["higher"])
+        out[metric] = {"diff": row.mean_diff, "ci": [row.ci_low, row.ci_high], "n": row.num_common, "verdict": row.verdict}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ pictures
@@ -287,12 +297,16 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path)
     runs.update(write_baselines(folder / "baselines", tests, vae_path))
     manifests, ceiling = write_manifests(folder, runs, tests, world)
     results = run_eval(folder, manifests)
-    table = collect(results, tests)
-    comparisons = {other: model_vs(results, other) for other in runs if other != "model"}
+    modes = {t.name: json.loads((t / "gt.json").read_text())["mode"] for t in tests}
+    table = collect(results, modes)
+    comparisons = {other: compare(table, other) for other in runs if other != "model"}
+    for mode in sorted(set(modes.values())):
+        keys = {k for k, m in modes.items() if m == mode}
+        comparisons[f"copy_source ({mode} only)"] = compare(table, "copy_source", keys)
     contact_sheet(folder / "contact_sheet.png", tests, runs["model"])
     numbers = {"table": {r: {m: {k: v for k, v in e.items() if k != "per_sample"} for m, e in t.items()}
                          for r, t in table.items()},
-               "model_vs": comparisons, "mask_estimator_ceiling_iou": ceiling}  # fmt: skip
+               "model_vs": comparisons, "mask_estimator_ceiling_iou": ceiling, "modes": modes}  # fmt: skip
     media.atomic_write_bytes(folder / "results.json", json.dumps(numbers, indent=2).encode())
     text = render_markdown(budget, records, table, comparisons, ceiling, len(tests))
     media.atomic_write_bytes(folder / "report.md", text.encode())
