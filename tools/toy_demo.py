@@ -296,6 +296,7 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
 
     if data_kind not in ("latent", "pixel"):
         raise ValueError(f"data kind must be 'latent' or 'pixel', got {data_kind!r}")
+    out = out.resolve()  # manifests and stage records hold absolute paths
     out.mkdir(parents=True, exist_ok=True)
     sig = {"world": {**budget.world_args(), "seed": seed}}
     records = {"world": run_stage(out, "world", sig["world"], lambda f: stage_world(f, budget, seed))}

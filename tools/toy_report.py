@@ -297,6 +297,10 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path)
     runs.update(write_baselines(folder / "baselines", tests, vae_path))
     manifests, ceiling = write_manifests(folder, runs, tests, world)
     results = run_eval(folder, manifests)
+    for run in results:
+        failed = [r for r in run.records if r.get("error")]
+        if failed:  # a report over fewer samples than the test split would mislead
+            raise RuntimeError(f"eval of run {run.name}: {len(failed)} samples failed, e.g. {failed[0]['error']}")
     modes = {t.name: json.loads((t / "gt.json").read_text())["mode"] for t in tests}
     table = collect(results, modes)
     comparisons = {other: compare(table, other) for other in runs if other != "model"}
