@@ -75,6 +75,28 @@ class Budget:
     sampler: str = "euler"
     sample_steps: int = 8
 
+    def __post_init__(self) -> None:
+        """Bad values fail here, before any stage runs."""
+        from scail_lab.data.synthetic.world import WorldConfig
+
+        WorldConfig(height=self.size, width=self.size, num_frames=self.frames, p_two_characters=self.p_two_characters,
+                    p_pan=self.p_pan)  # fmt: skip
+        positive = ("num_train", "num_val", "num_test", "vae_steps", "vae_batch", "dim", "ffn_dim", "num_heads",
+                    "num_layers", "train_steps", "batch_size", "val_every", "sample_steps")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"budget field {name} must be >= 1, got {getattr(self, name)}")
+        if self.patch not in (1, 2):
+            raise ValueError(f"patch must be 1 or 2 (latent grids are size / 8), got {self.patch}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} must be a multiple of num_heads {self.num_heads}")
+        if not (REPO / "configs" / "sampler" / f"{self.sampler}.yaml").is_file():
+            raise ValueError(f"sampler {self.sampler!r} is not one of configs/sampler/*.yaml")
+        if self.lr <= 0 or self.vae_lr <= 0 or self.warmup_steps < 0:
+            raise ValueError(
+                f"learning rates must be > 0 and warmup_steps >= 0, got {self.lr}, {self.vae_lr}, {self.warmup_steps}"
+            )
+
     def world_args(self) -> dict:
         return {k: getattr(self, k) for k in ("num_train", "num_val", "num_test", "size", "frames",
                                                "p_two_characters", "p_pan")}  # fmt: skip
@@ -129,7 +151,12 @@ def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict
     log.info("[%s] running", name)
     start = time.perf_counter()
     result = work(folder)
-    record = {"signature": signature, "status": "done", "seconds": time.perf_counter() - start, "result": result}
+    record = {
+        "signature": signature,
+        "status": "done",
+        "seconds": time.perf_counter() - start,
+        "result": result,
+    }
     write_json(marker, record)
     log.info("[%s] finished in %.0f s", name, record["seconds"])
     return record
@@ -210,7 +237,9 @@ def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path) -> 
     return counts
 
 
-def train_overrides(budget: Budget, vae_path: Path, data: Path, data_kind: str, run_dir: Path, seed: int) -> list[str]:
+def train_overrides(
+    budget: Budget, vae_path: Path, data: Path, data_kind: str, run_dir: Path, seed: int
+) -> list[str]:
     b = budget
     if data_kind == "latent":
         source = ["data=latent", f"data.shards={data / 'latents' / 'train'}", "data@val_data=latent",
@@ -266,7 +295,9 @@ def read_loss_curve(run_dir: Path) -> list[dict]:
     return rows
 
 
-def stage_sample(folder: Path, world: Path, budget: Budget, vae_path: Path, weights: Path | None, seed: int) -> dict:
+def stage_sample(
+    folder: Path, world: Path, budget: Budget, vae_path: Path, weights: Path | None, seed: int
+) -> dict:
     """Sample every test folder (skipping finished ones) with `weights` (None: the untrained init)."""
     import sample
 
@@ -343,12 +374,20 @@ def with_overrides(budget: Budget, items: Sequence[str]) -> Budget:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields or key == "name":
-            raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {sorted(set(fields) - {'name'})}, got {item!r}")
+            raise ValueError(
+                f"--set expects FIELD=VALUE with FIELD one of {sorted(set(fields) - {'name'})}, got {item!r}"
+            )
         current = getattr(budget, key)
-        if isinstance(current, tuple):
-            changes[key] = tuple(int(v) for v in value.split(","))
-        else:
-            changes[key] = type(current)(value)
+        try:
+            changes[key] = (
+                tuple(int(v) for v in value.split(","))
+                if isinstance(current, tuple)
+                else type(current)(value)
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"--set {item!r}: {key} takes a {type(current).__name__}, got {value!r}"
+            ) from err
     return dataclasses.replace(budget, **changes)
 
 
@@ -360,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = with_overrides(BUDGETS[args.budget], args.set)
     start = time.perf_counter()
     records = run_demo(args.out, budget, args.data, args.seed)
-    log.info("demo finished in %.0f s: %s", time.perf_counter() - start, records["report"]["result"]["report"])
+    log.info(
+        "demo finished in %.0f s: %s", time.perf_counter() - start, records["report"]["result"]["report"]
+    )
     return 0
 
 

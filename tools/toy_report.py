@@ -103,7 +103,9 @@ def write_baselines(folder: Path, tests: Sequence[Path], vae_path: Path) -> dict
     return dirs
 
 
-def write_manifests(folder: Path, runs: dict[str, Path], tests: Sequence[Path], world: SyntheticWorld) -> tuple[dict[str, Path], float]:
+def write_manifests(
+    folder: Path, runs: dict[str, Path], tests: Sequence[Path], world: SyntheticWorld
+) -> tuple[dict[str, Path], float]:
     """Foreground masks of every run and one manifest per run; returns the manifests and the estimator's
     ceiling (mean IoU of its mask of the ground truth against the exact target mask)."""
     from scail_lab.metrics.weight_free import mask_iou_per_frame
@@ -126,7 +128,9 @@ def write_manifests(folder: Path, runs: dict[str, Path], tests: Sequence[Path], 
             mask = folder / "masks" / run / f"{test.name}.mp4"
             if not mask.is_file():
                 fps = media.probe_video(pred).fps
-                write_video(mask, foreground(media.decode_video(pred), backgrounds[test.name]), fps, media.LOSSLESS)
+                write_video(
+                    mask, foreground(media.decode_video(pred), backgrounds[test.name]), fps, media.LOSSLESS
+                )
             rows.append({"id": test.name, "pred": str(pred), "target": str(test / "target.mp4"),
                          "pred_mask": str(mask), "target_mask": str(test / "target_mask.mp4"),
                          "gt_json": str(test / "gt.json")})  # fmt: skip
@@ -191,13 +195,24 @@ def compare(table: dict, other: str, keys: set[str] | None = None) -> dict[str, 
         theirs = table.get(other, {}).get(metric)
         if theirs is None:
             continue
-        common = sorted(set(mine["per_sample"]) & set(theirs["per_sample"]) & (keys if keys is not None else set(mine["per_sample"])))
+        common = sorted(
+            set(mine["per_sample"])
+            & set(theirs["per_sample"])
+            & (keys if keys is not None else set(mine["per_sample"]))
+        )
         if not common:
             continue
         diffs = [mine["per_sample"][k] - theirs["per_sample"][k] for k in common]
         ci = bootstrap_ci(diffs) or (None, None)
-        row = PairedRow("model", other, metric, float(np.mean(diffs)), ci[0], ci[1], len(common), mine["higher"])
-        out[metric] = {"diff": row.mean_diff, "ci": [row.ci_low, row.ci_high], "n": row.num_common, "verdict": row.verdict}
+        row = PairedRow(
+            "model", other, metric, float(np.mean(diffs)), ci[0], ci[1], len(common), mine["higher"]
+        )
+        out[metric] = {
+            "diff": row.mean_diff,
+            "ci": [row.ci_low, row.ci_high],
+            "n": row.num_common,
+            "verdict": row.verdict,
+        }
     return out
 
 
@@ -210,7 +225,9 @@ def _label(text: str, width: int, height: int = 14) -> np.ndarray:
     return tile
 
 
-def contact_sheet(path: Path, tests: Sequence[Path], result_dir: Path, num_rows: int = 4, num_frames: int = 3) -> None:
+def contact_sheet(
+    path: Path, tests: Sequence[Path], result_dir: Path, num_rows: int = 4, num_frames: int = 3
+) -> None:
     """One row per test sample: ref | driving frames | result frames | ground-truth frames (2x, labelled)."""
 
     def block(tiles: Sequence[np.ndarray]) -> np.ndarray:  # tiles side by side, 1-px separators, 4-px gap
@@ -247,7 +264,9 @@ def _cell(entry: dict | None) -> str:
 
 
 def results_table(table: dict, runs: Sequence[str], metrics: Sequence[str]) -> list[str]:
-    arrows = {m: next(("↑" if table[r][m]["higher"] else "↓") for r in runs if m in table[r]) for m in metrics}
+    arrows = {
+        m: next(("↑" if table[r][m]["higher"] else "↓") for r in runs if m in table[r]) for m in metrics
+    }
     lines = ["| run | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " |",
              "|---|" + "---|" * len(metrics)]  # fmt: skip
     lines += [f"| {r} | " + " | ".join(_cell(table[r].get(m)) for m in metrics) + " |" for r in runs]
@@ -300,7 +319,9 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path)
     for run in results:
         failed = [r for r in run.records if r.get("error")]
         if failed:  # a report over fewer samples than the test split would mislead
-            raise RuntimeError(f"eval of run {run.name}: {len(failed)} samples failed, e.g. {failed[0]['error']}")
+            raise RuntimeError(
+                f"eval of run {run.name}: {len(failed)} samples failed, e.g. {failed[0]['error']}"
+            )
     modes = {t.name: json.loads((t / "gt.json").read_text())["mode"] for t in tests}
     table = collect(results, modes)
     comparisons = {other: compare(table, other) for other in runs if other != "model"}
@@ -318,7 +339,9 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path)
             "contact_sheet": str(folder / "contact_sheet.png"), "eval": str(folder / "eval" / "summary.md")}  # fmt: skip
 
 
-def render_markdown(budget, records: dict, table: dict, comparisons: dict, ceiling: float, num_tests: int) -> str:
+def render_markdown(
+    budget, records: dict, table: dict, comparisons: dict, ceiling: float, num_tests: int
+) -> str:
     runs = [r for r in RUN_NOTES if r in table]
     metrics = [m for m in REPORT_METRICS if any(m in table[r] for r in runs)]
     vae = records["vae"]["result"]
