@@ -1,0 +1,380 @@
+"""The report stage of tools/toy_demo.py: baselines, foreground masks, the eval runner, report.md, contact sheet.
+
+Runs compared on the held-out test split (every video written as yuv420p CRF 18, as sample.py writes results):
+    model       the trained denoiser through sample.run
+    untrained   the same pipeline with the untrained (seeded random) denoiser
+    copy_ref    the reference image repeated for every frame
+    driving     the driving input itself (the driving video, or the pose render for pose-driven samples)
+    copy_source the better of the two for the sample's mode: copy_ref (animate), driving (replace)
+    vae_recon   the ground truth through the light VAE: the ceiling of anything decoded by this VAE (oracle)
+
+Foreground masks of generated videos: the eval runner's default estimator compares pixels with the median
+colour of the frame border, which suits flat backgrounds; the synthetic scenes have gradients and textures.
+So every run's `pred_mask` is estimated the same way against the *empty scene* of the test sample (known in
+the synthetic world): a pixel is foreground when a channel differs from the empty scene by more than 30.
+The estimator's own ceiling (its mask of the ground truth vs the exact target mask) is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from scail_lab.data import media
+from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
+
+log = logging.getLogger("toy_report")
+CRF = 18  # the quality sample.py writes results with; every run is encoded the same way
+FOREGROUND_THRESHOLD = 30.0
+BASELINES = ("copy_ref", "driving", "copy_source", "vae_recon")
+RUN_NOTES = {
+    "model": "trained denoiser",
+    "untrained": "same pipeline, untrained denoiser (seeded init)",
+    "copy_ref": "baseline: the reference image for every frame",
+    "driving": "baseline: the driving input (video or pose render) as the result",
+    "copy_source": "baseline: the scene the mode asks for, copied: copy_ref for animate, driving for replace",
+    "vae_recon": "oracle: the ground truth through the light VAE (ceiling of any VAE-decoded result)",
+}
+REPORT_METRICS = ("psnr", "ssim", "l1", "mask_iou", "identity_color_hist", "identity_color_dist",
+                  "temporal_diff_error", "temporal_flicker")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def test_folders(world: Path) -> list[Path]:
+    return sorted(p for p in (world / "folders" / "test").iterdir() if p.is_dir())
+
+
+def empty_scene(world: SyntheticWorld, gt: dict) -> np.ndarray:
+    """The target's background without any character: [N, H, W, 3] uint8.
+
+    Uses the world's private `_plan` (the same draws that rendered the sample): the empty scene is not
+    part of a sample's files.
+    """
+    plan = world._plan(gt["split"], int(gt["index"]))
+    scene = plan.scenes[0] if plan.mode == "animate" else plan.scenes[1]
+    return scene.frames(world.config.width, plan.pan_px)
+
+
+def foreground(frames: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """[N, H, W, 3] frames vs the empty scene -> white-on-black mask frames [N, H, W, 3] uint8."""
+    diff = np.abs(frames.astype(np.int16) - background.astype(np.int16)).max(axis=-1)  # [N, H, W]
+    return np.repeat(((diff > FOREGROUND_THRESHOLD) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float, quality: str | int = CRF) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    media.atomic_write_bytes(path, media.encode_video(frames, fps, quality))
+
+
+# ------------------------------------------------------------------------------------------ baselines
+
+
+@torch.no_grad()
+def write_baselines(folder: Path, tests: Sequence[Path], vae_path: Path) -> dict[str, Path]:
+    """Baseline videos <folder>/<run>/<key>.mp4 for every run in BASELINES (existing files are kept)."""
+    from scail_lab.encoders.light_vae import LightVAE
+
+    vae = LightVAE.from_checkpoint(vae_path)
+    dirs = {name: folder / name for name in BASELINES}
+    for test in tests:
+        if all((dirs[n] / f"{test.name}.mp4").is_file() for n in BASELINES):
+            continue
+        target = media.decode_video(test / "target.mp4")  # [N, H, W, 3]
+        fps = media.probe_video(test / "target.mp4").fps
+        ref = np.repeat(media.decode_image((test / "ref.png").read_bytes())[None], len(target), axis=0)
+        driving = media.decode_video(test / "rendered_v2.mp4")
+        animate = json.loads((test / "gt.json").read_text())["mode"] == "animate"
+        write_video(dirs["copy_ref"] / f"{test.name}.mp4", ref, fps)
+        write_video(dirs["driving"] / f"{test.name}.mp4", driving, fps)
+        write_video(dirs["copy_source"] / f"{test.name}.mp4", ref if animate else driving, fps)
+        video = torch.from_numpy(target).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0  # [1, 3, N, H, W]
+        recon = vae.decode(vae.encode(video))[0]  # [3, N, H, W] in [-1, 1]
+        pixels = ((recon + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
+        write_video(dirs["vae_recon"] / f"{test.name}.mp4", pixels, fps)
+    return dirs
+
+
+def write_manifests(
+    folder: Path, runs: dict[str, Path], tests: Sequence[Path], world: SyntheticWorld
+) -> tuple[dict[str, Path], float]:
+    """Foreground masks of every run and one manifest per run; returns the manifests and the estimator's
+    ceiling (mean IoU of its mask of the ground truth against the exact target mask)."""
+    from scail_lab.metrics.weight_free import mask_iou_per_frame
+
+    manifests, ceiling = {}, []
+    backgrounds = {}
+    for test in tests:
+        gt = json.loads((test / "gt.json").read_text())
+        backgrounds[test.name] = empty_scene(world, gt)
+        exact = media.decode_video(test / "target_mask.mp4")[..., 0] > 127
+        estimated = foreground(media.decode_video(test / "target.mp4"), backgrounds[test.name])[..., 0] > 127
+        iou = mask_iou_per_frame(torch.from_numpy(estimated), torch.from_numpy(exact))
+        ceiling.append(float(iou[~iou.isnan()].mean()) if (~iou.isnan()).any() else 1.0)
+    for run, run_dir in runs.items():
+        rows = []
+        for test in tests:
+            pred = run_dir / f"{test.name}.mp4"
+            if not pred.is_file():
+                raise FileNotFoundError(f"run {run}: no result for {test.name} at {pred}")
+            mask = folder / "masks" / run / f"{test.name}.mp4"
+            if not mask.is_file():
+                fps = media.probe_video(pred).fps
+                write_video(
+                    mask, foreground(media.decode_video(pred), backgrounds[test.name]), fps, media.LOSSLESS
+                )
+            rows.append({"id": test.name, "pred": str(pred), "target": str(test / "target.mp4"),
+                         "pred_mask": str(mask), "target_mask": str(test / "target_mask.mp4"),
+                         "gt_json": str(test / "gt.json")})  # fmt: skip
+        path = folder / "manifests" / f"{run}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        manifests[run] = path
+    return manifests, float(np.mean(ceiling))
+
+
+def run_eval(folder: Path, manifests: dict[str, Path]):
+    """The eval runner (configs/eval, suite=synthetic) on every manifest; paired differences vs `model`."""
+    from hydra import compose, initialize_config_dir
+
+    from eval.run import run_eval as eval_runner
+    from tools.toy_demo import REPO
+
+    overrides = ["suite=synthetic", f"out_dir={folder / 'eval'}", "metrics.joint_error=null", "baseline=model",
+                 *(f"+runs.{name}={path}" for name, path in manifests.items())]  # fmt: skip
+    with initialize_config_dir(config_dir=str(REPO / "configs" / "eval"), version_base="1.3"):
+        cfg = compose("default", overrides=overrides)
+    return eval_runner(cfg)
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def collect(results, modes: dict[str, str]) -> dict:
+    """{run: {metric: {"mean", "ci", "n", "higher", "by_mode": {mode: mean}, "per_sample"}}} from RunResults;
+    `modes`: sample id -> animate / replace."""
+    from eval.report import bootstrap_ci
+
+    table: dict = {}
+    for run in results:
+        table[run.name] = {}
+        for name, res in run.results.items():
+            if res.skipped or not res.per_sample:
+                continue
+            values = list(res.per_sample.values())
+            low, high = bootstrap_ci(values, 0.95, 2000, 0)
+            by_mode = {}
+            for mode in sorted(set(modes.values())):
+                picked = [v for k, v in res.per_sample.items() if modes.get(k) == mode]
+                if picked:
+                    by_mode[mode] = {"mean": float(np.mean(picked)), "n": len(picked)}
+            table[run.name][name] = {"mean": float(res.value), "ci": [low, high], "n": len(values),
+                                     "higher": bool(res.higher_is_better), "by_mode": by_mode,
+                                     "per_sample": dict(res.per_sample)}  # fmt: skip
+    return table
+
+
+def compare(table: dict, other: str, keys: set[str] | None = None) -> dict[str, dict]:
+    """{metric: mean paired difference model - other over the samples both scored (restricted to `keys`),
+    its 95% paired-bootstrap CI and the verdict for the model (better / worse when the CI excludes 0)}."""
+    from eval.report import PairedRow, bootstrap_ci
+
+    out = {}
+    for metric, mine in table["model"].items():
+        theirs = table.get(other, {}).get(metric)
+        if theirs is None:
+            continue
+        common = sorted(
+            set(mine["per_sample"])
+            & set(theirs["per_sample"])
+            & (keys if keys is not None else set(mine["per_sample"]))
+        )
+        if not common:
+            continue
+        diffs = [mine["per_sample"][k] - theirs["per_sample"][k] for k in common]
+        ci = bootstrap_ci(diffs) or (None, None)
+        row = PairedRow(
+            "model", other, metric, float(np.mean(diffs)), ci[0], ci[1], len(common), mine["higher"]
+        )
+        out[metric] = {
+            "diff": row.mean_diff,
+            "ci": [row.ci_low, row.ci_high],
+            "n": row.num_common,
+            "verdict": row.verdict,
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+
+def _label(text: str, width: int, height: int = 14) -> np.ndarray:
+    tile = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(tile, text, (2, height - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    return tile
+
+
+def contact_sheet(
+    path: Path, tests: Sequence[Path], result_dir: Path, num_rows: int = 4, num_frames: int = 3
+) -> None:
+    """One row per test sample: ref | driving frames | result frames | ground-truth frames (2x, labelled)."""
+
+    def block(tiles: Sequence[np.ndarray]) -> np.ndarray:  # tiles side by side, 1-px separators, 4-px gap
+        padded = [np.pad(t, ((0, 1), (0, 1), (0, 0)), constant_values=255) for t in tiles]
+        return np.pad(np.concatenate(padded, axis=1), ((0, 0), (0, 4), (0, 0)), constant_values=255)
+
+    rows, widths = [], []
+    for test in tests[:num_rows]:
+        target = media.decode_video(test / "target.mp4")
+        picks = np.linspace(0, len(target) - 1, num_frames).round().astype(int)
+        blocks = [
+            block([media.decode_image((test / "ref.png").read_bytes())]),
+            block(media.decode_video(test / "rendered_v2.mp4")[picks]),
+            block(media.decode_video(result_dir / f"{test.name}.mp4")[picks]),
+            block(target[picks]),
+        ]
+        widths = [2 * b.shape[1] for b in blocks]
+        rows.append(np.concatenate(blocks, axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    sheet = cv2.resize(sheet, (sheet.shape[1] * 2, sheet.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+    names = ("ref", "driving", "result", "ground truth")
+    header = np.concatenate([_label(n, w) for n, w in zip(names, widths, strict=True)], axis=1)
+    media.atomic_write_bytes(path, media.encode_image(np.concatenate([header, sheet], axis=0), ".png"))
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _cell(entry: dict | None) -> str:
+    if entry is None:
+        return "-"
+    low, high = entry["ci"]
+    return f"{entry['mean']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def results_table(table: dict, runs: Sequence[str], metrics: Sequence[str]) -> list[str]:
+    arrows = {
+        m: next(("↑" if table[r][m]["higher"] else "↓") for r in runs if m in table[r]) for m in metrics
+    }
+    lines = ["| run | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]  # fmt: skip
+    lines += [f"| {r} | " + " | ".join(_cell(table[r].get(m)) for m in metrics) + " |" for r in runs]
+    return lines
+
+
+def mode_table(table: dict, runs: Sequence[str], metrics: Sequence[str]) -> list[str]:
+    modes = sorted({mode for r in runs for m in metrics for mode in table[r].get(m, {}).get("by_mode", {})})
+    cols = [(m, mode) for m in metrics for mode in modes]
+    counts = {mode: next(table[r][m]["by_mode"][mode]["n"] for r in runs for m in metrics
+                         if mode in table[r].get(m, {}).get("by_mode", {})) for mode in modes}  # fmt: skip
+    lines = ["| run | " + " | ".join(f"{m} ({mode}, n={counts[mode]})" for m, mode in cols) + " |",
+             "|---|" + "---|" * len(cols)]  # fmt: skip
+    for r in runs:
+        cells = [f"{table[r][m]['by_mode'][mode]['mean']:.3f}" if mode in table[r].get(m, {}).get("by_mode", {}) else "-"
+                 for m, mode in cols]  # fmt: skip
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def verdict_lines(comparisons: dict[str, dict[str, dict]]) -> list[str]:
+    """Plain sentences: where the model is significantly better / worse than each other run."""
+    lines = []
+    for other, rows in comparisons.items():
+        better = [m for m, r in rows.items() if r["verdict"] == "better"]
+        worse = [m for m, r in rows.items() if r["verdict"] == "worse"]
+        same = [m for m, r in rows.items() if r["verdict"] not in ("better", "worse")]
+        lines.append(f"- vs **{other}**: better on {', '.join(better) or 'nothing'}; worse on "
+                     f"{', '.join(worse) or 'nothing'}; not significant on {', '.join(same) or 'nothing'}.")  # fmt: skip
+    return lines
+
+
+def stage_seconds(records: dict) -> list[str]:
+    lines = ["| stage | seconds |", "|---|---|"]
+    for name, rec in records.items():
+        lines.append(f"| {name} | {rec.get('seconds', float('nan')):.0f} |")
+    return lines
+
+
+def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path) -> dict:
+    """Baselines, masks, the eval runner and report.md / results.json / contact_sheet.png in `folder`."""
+    world_dir = out / "world"
+    tests = test_folders(world_dir)
+    config = json.loads((world_dir / "world.json").read_text())
+    world = SyntheticWorld(WorldConfig(**config))
+    runs = {"model": out / "samples_model", "untrained": out / "samples_untrained"}
+    runs.update(write_baselines(folder / "baselines", tests, vae_path))
+    manifests, ceiling = write_manifests(folder, runs, tests, world)
+    results = run_eval(folder, manifests)
+    for run in results:
+        failed = [r for r in run.records if r.get("error")]
+        if failed:  # a report over fewer samples than the test split would mislead
+            raise RuntimeError(
+                f"eval of run {run.name}: {len(failed)} samples failed, e.g. {failed[0]['error']}"
+            )
+    modes = {t.name: json.loads((t / "gt.json").read_text())["mode"] for t in tests}
+    table = collect(results, modes)
+    comparisons = {other: compare(table, other) for other in runs if other != "model"}
+    for mode in sorted(set(modes.values())):
+        keys = {k for k, m in modes.items() if m == mode}
+        comparisons[f"copy_source ({mode} only)"] = compare(table, "copy_source", keys)
+    contact_sheet(folder / "contact_sheet.png", tests, runs["model"])
+    numbers = {"table": {r: {m: {k: v for k, v in e.items() if k != "per_sample"} for m, e in t.items()}
+                         for r, t in table.items()},
+               "model_vs": comparisons, "mask_estimator_ceiling_iou": ceiling, "modes": modes}  # fmt: skip
+    media.atomic_write_bytes(folder / "results.json", json.dumps(numbers, indent=2).encode())
+    text = render_markdown(budget, records, table, comparisons, ceiling, len(tests))
+    media.atomic_write_bytes(folder / "report.md", text.encode())
+    return {"report": str(folder / "report.md"), "results": str(folder / "results.json"),
+            "contact_sheet": str(folder / "contact_sheet.png"), "eval": str(folder / "eval" / "summary.md")}  # fmt: skip
+
+
+def render_markdown(
+    budget, records: dict, table: dict, comparisons: dict, ceiling: float, num_tests: int
+) -> str:
+    runs = [r for r in RUN_NOTES if r in table]
+    metrics = [m for m in REPORT_METRICS if any(m in table[r] for r in runs)]
+    vae = records["vae"]["result"]
+    train = records["train"]["result"]
+    curve = train.get("loss_curve", [])
+    val = [row for row in curve if "val/loss" in row]
+    lines = [
+        f"# Toy-world demo: budget `{budget.name}`", "",
+        f"Held-out test split: {num_tests} samples (identities, motions and scenes never seen in training). "
+        "Mean over samples with a 95% bootstrap CI; arrows give the better direction.", "",
+        "## Runs", "", *[f"- `{r}`: {RUN_NOTES[r]}" for r in runs], "",
+        "## Results", "", *results_table(table, runs, metrics), "",
+        "## Model vs each other run (paired bootstrap on the same samples)", "", *verdict_lines(comparisons), "",
+        "| other run | metric | model - other | 95% CI | verdict for the model |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for other, rows in comparisons.items():
+        for m in metrics:
+            if m in rows:
+                r = rows[m]
+                ci = "-" if r["ci"][0] is None else f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+                lines.append(f"| {other} | {m} | {r['diff']:+.3f} | {ci} | {r['verdict']} |")
+    lines += ["", "## By mode (animate: target in the reference's scene; replace: in the driving video's scene)", "",
+              *mode_table(table, runs, ("psnr", "mask_iou", "identity_color_hist")), "",
+              "## Pipeline", "",
+              f"- light VAE: held-out test-target PSNR {vae['test_target_psnr']:.2f} dB "
+              f"(frame 0: {vae['test_target_psnr_frame0']:.2f} dB)",
+              f"- denoiser: {budget.num_layers} layers, dim {budget.dim}, {budget.train_steps} steps, batch "
+              f"{budget.batch_size}, lr {budget.lr}; {train['seconds_per_step']:.2f} s/step",
+              f"- val flow loss: {val[0]['val/loss']:.4f} (step {val[0]['step']}) -> {val[-1]['val/loss']:.4f} "
+              f"(step {val[-1]['step']})" if len(val) >= 2 else "- val flow loss: fewer than two evaluations",
+              f"- sampler: {budget.sampler}, {budget.sample_steps} steps",
+              f"- foreground masks: difference > {FOREGROUND_THRESHOLD:.0f} from the empty scene; its IoU on the "
+              f"ground truth itself (ceiling): {ceiling:.3f}", "",
+              "## Time per stage", "", *stage_seconds(records), "",
+              "![contact sheet](contact_sheet.png)", ""]  # fmt: skip
+    return "\n".join(lines)
