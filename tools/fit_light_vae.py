@@ -15,14 +15,17 @@ import argparse
 import glob
 import logging
 import math
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a plain checkout
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from scail_lab.encoders.light_vae import LightVAE
+from scail_lab.encoders.light_vae import LightVAE  # noqa: E402
 
 logger = logging.getLogger("fit_light_vae")
 
