@@ -75,7 +75,7 @@ def test_same_seed_same_video_and_a_different_seed_differs():
     a, b, c = pipe(example, seed=1), pipe(example, seed=1), pipe(example, seed=2)
     assert a.video.dtype == torch.uint8 and a.video.shape == (3, 9, 64, 64)
     assert torch.equal(a.video, b.video)
-    assert not torch.equal(a.video, c.video)
+    assert (a.video.int() - c.video.int()).abs().float().mean() > 5
 
 
 def test_guide_scale_one_runs_one_forward_per_step_and_above_one_batches_cond_and_uncond():
