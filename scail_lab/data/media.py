@@ -54,7 +54,7 @@ def encode_video(frames: np.ndarray, fps: float, quality: str | int = LOSSLESS) 
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        stream.options = {**options, "preset": "veryfast", "threads": "1"}
+        stream.options = {**options, "preset": "veryfast", "threads": "1", "x264-params": "lookahead-threads=1"}
         stream.codec_context.thread_count = 1  # one encoder thread: the same frames give the same bytes
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
