@@ -8,7 +8,8 @@
     python train.py resume=outputs/<run>/checkpoints/last.ckpt                 # exact resume
 
 Each run directory holds checkpoints/ (Lightning, for resume), export/ (safetensors + config.json for
-sampling), csv/ metrics, val_videos/ and metrics.json (final metrics, read by the sweep summary).
+sampling), csv/ metrics, val_videos/, metrics.json (final metrics, read by the sweep summary) and
+data_report.{md,json} (what the loader fed and skipped, and why; per-worker files in data_report/).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from scail_lab.build import build_encoder, build_model, build_pipeline, data_mask_scheme, plain
+from scail_lab.data.report import write_summary
 from scail_lab.training.callbacks import ExportWeights, Throughput, ValidationVideos
 from scail_lab.training.data import MotionPairDataModule
 from scail_lab.training.ema import EMA
@@ -64,11 +66,18 @@ def check_data_sources(cfg: DictConfig) -> None:
             continue
         for key in ("shards", "folders"):
             source = node.get(key)
-            if not isinstance(source, str) or any(c in source for c in "{}*") or "::" in source or "://" in source:
+            if (
+                not isinstance(source, str)
+                or any(c in source for c in "{}*")
+                or "::" in source
+                or "://" in source
+            ):
                 continue
             if not Path(source).exists():
                 hint = " (make the toy world with: python tools/make_synthetic.py --out data/synthetic)"
-                raise FileNotFoundError(f"{name}.{key} does not exist: {source}" + (hint if "synthetic" in source else ""))
+                raise FileNotFoundError(
+                    f"{name}.{key} does not exist: {source}" + (hint if "synthetic" in source else "")
+                )
 
 
 def train(cfg: DictConfig) -> dict:
@@ -84,8 +93,11 @@ def train(cfg: DictConfig) -> dict:
     needs_encoder = cfg.data.kind == "pixel" or bool(cfg.validation.examples)
     encoder = build_encoder(cfg, model) if needs_encoder else None
     scheme = data_mask_scheme(model)
-    train_loader = instantiate(cfg.data, _partial_=True, mask_scheme=scheme, seed=cfg.seed)
-    val_loader = instantiate(cfg.val_data, _partial_=True, mask_scheme=scheme) if cfg.get("val_data") else None
+    train_loader = instantiate(cfg.data, _partial_=True, mask_scheme=scheme, seed=cfg.seed,
+                               report_dir=str(out / "data_report"))  # fmt: skip
+    val_loader = (
+        instantiate(cfg.val_data, _partial_=True, mask_scheme=scheme) if cfg.get("val_data") else None
+    )
     module = SCAILModule(model, optimizer, instantiate(cfg.objective), encoder, lora, cfg.seed,
                          tuple(cfg.validation.val_sigmas))  # fmt: skip
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -119,6 +131,10 @@ def train(cfg: DictConfig) -> dict:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         record = {"metrics": metrics, "step": trainer.global_step, "overrides": overrides}
         (out / "metrics.json").write_text(json.dumps(record, indent=2))
+        if (out / "data_report").is_dir():
+            report = write_summary(out / "data_report", out)
+            for warning in report["warnings"]:
+                log.warning("data: %s (see %s)", warning, out / "data_report.md")
     return metrics
 
 

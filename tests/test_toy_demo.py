@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-
 from tools import toy_demo
 
 STAGES = ("world", "vae", "latents", "train", "samples_model", "samples_untrained", "report")
@@ -15,7 +13,6 @@ RUNS = ("model", "untrained", "copy_ref", "driving", "copy_source", "vae_recon")
 METRICS = ("psnr", "ssim", "l1", "mask_iou", "identity_color_hist", "identity_color_dist")
 
 
-@pytest.mark.slow
 def test_toy_demo_micro_budget(tmp_path):
     out = tmp_path / "toy"
     assert toy_demo.main(["--out", str(out), "--budget", "micro", "--threads", "1"]) == 0
@@ -34,6 +31,9 @@ def test_toy_demo_micro_budget(tmp_path):
         assert list((out / "latents" / split).glob("*.tar"))
     assert (out / "train" / "export" / "denoiser.safetensors").is_file()
     assert (out / "train" / "checkpoints" / "last.ckpt").is_file()
+    data = json.loads((out / "train" / "data_report.json").read_text())  # the loader's QA report
+    assert data["skipped"] == [] and data["epochs"]["0"]["decoded"] > 0
+    assert all(shape.endswith(" latent") for shape in data["counters"]["shape"])
     tests = sorted(p.name for p in (out / "world" / "folders" / "test").iterdir() if p.is_dir())
     for run in ("samples_model", "samples_untrained"):
         assert sorted(p.stem for p in (out / run).glob("test_*.mp4") if "side_by_side" not in p.stem) == tests

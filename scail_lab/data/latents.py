@@ -36,6 +36,7 @@ from scail_lab.data.pixels import (
     stream_fields,
     video_tensor,
 )
+from scail_lab.data.report import source_clip
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets
 from scail_lab.model.masks import MaskScheme
 
@@ -278,13 +279,15 @@ def latent_sample(
         sample[schema.TEXT_EMB] = npy_tensor(raw[schema.F_TEXT_EMB_NULL if d.drop_text else schema.F_TEXT_EMB])
     if prefix + schema.F_CLIP_EMB in raw:
         sample[schema.CLIP_EMB] = npy_tensor(raw[prefix + schema.F_CLIP_EMB])
+    fps = float(meta.get(schema.META_FPS, 16.0))
     sample.update(
         {
             schema.CAPTION: "" if d.drop_text else raw[schema.F_CAPTION].decode("utf-8"),
             schema.MODE: meta.get(schema.META_MODE, "animate"),
             schema.NUM_HISTORY_FRAMES: d.num_history_frames,
-            schema.FPS: float(meta.get(schema.META_FPS, 16.0)),
+            schema.FPS: fps,
             schema.SAMPLE_KEY: key,
+            schema.SOURCE_CLIP: source_clip(4 * (npy_shape(raw[schema.F_TARGET_LATENTS])[1] - 1) + 1, fps),
         }
     )
     return sample

@@ -14,6 +14,9 @@ Stages (each DataLoader worker runs its own copy):
 6. bucket batching: samples are queued per shape signature and a batch is emitted when a queue holds
    `batch_size` samples; leftovers are emitted at the end of the epoch unless `drop_last`.
 
+With `report_dir` set, every worker records what it decoded, batched and skipped (with the reason) in a
+data-QA report (scail_lab/data/report.py); train.py sets it to <run>/data_report.
+
 Batches follow the contract in schema.py (pixel: uint8 ref_image, ref_mask, driving, driving_mask,
 target; latent: target_latents, ref_latents, pose_latents, mask codes, text/clip embeddings; both:
 caption, mode, num_history_frames, fps, key).
@@ -36,6 +39,7 @@ from scail_lab.data.augment import AugmentConfig
 from scail_lab.data.folders import collect_folder, find_sample_folders, sample_key
 from scail_lab.data.latents import latent_sample
 from scail_lab.data.pixels import batch_signature, collate, pixel_sample
+from scail_lab.data.report import WorkerReport
 from scail_lab.data.shards import iter_shard, list_shards
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets
 from scail_lab.model.masks import BinaryMaskScheme, ColourMaskScheme, MaskScheme, NoMaskScheme
@@ -101,6 +105,7 @@ class MotionPairStream(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        report_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if (shards is None) == (folders is None):
@@ -126,6 +131,8 @@ class MotionPairStream(IterableDataset):
         self.resampled, self.samples_per_epoch = resampled, samples_per_epoch
         self.drop_last, self.seed = drop_last, int(seed)
         self.rank, self.world_size = rank, world_size
+        self.report_dir = report_dir
+        self.report: WorkerReport | None = None  # set per worker and epoch in __iter__
         self.epoch = 0
 
     @staticmethod
@@ -171,15 +178,26 @@ class MotionPairStream(IterableDataset):
             )
         yield from mine
 
+    def _skipped(self, key: str, source: str | None, stage: str, exc: Exception) -> None:
+        logger.warning("skip %s %s: %s", stage, key, exc)
+        if self.report is not None:
+            self.report.skipped(key, source, stage, f"{type(exc).__name__}: {exc}")
+
     def _raw_samples(self, sources: Iterator[str]) -> Iterator[dict]:
         for source in sources:
+            if self.report is not None:
+                self.report.opened(source)
             if self.from_folders:
                 try:
-                    yield collect_folder(source, sample_key(Path(source)))
+                    raws = [collect_folder(source, sample_key(Path(source)))]
                 except (OSError, ValueError) as exc:
-                    logger.warning("skip folder %s: %s", source, exc)
+                    self._skipped(Path(source).name, source, "folder", exc)
+                    continue
             else:
-                yield from iter_shard(source)
+                raws = iter_shard(source, lambda exc, s=source: self._skipped(Path(s).name, s, "shard", exc))
+            for raw in raws:
+                raw.setdefault(schema.URL, source)
+                yield raw
 
     def _shuffled(self, samples: Iterator[dict], rng: np.random.Generator) -> Iterator[dict]:
         if not self.shuffle or self.shuffle_buffer <= 1:
@@ -209,9 +227,13 @@ class MotionPairStream(IterableDataset):
     def _decoded(self, raws: Iterator[dict]) -> Iterator[dict]:
         for raw in raws:
             try:
-                yield self.decode(raw)
+                sample = self.decode(raw)
             except (ValueError, KeyError) as exc:
-                logger.warning("skip sample %s: %s", raw.get(schema.KEY, "?"), exc)
+                self._skipped(str(raw.get(schema.KEY, "?")), raw.get(schema.URL), "decode", exc)
+                continue
+            if self.report is not None:
+                self.report.decoded(sample)
+            yield sample
 
     def _batched(self, samples: Iterator[dict], limit: int | None) -> Iterator[dict]:
         queues: dict[tuple, list[dict]] = {}
@@ -220,6 +242,8 @@ class MotionPairStream(IterableDataset):
             queue = queues.setdefault(batch_signature(sample), [])
             queue.append(sample)
             if len(queue) == self.batch_size:
+                if self.report is not None:
+                    self.report.batch(len(queue), full=True)
                 yield collate(queue)
                 queues[batch_signature(sample)] = []
                 emitted += self.batch_size
@@ -228,6 +252,8 @@ class MotionPairStream(IterableDataset):
         if not self.drop_last:
             for queue in queues.values():
                 if queue:
+                    if self.report is not None:
+                        self.report.batch(len(queue), full=False)
                     yield collate(queue)
 
     def __iter__(self) -> Iterator[dict]:
@@ -239,8 +265,15 @@ class MotionPairStream(IterableDataset):
         limit = None
         if self.resampled:
             limit = math.ceil(self.samples_per_epoch / ((self.world_size or 1) * num_workers))
+        if self.report_dir is not None:
+            self.report = WorkerReport.for_worker(self.report_dir, epoch=self.epoch, rank=self.rank, worker=worker,
+                                                  kind=self.kind)  # fmt: skip
         samples = self._decoded(self._shuffled(self._raw_samples(self._my_sources(worker, num_workers)), rng))
-        yield from self._batched(samples, limit)
+        try:
+            yield from self._batched(samples, limit)
+        finally:
+            if self.report is not None:
+                self.report.flush(force=True)
 
 
 class EpochDataLoader(DataLoader):
@@ -282,6 +315,7 @@ def build_dataloader(
     world_size: int | None = None,
     pin_memory: bool = False,
     start_epoch: int = 0,
+    report_dir: str | os.PathLike | None = None,
 ) -> EpochDataLoader:
     """The motion-pair training loader (an iterable of batch dicts; see the module docstring).
 
@@ -294,7 +328,7 @@ def build_dataloader(
         shards=shards, folders=folders, kind=kind, batch_size=batch_size, sampling=sampling, buckets=buckets,
         augment=augment, mask_scheme=mask_scheme, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
         resampled=resampled, samples_per_epoch=samples_per_epoch, drop_last=drop_last, seed=seed, rank=rank,
-        world_size=world_size,
+        world_size=world_size, report_dir=report_dir,
     )  # fmt: skip
     extra = {"prefetch_factor": 2, "persistent_workers": False} if num_workers > 0 else {}
     return EpochDataLoader(

@@ -17,6 +17,7 @@ from scail_lab.data import schema
 from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng
 from scail_lab.data.folders import has_variants, read_meta
 from scail_lab.data.media import decode_image, decode_video, probe_video
+from scail_lab.data.report import source_clip
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets, resize_cover_crop
 
 # roles are the batch keys they fill
@@ -134,6 +135,7 @@ def pixel_sample(
             schema.NUM_HISTORY_FRAMES: decisions.num_history_frames,
             schema.FPS: fps_out,
             schema.SAMPLE_KEY: key,
+            schema.SOURCE_CLIP: source_clip(num_frames, fps, height, width),
         }
     )
     return sample

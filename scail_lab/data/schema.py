@@ -154,6 +154,7 @@ MODE = "mode"  # list[str]
 NUM_HISTORY_FRAMES = "num_history_frames"  # LongTensor [B], latent frames
 FPS = "fps"  # FloatTensor [B]
 SAMPLE_KEY = "key"  # list[str]
+SOURCE_CLIP = "source_clip"  # list[dict]: the clip before frame sampling / bucket fit (data/report.py)
 
 PIXEL_TENSOR_KEYS = (REF_IMAGE, REF_MASK, DRIVING, DRIVING_MASK, TARGET)
 LATENT_TENSOR_KEYS = (TARGET_LATENTS, REF_LATENTS, POSE_LATENTS, REF_MASK_CODE, DRIVING_MASK_CODE, CLIP_EMB)

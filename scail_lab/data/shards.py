@@ -298,12 +298,15 @@ def require_masks_for(mask_scheme: str) -> bool:
     return resolve_mask_scheme(mask_scheme).num_classes > 0
 
 
-def iter_shard(url: str) -> Iterator[dict]:
-    """Samples of one tar shard (webdataset groups members by key); a broken shard is logged and ends early."""
+def iter_shard(url: str, on_error: Callable[[Exception], None] | None = None) -> Iterator[dict]:
+    """Samples of one tar shard (webdataset groups members by key); a broken shard is logged (and passed to
+    `on_error`) and ends early."""
     import webdataset as wds
 
     def warn(exc: Exception) -> bool:
         logger.warning("error reading %s: %s", url, exc)
+        if on_error is not None:
+            on_error(exc)
         return True
 
     yield from wds.tariterators.tarfile_samples([{"url": url}], handler=warn)
