@@ -207,6 +207,9 @@ def test_two_process_deepspeed_zero2_on_cpu_completes_and_its_checkpoint_reloads
     model = SCAILDiT(tiny_config(freq_dim=64))
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=True)
     assert json.loads((out / "metrics.json").read_text())["step"] == 3
+    with open(out / "csv" / "metrics.csv") as f:
+        norms = [float(r["train/grad_norm"]) for r in csv.DictReader(f) if r.get("train/grad_norm")]
+    assert len(norms) == 3 and all(0.0 < n < float("inf") for n in norms)  # the engine's global norm, every step
 
 
 def test_validation_videos_go_through_the_inference_pipeline_with_metrics(tmp_path):

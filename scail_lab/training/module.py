@@ -99,10 +99,16 @@ class SCAILModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:  # DeepSpeed partitions gradients; there the engine reports its own norm
+        if grads:  # DeepSpeed partitions gradients; there the engine's norm is logged after its step
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
             self.log("train/grad_norm", norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        engine = getattr(self.trainer.strategy, "deepspeed_engine", None)
+        norm = engine.get_global_grad_norm() if engine is not None else None
+        if norm is not None:  # the global (all-partition) norm of the step DeepSpeed just took, before clipping
+            self.log("train/grad_norm", float(norm))
 
     # --- checkpoints ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
