@@ -55,6 +55,10 @@ def test_flags_map_onto_sample_overrides():
                      "pipeline.guide_scale=5.0", "pipeline.height=512", "pipeline.width=896", "seed=7",
                      "loras=[{path:'a.safetensors',strength:0.5},{path:'b.safetensors',strength:1.0}]"):  # fmt: skip
         assert expected in o, expected
+    assert not any(x.startswith("pipeline.offload_blocks") for x in o)
+    blocks = generate.overrides(generate.parse_args(["--ckpt_dir", "c", "--image", "r", "--pose", "p",
+                                                     "--offload_blocks", "20"]))  # fmt: skip
+    assert "pipeline.offload_blocks=20" in blocks
     with pytest.raises(ValueError, match="pair 1:1"):
         generate.overrides(generate.parse_args(["--ckpt_dir", "c", "--image", "r", "--pose", "p",
                                                 "--additional_ref_images", "x.jpg"]))  # fmt: skip

@@ -100,7 +100,7 @@ def test_history_frames_stay_clean_through_denoising():
     pipe = make_pipeline(num_steps=3)
     example = pipe_example = make_example(frames=9)
     base, negative = pipe.encode(pipe_example)
-    conditions = pipe._segment_conditions(base, example, plan_segments(9, 9, 5)[0])
+    conditions = pipe.segment_conditions(base, example, plan_segments(9, 9, 5)[0])
     history = torch.randn(1, 16, 2, 8, 8)
     latents = pipe.denoise(conditions, negative, history, torch.Generator().manual_seed(0))
     assert torch.equal(latents[:, :, :2], history)

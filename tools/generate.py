@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora_alpha", type=float, nargs="*", default=[])
     p.add_argument("--base_seed", type=int, default=-1)
     p.add_argument("--offload_model", type=lambda v: v.lower() in ("1", "true", "yes"), default=None)
+    p.add_argument("--offload_blocks", type=int, default=0,
+                   help="ours: keep the last N DiT blocks in CPU memory and stream them per forward (~0.81 GB each "
+                        "for 14B in bf16)")  # fmt: skip
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--save_file", default=None, help="copy the result mp4 here")
     p.add_argument("--out_dir", default="outputs/generate")
@@ -109,6 +112,8 @@ def overrides(args: argparse.Namespace) -> list[str]:
         out += ["pipeline.precision=fp32", "weights_dtype=null"]
     offload = args.offload_model
     out.append(f"pipeline.offload={str(True if offload is None else offload).lower()}")  # released default: on (1 GPU)
+    if args.offload_blocks:
+        out.append(f"pipeline.offload_blocks={args.offload_blocks}")
     return out + list(args.override)
 
 

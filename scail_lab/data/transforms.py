@@ -10,8 +10,8 @@ orientation (landscape W > H, portrait H > W, square), take the largest one that
 (no upscaling), ties to the closest aspect ratio; if none fits, the closest aspect ratio (ties to the
 smaller area), upscaled; if no bucket has that orientation, all buckets are candidates.
 
-Crop/resize policy: scale to cover the bucket keeping the aspect ratio (area filter when shrinking,
-bilinear when enlarging), then centre-crop. Masks use nearest-neighbour so palette colours stay exact.
+Crop/resize policy: scale to cover the bucket keeping the aspect ratio (antialiased bicubic, as the released
+`resize_for_rectangle_crop`), then centre-crop. Masks use nearest-neighbour so palette colours stay exact.
 The reference image is fitted to the bucket chosen from the video (same policy), as SCAIL's
 `resize_for_rectangle_crop` does.
 """
@@ -23,8 +23,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 _warned_upsample = False
@@ -125,28 +126,36 @@ class ResolutionBuckets:
         return min(same, key=lambda s: (aspect_gap(s), s[0] * s[1]))
 
 
+def cover_size(h: int, w: int, th: int, tw: int) -> tuple[int, int]:
+    """Size (rh, rw) that covers (th, tw) keeping the aspect ratio: the tighter side is matched exactly and the
+    other scaled and floored, as SCAIL's `resize_for_rectangle_crop` computes it."""
+    if w / h > tw / th:
+        return th, max(tw, int(w * th / h))
+    return max(th, int(h * tw / w)), tw
+
+
 def resize_cover_crop(frames: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """[..., h, w, C] uint8 -> [..., H, W, C]: scale to cover (H, W) keeping aspect, then centre-crop."""
+    """[..., h, w, C] uint8 -> [..., H, W, C]: scale to cover (H, W) keeping aspect, then centre-crop.
+
+    Bicubic with antialiasing (the released `resize_for_rectangle_crop`: torchvision BICUBIC on tensors), rounded
+    back to uint8; `nearest` for masks. The one resize of the framework: the training loader and the sampling
+    pipeline both call it, so both see the same pixels.
+    """
     th, tw = size
     h, w = frames.shape[-3:-1]
     if (h, w) == (th, tw):
         return frames
-    scale = max(th / h, tw / w)
-    rh, rw = max(th, math.ceil(h * scale - 1e-6)), max(tw, math.ceil(w * scale - 1e-6))
+    rh, rw = cover_size(h, w, th, tw)
+    lead, c = frames.shape[:-3], frames.shape[-1]
+    x = torch.from_numpy(np.ascontiguousarray(frames)).reshape(-1, h, w, c).permute(0, 3, 1, 2)  # [M, C, h, w]
     if nearest:
-        interp = cv2.INTER_NEAREST
+        x = F.interpolate(x, size=(rh, rw), mode="nearest-exact")
     else:
-        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    lead = frames.shape[:-3]
-    flat = frames.reshape(-1, h, w, frames.shape[-1])  # [M, h, w, C]
+        x = F.interpolate(x.float(), size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
     top, left = (rh - th) // 2, (rw - tw) // 2
-    out = np.empty((flat.shape[0], th, tw, flat.shape[-1]), dtype=frames.dtype)
-    for i, frame in enumerate(flat):
-        resized = cv2.resize(frame, (rw, rh), interpolation=interp)
-        if resized.ndim == 2:
-            resized = resized[..., None]
-        out[i] = resized[top : top + th, left : left + tw]
-    return out.reshape(*lead, th, tw, frames.shape[-1])
+    x = x[:, :, top : top + th, left : left + tw]  # [M, C, H, W]
+    return x.permute(0, 2, 3, 1).reshape(*lead, th, tw, c).numpy()
 
 
 def frame_buckets_for(num_frames: Sequence[int] | int) -> tuple[int, ...]:

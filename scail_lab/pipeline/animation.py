@@ -24,6 +24,7 @@ from scail_lab.conditioning.encode import check_pixel_size
 from scail_lab.diffusion.guidance import guided_velocity
 from scail_lab.diffusion.samplers import FlowSampler
 from scail_lab.model.dit import SCAILDiT
+from scail_lab.model.offload import BlockOffload
 from scail_lab.pipeline.inputs import MotionExample, prepare
 from scail_lab.pipeline.segments import SegmentPlan, plan_segments
 
@@ -63,6 +64,7 @@ class AnimationPipeline:
         precision: str = "fp32",
         device: str = "cpu",
         offload: bool = False,
+        offload_blocks: int = 0,
         progress: bool = True,
     ) -> None:
         if num_steps < 1:
@@ -75,7 +77,12 @@ class AnimationPipeline:
             raise ValueError(
                 f"mask scheme width {encoder.mask_scheme.width} does not match the model's mask width {model.mask_width}"
             )
-        self.model, self.encoder, self.sampler = model.to(device), encoder, sampler
+        if offload_blocks < 0:
+            raise ValueError(f"offload_blocks must be >= 0, got {offload_blocks}")
+        # offload_blocks > 0: the last blocks stay in CPU memory and stream onto the device per forward
+        self.block_offload = BlockOffload(model, device, offload_blocks) if offload_blocks else None
+        self.model = model if offload_blocks else model.to(device)
+        self.encoder, self.sampler = encoder, sampler
         self.builder = ConditionBuilder()
         self.num_steps, self.guide_scale, self.negative_prompt = num_steps, guide_scale, negative_prompt
         self.height, self.width, self.max_frames = height, width, max_frames
@@ -132,7 +139,7 @@ class AnimationPipeline:
                     module.to("cpu")
         return conditions, negative
 
-    def _segment_conditions(self, base: Conditions, example: MotionExample, plan: SegmentPlan) -> Conditions:
+    def segment_conditions(self, base: Conditions, example: MotionExample, plan: SegmentPlan) -> Conditions:
         """Driving latents and mask codes of one segment (the driving video padded with its last frame)."""
         stop = plan.start + plan.length - plan.padding
         driving = example.driving[:, plan.start : stop]
@@ -206,7 +213,7 @@ class AnimationPipeline:
         previous: Tensor | None = None
         bar = tqdm(total=len(plans) * self.num_steps, desc=example.name, disable=not self.progress)
         for plan in plans:
-            conditions = self._segment_conditions(base, example, plan)
+            conditions = self.segment_conditions(base, example, plan)
             history = None
             if plan.history:
                 history = self.encoder.video_latents(previous[:, :, -plan.history :])  # clean history latents
