@@ -33,7 +33,15 @@ def test_shapes_and_gt_contract():
     world = SyntheticWorld(WorldConfig(height=64, width=96, **SMALL))
     s = world.sample("val", 0)
     assert s.ref.shape == (64, 96, 3) and s.target.shape == (9, 64, 96, 3)
-    for name in ("driving", "driving_mask", "driving_aug", "driving_mask_aug", "pose", "pose_mask", "target_mask"):
+    for name in (
+        "driving",
+        "driving_mask",
+        "driving_aug",
+        "driving_mask_aug",
+        "pose",
+        "pose_mask",
+        "target_mask",
+    ):
         assert getattr(s, name).shape == (9, 64, 96, 3), name
     gt = s.gt
     for key in ("joints", "joint_names", "identity_colors", "fps", "mode", "motion", "identity_ref",
@@ -170,13 +178,19 @@ def test_make_synthetic_tool_writes_folders_shards_and_sheet(tmp_path):
     assert main(["--out", str(tmp_path / "b"), "--format", "shards", "--contact-sheet", "0", *common]) == 0
     folder = tmp_path / "a" / "folders" / "train" / "train_000001"
     gt = json.loads((folder / "gt.json").read_text())
-    assert gt["split"] == "train" and len(gt["joints"]) == 5 and (tmp_path / "a" / "contact_sheet.png").stat().st_size > 0
+    assert (
+        gt["split"] == "train"
+        and len(gt["joints"]) == 5
+        and (tmp_path / "a" / "contact_sheet.png").stat().st_size > 0
+    )
     for name in ("ref.png", "ref_mask.png", "rendered_v2.mp4", "target.mp4", "prompt.txt", "target_mask.mp4"):
         assert (folder / name).is_file(), name
 
     def members(root):
         with tarfile.open(root / "shards" / "train" / "shard-000000.tar") as tf:
-            return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if not m.name.endswith("meta.json")}
+            return {
+                m.name: tf.extractfile(m).read() for m in tf.getmembers() if not m.name.endswith("meta.json")
+            }
 
     a, b = members(tmp_path / "a"), members(tmp_path / "b")
     assert sorted(a) == sorted(b) and "train_000001.target.mp4" in a

@@ -81,7 +81,9 @@ def write_folder(files: dict[str, bytes], folder: str | Path) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a sample folder is an ordinary directory
+    os.chmod(
+        tmp, 0o777 & ~current_umask()
+    )  # mkdtemp makes it private; a sample folder is an ordinary directory
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
