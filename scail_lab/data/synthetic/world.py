@@ -8,7 +8,8 @@ A sample is deterministic from (world seed, split, index). Per sample:
 - the ground-truth target: A doing M along B's trajectory, on scene_a for animation or in scene_b for
   replacement (whose driving mask is the colour silhouette on a white background);
 - reverse-driving extras for end-to-end samples: a reference of B and the target's own driving mask;
-- caption, gt.json content (target joints, identity colours, ...), target foreground mask.
+- caption, gt.json content (target joints, identity colours, ...), target foreground mask and the target's
+  background plate (its scene with no character, same camera pan: what a foreground estimator compares with).
 
 Two-character samples bind people with the SCAIL palette: people are sorted left-to-right by the centre
 of their first-frame bounding box, slot k gets DEFAULT_PALETTE[k] (blue, red, green, magenta, cyan,
@@ -113,6 +114,7 @@ class SyntheticSample:
     pose_mask: np.ndarray
     target: np.ndarray
     target_mask: np.ndarray
+    target_background: np.ndarray  # the target's scene with no character (same camera), the plate
     caption: str
     gt: dict
     ref_driving: np.ndarray | None = None
@@ -147,6 +149,7 @@ class _Render:
     person: np.ndarray  # [N, H, W] actor index, -1 background
     joints: list[np.ndarray]  # per actor [N, 14, 2], pixel-index coordinates (centre of pixel 0 = 0)
     heights: list[float]
+    background: np.ndarray  # [N, H, W, 3] the scene the actors were composited over
 
 
 class SyntheticWorld:
@@ -196,6 +199,7 @@ class SyntheticWorld:
             driving_aug=driving_aug, driving_mask_aug=driving_mask_aug, pose=pose, pose_mask=pose_mask,
             target=tgt.frames,
             target_mask=np.repeat(((tgt.person >= 0) * 255).astype(np.uint8)[..., None], 3, axis=-1),
+            target_background=tgt.background,
             caption=self._caption(plan.mode, [ident[i] for i in tgt_ids], plan.motions, drv_slot, tgt_scene, plan.pan_speed),
             gt={},
         )  # fmt: skip
@@ -311,7 +315,7 @@ class SyntheticWorld:
                 frames[i].extend(parts)
         rgb, alpha, person = rasterize(frames, self.hw, ss)
         background = scene.frames(self.hw[1], pan_px)
-        return _Render(compose(background, rgb, alpha), person, joints, heights)
+        return _Render(compose(background, rgb, alpha), person, joints, heights, background)
 
     def _render_still(self, idents: list[Identity], scene: Scene, rng: np.random.Generator) -> _Render:
         """A standing rest pose (random arm angles, slight turn); person k at the k-th position from the left."""
