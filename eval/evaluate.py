@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from eval.manifest import ManifestRow
@@ -37,10 +38,32 @@ class RunResult:
         return sum(1 for r in self.records if r.get("error"))
 
 
+def _resize(video: Tensor, size: tuple[int, int]) -> Tensor:
+    """[N, 3, H, W] 0..255 -> [N, 3, *size] (antialiased bilinear, the DisCo way of matching sizes)."""
+    out = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp(0, 255)
+
+
+def _load_background(path: str, num: int, size: tuple[int, int], notes: list[str]) -> Tensor:
+    """The background plate [N, 3, H, W] (or one frame [1, 3, H, W]) cut to `num` frames, at the target size."""
+    plate = torch.from_numpy(read_video(path)).permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W]
+    if plate.shape[0] != 1 and plate.shape[0] < num:
+        raise ValueError(f"background plate {path} has {plate.shape[0]} frames, the videos have {num}")
+    plate = plate[:num]
+    if plate.shape[-2:] != size:
+        notes.append(f"background plate resized from {tuple(plate.shape[-2:])} to {size}")
+        plate = _resize(plate, size)
+    return plate
+
+
 def load_pair(
     row: ManifestRow, frame_mismatch: str = "truncate", size_mismatch: str = "resize"
 ) -> tuple[dict[str, Any], list[str]]:
-    """Decode one sample -> (inputs for Metric.update, notes about adjustments made)."""
+    """Decode one sample -> (inputs for Metric.update, notes about adjustments made).
+
+    The background plate (`row.background`) always follows the ground truth: cut to the compared frames and
+    resized to the ground-truth size (it is the target's scene, so `size_mismatch` does not apply to it).
+    """
     notes: list[str] = []
     pred = torch.from_numpy(read_video(row.pred)).permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W]
     target = torch.from_numpy(read_video(row.target)).permute(0, 3, 1, 2).float()
@@ -54,20 +77,15 @@ def load_pair(
     pred, target = pred[:num], target[:num]
     pred_mask = pred_mask[:num] if pred_mask is not None else None
     target_mask = target_mask[:num] if target_mask is not None else None
+    size = tuple(target.shape[-2:])
+    background = _load_background(row.background, num, size, notes) if row.background else None
     if pred.shape[-2:] != target.shape[-2:]:
         if size_mismatch == "error":
-            raise ValueError(
-                f"generated frames are {tuple(pred.shape[-2:])}, ground truth {tuple(target.shape[-2:])}"
-            )
-        notes.append(f"generated frames resized from {tuple(pred.shape[-2:])} to {tuple(target.shape[-2:])}")
-        pred = F.interpolate(
-            pred, size=target.shape[-2:], mode="bilinear", align_corners=False, antialias=True
-        )
-        pred = pred.clamp(0, 255)
+            raise ValueError(f"generated frames are {tuple(pred.shape[-2:])}, ground truth {size}")
+        notes.append(f"generated frames resized from {tuple(pred.shape[-2:])} to {size}")
+        pred = _resize(pred, size)
         if pred_mask is not None:
-            pred_mask = (
-                F.interpolate(pred_mask[:, None].float(), size=target.shape[-2:], mode="nearest")[:, 0] > 0.5
-            )
+            pred_mask = F.interpolate(pred_mask[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
     gt = SyntheticGT.load(row.gt_json) if row.gt_json else None
     if gt is not None and gt.joints.shape[0] != num:
         if gt.joints.shape[0] < num:
@@ -80,6 +98,7 @@ def load_pair(
         "target": Frames(target),
         "pred_mask": pred_mask,
         "target_mask": target_mask,
+        "background": Frames(background) if background is not None else None,
         "gt": gt,
     }
     return inputs, notes

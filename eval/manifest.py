@@ -1,15 +1,21 @@
 """Evaluation manifests: which generated video is compared with which ground truth.
 
-A manifest is a CSV (header row) or JSONL file with columns `pred,target[,pred_mask,target_mask,gt_json,id]`;
-relative paths resolve against the manifest's folder. Folder matching builds the same rows:
+A manifest is a CSV (header row) or JSONL file with columns
+`pred,target[,pred_mask,target_mask,gt_json,id,background]`; relative paths resolve against the manifest's
+folder. Folder matching builds the same rows:
 
-    sample = a folder holding exactly one non-mask .mp4 (key: the folder's relative path), e.g.
-             gt/s001/{video.mp4, target_mask.mp4, gt.json}
-           or a loose .mp4 file (key: its relative path without .mp4), e.g. run/s001.mp4
-    masks  = `target_mask.mp4`, `pred_mask.mp4` or `mask.mp4` inside a sample folder, or `<stem>_mask.mp4`
-             beside a loose file; `gt.json` (folder) or `<stem>_gt.json` (loose file) is the synthetic ground truth.
+    sample     = a folder holding a target video (`target.mp4`, `GT.mp4`, `gt.mp4`: an example folder such as a
+                 synthetic sample's, whatever other videos it holds) or else exactly one video that is not
+                 auxiliary (key: the folder's relative path), e.g. gt/s001/{video.mp4, target_mask.mp4, gt.json};
+                 or a loose .mp4 file (key: its relative path without .mp4), e.g. run/s001.mp4
+    auxiliary  = masks: `target_mask.mp4`, `pred_mask.mp4`, `mask.mp4` or any `*_mask.mp4`; background plates
+                 (the scene with no character, same camera): `target_background.mp4`, `background.mp4` or
+                 any `*_background.mp4`. Never taken for the sample's video.
+    extras     = in a sample folder: its mask, its plate and `gt.json` (the synthetic ground truth); beside a
+                 loose file: `<stem>_mask.mp4`, `<stem>_background.mp4`, `<stem>_gt.json`.
 
-Generated and ground-truth samples pair by key, so run/s001.mp4 matches gt/s001/video.mp4.
+Generated and ground-truth samples pair by key, so run/s001.mp4 matches gt/s001/video.mp4. The plate (column
+`background`) comes from the ground-truth side: metrics derive missing foreground masks by difference with it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scail_lab.data import schema
+
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIX = ".mp4"
-MASK_NAMES = ("target_mask.mp4", "pred_mask.mp4", "mask.mp4")
-COLUMNS = ("id", "pred", "target", "pred_mask", "target_mask", "gt_json")
+MASK_NAMES = (schema.TARGET_MASK_FILE, "pred_mask.mp4", "mask.mp4")
+BACKGROUND_NAMES = schema.TARGET_BACKGROUND_FILES
+AUXILIARY_STEM_SUFFIXES = ("_mask", "_background")
+COLUMNS = ("id", "pred", "target", "pred_mask", "target_mask", "gt_json", "background")
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class ManifestRow:
     pred_mask: str | None = None
     target_mask: str | None = None
     gt_json: str | None = None
+    background: str | None = None  # the target's background plate video
 
 
 @dataclass(frozen=True)
@@ -43,10 +54,20 @@ class SampleFiles:
     video: Path
     mask: Path | None
     gt_json: Path | None
+    background: Path | None = None
 
 
-def _is_mask(path: Path) -> bool:
-    return path.name in MASK_NAMES or path.stem.endswith("_mask")
+def is_auxiliary(path: Path) -> bool:
+    """A mask or background-plate video: an extra of a sample, never its main video."""
+    return (
+        path.name in MASK_NAMES
+        or path.name in BACKGROUND_NAMES
+        or path.stem.endswith(AUXILIARY_STEM_SUFFIXES)
+    )
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
 
 
 def scan_samples(root: str | os.PathLike, mask_names: tuple[str, ...] = MASK_NAMES) -> dict[str, SampleFiles]:
@@ -57,19 +78,26 @@ def scan_samples(root: str | os.PathLike, mask_names: tuple[str, ...] = MASK_NAM
     samples: dict[str, SampleFiles] = {}
     for folder, _, files in sorted(os.walk(root)):
         folder_path = Path(folder)
-        videos = sorted(folder_path / f for f in files if f.endswith(VIDEO_SUFFIX) and not _is_mask(Path(f)))
-        if len(videos) == 1 and folder_path != root:
-            mask = next((folder_path / m for m in mask_names if (folder_path / m).is_file()), None)
-            gt = folder_path / "gt.json"
+        videos = sorted(
+            folder_path / f for f in files if f.endswith(VIDEO_SUFFIX) and not is_auxiliary(Path(f))
+        )
+        target = next((folder_path / n for n in schema.TARGET_FILES if n in files), None)
+        if folder_path != root and (target is not None or len(videos) == 1):
             samples[folder_path.relative_to(root).as_posix()] = SampleFiles(
-                videos[0], mask, gt if gt.is_file() else None
+                target or videos[0],
+                next((folder_path / m for m in mask_names if (folder_path / m).is_file()), None),
+                _existing(folder_path / "gt.json"),
+                next((folder_path / b for b in BACKGROUND_NAMES if (folder_path / b).is_file()), None),
             )
             continue
         for video in videos:
-            mask = video.with_name(f"{video.stem}_mask{VIDEO_SUFFIX}")
-            gt = video.with_name(f"{video.stem}_gt.json")
             key = video.relative_to(root).with_suffix("").as_posix()
-            samples[key] = SampleFiles(video, mask if mask.is_file() else None, gt if gt.is_file() else None)
+            samples[key] = SampleFiles(
+                video,
+                _existing(video.with_name(f"{video.stem}_mask{VIDEO_SUFFIX}")),
+                _existing(video.with_name(f"{video.stem}_gt.json")),
+                _existing(video.with_name(f"{video.stem}_background{VIDEO_SUFFIX}")),
+            )
     return samples
 
 
@@ -101,6 +129,7 @@ def match_folders(
             pred_mask=str(preds[key].mask) if preds[key].mask else None,
             target_mask=str(gts[key].mask) if gts[key].mask else None,
             gt_json=str(gts[key].gt_json) if gts[key].gt_json else None,
+            background=str(gts[key].background) if gts[key].background else None,
         )
         for key in keys
     ]
@@ -129,6 +158,7 @@ def _row_from_record(record: dict[str, object], base: Path, line: int, source: P
         resolve(record.get("pred_mask")),
         resolve(record.get("target_mask")),
         resolve(record.get("gt_json")),
+        resolve(record.get("background")),
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
+from scail_lab.data.media import decode_video
 from scail_lab.data.synthetic.character import make_identity
+from scail_lab.data.synthetic.export import sample_files
 from scail_lab.data.synthetic.motion import MOTION_FAMILIES, motion_spec, motion_track
 from scail_lab.data.synthetic.skeleton import JOINT_NAMES, J, body_points, rotate_facing
 from scail_lab.data.synthetic.world import DEFAULT_PALETTE, SyntheticWorld, WorldConfig
@@ -14,7 +17,8 @@ SMALL = {"num_frames": 9, "fps": 8.0}
 
 
 def _arrays(sample) -> dict[str, np.ndarray]:
-    names = ("ref", "ref_mask", "driving", "driving_mask", "driving_aug", "pose", "target", "target_mask")
+    names = ("ref", "ref_mask", "driving", "driving_mask", "driving_aug", "pose", "target", "target_mask",
+             "target_background")  # fmt: skip
     return {n: getattr(sample, n) for n in names}
 
 
@@ -33,7 +37,15 @@ def test_shapes_and_gt_contract():
     world = SyntheticWorld(WorldConfig(height=64, width=96, **SMALL))
     s = world.sample("val", 0)
     assert s.ref.shape == (64, 96, 3) and s.target.shape == (9, 64, 96, 3)
-    for name in ("driving", "driving_mask", "driving_aug", "driving_mask_aug", "pose", "pose_mask", "target_mask"):
+    for name in (
+        "driving",
+        "driving_mask",
+        "driving_aug",
+        "driving_mask_aug",
+        "pose",
+        "pose_mask",
+        "target_mask",
+    ):
         assert getattr(s, name).shape == (9, 64, 96, 3), name
     gt = s.gt
     for key in ("joints", "joint_names", "identity_colors", "fps", "mode", "motion", "identity_ref",
@@ -152,6 +164,36 @@ def test_replace_mode_uses_white_background_mask_and_driving_scene():
     assert np.abs(s.target[0][bg].astype(int) - s.raw_driving[0][bg].astype(int)).mean() < 2.0
 
 
+def _away_from(mask: np.ndarray) -> np.ndarray:
+    """bool [N, H, W] pixels more than 1 px from `mask` (anti-aliased edges reach one pixel past it)."""
+    return np.stack([cv2.dilate(m.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0 for m in mask])
+
+
+def test_background_plate_is_the_target_scene_without_characters():
+    # animation, static camera: the plate is the reference's scene, the same in every frame
+    s = SyntheticWorld(WorldConfig(p_replace=0.0, p_pan=0.0, p_pose_driven=0.0, **SMALL)).sample("train", 2)
+    plate = s.target_background
+    assert s.mode == "animate" and plate.shape == s.target.shape and plate.dtype == np.uint8
+    assert (plate == plate[:1]).all()
+    away = _away_from(s.target_mask[..., 0] > 127)
+    np.testing.assert_array_equal(s.target[away], plate[away])
+    ref_away = _away_from(s.ref_mask[None].any(-1))[0]
+    np.testing.assert_array_equal(s.ref[ref_away], plate[0][ref_away])
+    assert (np.abs(s.target.astype(int) - plate.astype(int)).max(-1) > 30)[
+        ~away
+    ].any()  # the character is not
+    # replacement, panning camera: the plate is the driving video's scene and follows the pan
+    s = SyntheticWorld(WorldConfig(p_replace=1.0, p_pan=1.0, **SMALL)).sample("train", 3)
+    plate = s.target_background
+    assert s.mode == "replace" and s.gt["scene"]["pan_px_per_s"] != 0 and not (plate == plate[:1]).all()
+    away = _away_from(s.target_mask[..., 0] > 127)
+    np.testing.assert_array_equal(s.target[away], plate[away])
+    drv_away = _away_from((s.driving_mask != 255).any(-1))  # white background mask: people are non-white
+    np.testing.assert_array_equal(s.raw_driving[drv_away], plate[drv_away])
+    files = sample_files(s, 8.0)
+    np.testing.assert_array_equal(decode_video(files["target_background.mp4"]), plate)  # written lossless
+
+
 @pytest.mark.parametrize("kwargs", [{"height": 48}, {"width": 288}, {"num_frames": 16}, {"p_pan": 1.5},
                                     {"identities": (2, 1, 1)}])  # fmt: skip
 def test_bad_config_raises(kwargs):
@@ -170,14 +212,22 @@ def test_make_synthetic_tool_writes_folders_shards_and_sheet(tmp_path):
     assert main(["--out", str(tmp_path / "b"), "--format", "shards", "--contact-sheet", "0", *common]) == 0
     folder = tmp_path / "a" / "folders" / "train" / "train_000001"
     gt = json.loads((folder / "gt.json").read_text())
-    assert gt["split"] == "train" and len(gt["joints"]) == 5 and (tmp_path / "a" / "contact_sheet.png").stat().st_size > 0
-    for name in ("ref.png", "ref_mask.png", "rendered_v2.mp4", "target.mp4", "prompt.txt", "target_mask.mp4"):
+    assert (
+        gt["split"] == "train"
+        and len(gt["joints"]) == 5
+        and (tmp_path / "a" / "contact_sheet.png").stat().st_size > 0
+    )
+    for name in ("ref.png", "ref_mask.png", "rendered_v2.mp4", "target.mp4", "prompt.txt", "target_mask.mp4",
+                 "target_background.mp4"):  # fmt: skip
         assert (folder / name).is_file(), name
 
     def members(root):
         with tarfile.open(root / "shards" / "train" / "shard-000000.tar") as tf:
-            return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if not m.name.endswith("meta.json")}
+            return {
+                m.name: tf.extractfile(m).read() for m in tf.getmembers() if not m.name.endswith("meta.json")
+            }
 
     a, b = members(tmp_path / "a"), members(tmp_path / "b")
     assert sorted(a) == sorted(b) and "train_000001.target.mp4" in a
     assert all(a[k] == b[k] for k in a)  # rendering and encoding are deterministic byte for byte
+    assert not any("background" in k for k in a)  # the plate is eval ground truth: folders only, not shards

@@ -8,11 +8,11 @@ Runs compared on the held-out test split (every video written as yuv420p CRF 18,
     copy_source the better of the two for the sample's mode: copy_ref (animate), driving (replace)
     vae_recon   the ground truth through the light VAE: the ceiling of anything decoded by this VAE (oracle)
 
-Foreground masks of generated videos: the eval runner's default estimator compares pixels with the median
-colour of the frame border, which suits flat backgrounds; the synthetic scenes have gradients and textures.
-So every run's `pred_mask` is estimated the same way against the *empty scene* of the test sample (known in
-the synthetic world): a pixel is foreground when a channel differs from the empty scene by more than 30.
-The estimator's own ceiling (its mask of the ground truth vs the exact target mask) is reported.
+Foreground masks of generated videos: the eval runner's border-median estimator suits flat backgrounds; the
+synthetic scenes have gradients and textures. So every manifest row carries the test sample's background plate
+(`target_background.mp4`, the target's scene with no character, written by the world), and the metrics derive
+the generated video's mask by plate difference (a channel differs from the plate by more than 30). The
+estimator's own ceiling (its mask of the ground truth vs the exact target mask) is reported.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from scail_lab.data import media
-from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
+from scail_lab.data import media, schema
 
 log = logging.getLogger("toy_report")
 CRF = 18  # the quality sample.py writes results with; every run is encoded the same way
@@ -53,21 +52,14 @@ def test_folders(world: Path) -> list[Path]:
     return sorted(p for p in (world / "folders" / "test").iterdir() if p.is_dir())
 
 
-def empty_scene(world: SyntheticWorld, gt: dict) -> np.ndarray:
-    """The target's background without any character: [N, H, W, 3] uint8.
-
-    Uses the world's private `_plan` (the same draws that rendered the sample): the empty scene is not
-    part of a sample's files.
-    """
-    plan = world._plan(gt["split"], int(gt["index"]))
-    scene = plan.scenes[0] if plan.mode == "animate" else plan.scenes[1]
-    return scene.frames(world.config.width, plan.pan_px)
-
-
-def foreground(frames: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """[N, H, W, 3] frames vs the empty scene -> white-on-black mask frames [N, H, W, 3] uint8."""
-    diff = np.abs(frames.astype(np.int16) - background.astype(np.int16)).max(axis=-1)  # [N, H, W]
-    return np.repeat(((diff > FOREGROUND_THRESHOLD) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+def check_plates(tests: Sequence[Path]) -> None:
+    """Every test folder has its background plate (worlds made before plates existed do not)."""
+    missing = [t for t in tests if not (t / schema.TARGET_BACKGROUND_FILES[0]).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} test folders have no {schema.TARGET_BACKGROUND_FILES[0]}, e.g. {missing[0]}: the world "
+            "was made by an older version; delete its folder (<out>/world) and run the demo again"
+        )
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float, quality: str | int = CRF) -> None:
@@ -104,36 +96,34 @@ def write_baselines(folder: Path, tests: Sequence[Path], vae_path: Path) -> dict
 
 
 def write_manifests(
-    folder: Path, runs: dict[str, Path], tests: Sequence[Path], world: SyntheticWorld
+    folder: Path, runs: dict[str, Path], tests: Sequence[Path]
 ) -> tuple[dict[str, Path], float]:
-    """Foreground masks of every run and one manifest per run; returns the manifests and the estimator's
-    ceiling (mean IoU of its mask of the ground truth against the exact target mask)."""
+    """One manifest per run (rows carry the exact target mask and the background plate; the generated video's
+    mask is left to the metrics); returns the manifests and the plate estimator's ceiling (mean IoU of its mask
+    of the ground truth against the exact target mask)."""
+    from scail_lab.metrics import plate_difference_mask, to_frames, to_masks
     from scail_lab.metrics.weight_free import mask_iou_per_frame
 
-    manifests, ceiling = {}, []
-    backgrounds = {}
+    plate_name = schema.TARGET_BACKGROUND_FILES[0]
+    ceiling = []
     for test in tests:
-        gt = json.loads((test / "gt.json").read_text())
-        backgrounds[test.name] = empty_scene(world, gt)
-        exact = media.decode_video(test / "target_mask.mp4")[..., 0] > 127
-        estimated = foreground(media.decode_video(test / "target.mp4"), backgrounds[test.name])[..., 0] > 127
-        iou = mask_iou_per_frame(torch.from_numpy(estimated), torch.from_numpy(exact))
+        exact = to_masks(media.decode_video(test / schema.TARGET_MASK_FILE))
+        frames = to_frames(media.decode_video(test / "target.mp4"))
+        estimated = plate_difference_mask(
+            frames, to_frames(media.decode_video(test / plate_name)), FOREGROUND_THRESHOLD
+        )
+        iou = mask_iou_per_frame(estimated, exact)
         ceiling.append(float(iou[~iou.isnan()].mean()) if (~iou.isnan()).any() else 1.0)
+    manifests = {}
     for run, run_dir in runs.items():
         rows = []
         for test in tests:
             pred = run_dir / f"{test.name}.mp4"
             if not pred.is_file():
                 raise FileNotFoundError(f"run {run}: no result for {test.name} at {pred}")
-            mask = folder / "masks" / run / f"{test.name}.mp4"
-            if not mask.is_file():
-                fps = media.probe_video(pred).fps
-                write_video(
-                    mask, foreground(media.decode_video(pred), backgrounds[test.name]), fps, media.LOSSLESS
-                )
             rows.append({"id": test.name, "pred": str(pred), "target": str(test / "target.mp4"),
-                         "pred_mask": str(mask), "target_mask": str(test / "target_mask.mp4"),
-                         "gt_json": str(test / "gt.json")})  # fmt: skip
+                         "target_mask": str(test / schema.TARGET_MASK_FILE), "gt_json": str(test / "gt.json"),
+                         "background": str(test / plate_name)})  # fmt: skip
         path = folder / "manifests" / f"{run}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
@@ -152,6 +142,8 @@ def run_eval(folder: Path, manifests: dict[str, Path]):
     from tools.toy_demo import REPO
 
     overrides = ["suite=synthetic", f"out_dir={folder / 'eval'}", "metrics.joint_error=null", "baseline=model",
+                 *(f"++metrics.{m}.threshold={FOREGROUND_THRESHOLD}"
+                   for m in ("mask_iou", "identity_color_hist", "identity_color_dist")),
                  *(f"+runs.{name}={path}" for name, path in manifests.items())]  # fmt: skip
     with initialize_config_dir(config_dir=str(REPO / "configs" / "eval"), version_base="1.3"):
         cfg = compose("default", overrides=overrides)
@@ -310,11 +302,10 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path)
     """Baselines, masks, the eval runner and report.md / results.json / contact_sheet.png in `folder`."""
     world_dir = out / "world"
     tests = test_folders(world_dir)
-    config = json.loads((world_dir / "world.json").read_text())
-    world = SyntheticWorld(WorldConfig(**config))
+    check_plates(tests)
     runs = {"model": out / "samples_model", "untrained": out / "samples_untrained"}
     runs.update(write_baselines(folder / "baselines", tests, vae_path))
-    manifests, ceiling = write_manifests(folder, runs, tests, world)
+    manifests, ceiling = write_manifests(folder, runs, tests)
     results = run_eval(folder, manifests)
     for run in results:
         failed = [r for r in run.records if r.get("error")]
@@ -373,8 +364,8 @@ def render_markdown(
               f"- val flow loss: {val[0]['val/loss']:.4f} (step {val[0]['step']}) -> {val[-1]['val/loss']:.4f} "
               f"(step {val[-1]['step']})" if len(val) >= 2 else "- val flow loss: fewer than two evaluations",
               f"- sampler: {budget.sampler}, {budget.sample_steps} steps",
-              f"- foreground masks: difference > {FOREGROUND_THRESHOLD:.0f} from the empty scene; its IoU on the "
-              f"ground truth itself (ceiling): {ceiling:.3f}", "",
+              f"- foreground masks of generated videos: difference > {FOREGROUND_THRESHOLD:.0f} from the background "
+              f"plate (target_background.mp4); its IoU on the ground truth itself (ceiling): {ceiling:.3f}", "",
               "## Time per stage", "", *stage_seconds(records), "",
               "![contact sheet](contact_sheet.png)", ""]  # fmt: skip
     return "\n".join(lines)

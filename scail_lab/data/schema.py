@@ -32,6 +32,9 @@ CAPTION_FILES = ("prompt.txt",)
 META_FILE = "meta.json"
 GT_FILE = "gt.json"
 TARGET_MASK_FILE = "target_mask.mp4"  # target foreground, white on black
+# The target's background plate: its scene with no character, same camera (eval ground truth for foreground
+# masks by plate difference). The synthetic world writes the first; `background.mp4` is accepted in eval folders.
+TARGET_BACKGROUND_FILES = ("target_background.mp4", "background.mp4")
 RAW_DRIVING_FILE = "driving.mp4"  # the raw driving video (identity B doing the motion)
 POSE_RENDER_FILE = "pose.mp4"  # skeleton render of the motion (coloured limbs on black)
 POSE_MASK_FILE = "pose_mask.mp4"  # palette-coloured silhouette of the skeleton render

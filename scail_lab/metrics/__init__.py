@@ -23,6 +23,8 @@ from scail_lab.metrics.weight_free import (
     TemporalDiffError,
     TemporalFlicker,
     background_difference_mask,
+    foreground_mask,
+    plate_difference_mask,
 )
 
 __all__ = [
@@ -48,7 +50,9 @@ __all__ = [
     "TemporalFlicker",
     "background_difference_mask",
     "compute_weight_free",
+    "foreground_mask",
     "frechet_distance",
+    "plate_difference_mask",
     "resolve_weights",
     "to_frames",
     "to_masks",

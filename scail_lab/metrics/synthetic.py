@@ -5,7 +5,8 @@ Ground truth contract (`gt.json` in a sample folder, written by the synthetic wo
     joint_names      list of str, one per joint
     identity_colors  list of [r, g, b] uint8 colours of the target identity's body parts / clothing
     fps              frames per second
-plus `target_mask.mp4` (white character on black) beside it.
+plus `target_mask.mp4` (white character on black) and `target_background.mp4` (the target's scene with no
+character: the plate a missing foreground mask is derived from) beside it.
 
 Shapes: frames canonical float [N, 3, H, W] 0..255; joints [N, J, 2] (x, y) pixels; palette [K, 3].
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -22,12 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scail_lab.metrics.base import Metric, file_protocol, resolve_weights, to_frames, to_masks
+from scail_lab.metrics.base import Metric, file_protocol, resolve_weights, to_frames
 from scail_lab.metrics.joint_estimator import JointHeatmapEstimator
-from scail_lab.metrics.weight_free import background_difference_mask
+from scail_lab.metrics.weight_free import fallback_protocol, foreground_mask
 
 COLOR_STATISTICS = ("histogram_intersection", "palette_distance")
 ESTIMATOR_FILE = "joint_estimator.safetensors"  # looked up in $SCAIL_EVAL_WEIGHTS_DIR
+BORDER = 2  # frame-border width of the border-median fallback (no plate, no mask)
 
 
 @dataclass(frozen=True)
@@ -201,14 +204,12 @@ class JointPositionError(Metric):
         return float(dist[found].mean()) if found.any() else None
 
 
-def _foreground_pixels(frames: Tensor, mask: Any, threshold: float) -> Tensor:
-    """RGB of foreground pixels [P, 3] (float64): inside `mask`, or by background difference when None."""
-    fg = (
-        to_masks(mask, frames.shape[0]) if mask is not None else background_difference_mask(frames, threshold)
-    )
+def _foreground_pixels(frames: Tensor, mask: Any, background: Any, threshold: float) -> tuple[Tensor, str]:
+    """RGB of foreground pixels [P, 3] (float64) and how the mask was made (see `foreground_mask`)."""
+    fg, source = foreground_mask(frames, mask, background, threshold, BORDER)
     if fg.shape != (frames.shape[0], *frames.shape[-2:]):
         raise ValueError(f"mask {tuple(fg.shape)} does not match frames {tuple(frames.shape)}")
-    return frames.permute(0, 2, 3, 1)[fg].double()  # [N, H, W, 3][mask] -> [P, 3]
+    return frames.permute(0, 2, 3, 1)[fg].double(), source  # [N, H, W, 3][mask] -> [P, 3]
 
 
 def palette_assignment(pixels: Tensor, palette: Tensor, max_distance: float) -> tuple[Tensor, Tensor]:
@@ -222,7 +223,8 @@ def palette_assignment(pixels: Tensor, palette: Tensor, max_distance: float) -> 
 class IdentityColorConsistency(Metric):
     """Does the generated character wear the target identity's colours, in the right proportions?
 
-    Foreground pixels (mask given, else background difference) are assigned to the nearest `identity_colors`
+    Foreground pixels (mask given, else difference with the `background` plate extra when given, else with the
+    frame border's median colour; see `foreground_mask`) are assigned to the nearest `identity_colors`
     entry by Euclidean RGB distance, or to an extra 'other' bin when farther than `max_distance`.
         histogram_intersection: sum_k min(h_pred[k], h_gt[k]) over the K + 1 normalised bins, where h_gt comes
             from the ground-truth frames inside the target mask; in [0, 1], higher is better.
@@ -246,13 +248,18 @@ class IdentityColorConsistency(Metric):
         self.statistic, self.max_distance, self.threshold = statistic, float(max_distance), float(threshold)
         self.higher_is_better = statistic == "histogram_intersection"
         self.name = name or ("identity_color_hist" if self.higher_is_better else "identity_color_dist")
+        self.mask_sources: Counter = Counter()
+
+    def reset(self) -> None:
+        super().reset()
+        self.mask_sources = Counter()
 
     def protocol(self) -> dict[str, Any]:
         return {
             "statistic": self.statistic,
             "color_space": "rgb",
             "other_bin_beyond": self.max_distance,
-            "missing_mask": f"background difference > {self.threshold}",
+            **fallback_protocol(self.mask_sources, self.threshold, BORDER),
         }
 
     def _score(
@@ -261,10 +268,12 @@ class IdentityColorConsistency(Metric):
         target: Tensor | None = None,
         pred_mask: Any = None,
         target_mask: Any = None,
+        background: Any = None,
         **extras: Any,
     ) -> float | None:
         palette = torch.from_numpy(_gt_from_extras(self.name, extras).identity_colors.astype(np.float64))
-        pixels = _foreground_pixels(to_frames(pred), pred_mask, self.threshold)
+        pixels, source = _foreground_pixels(to_frames(pred), pred_mask, background, self.threshold)
+        self.mask_sources[source] += 1
         if pixels.shape[0] == 0:
             return None if self.statistic == "palette_distance" else 0.0
         index, nearest = palette_assignment(pixels, palette, self.max_distance)
@@ -272,7 +281,8 @@ class IdentityColorConsistency(Metric):
             return float(nearest.mean())
         if target is None:
             raise ValueError(f"{self.name} (histogram_intersection) needs the ground-truth frames")
-        gt_pixels = _foreground_pixels(to_frames(target), target_mask, self.threshold)
+        gt_pixels, source = _foreground_pixels(to_frames(target), target_mask, background, self.threshold)
+        self.mask_sources[source] += 1
         if gt_pixels.shape[0] == 0:
             raise ValueError(
                 f"{self.name}: the ground-truth foreground is empty; cannot build its colour histogram"

@@ -30,6 +30,7 @@ def compute_weight_free(
     value_range: tuple[float, float] = (0.0, 1.0),
     gt: SyntheticGT | dict[str, Any] | None = None,
     joint_estimator: JointEstimator | None = None,
+    background: Tensor | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Weight-free metrics of one generated video against its ground truth.
 
@@ -37,6 +38,8 @@ def compute_weight_free(
         (e.g. (-1, 1) for decoder output). `layout` resolves the [N, 3, ...] vs [3, N, ...] ambiguity at N = 3.
     pred_mask, target_mask: optional foreground masks ([N, H, W] or mask videos). `mask_iou` is reported when
         `target_mask` is given (a missing `pred_mask` is derived by background difference).
+    background: the target's background plate (the scene with no character, same camera; same layout and range
+        as the frames, one frame or N): missing masks are derived by difference with it instead of the border.
     gt: synthetic-world ground truth (gt.json contents) enables `identity_color_hist` / `identity_color_dist`,
         and with a `joint_estimator` also `joint_error_px`.
 
@@ -49,6 +52,7 @@ def compute_weight_free(
         raise ValueError(
             f"compute_weight_free: pred {tuple(p.data.shape)} and target {tuple(t.data.shape)} differ"
         )
+    plate = Frames.of(background, layout, value_range) if background is not None else None
     metrics: list[Any] = [PSNR(), SSIM(), L1()]
     if p.data.shape[0] >= 2:  # temporal metrics need a frame pair
         metrics += [TemporalFlicker(), TemporalDiffError()]
@@ -64,7 +68,7 @@ def compute_weight_free(
             metrics.append(JointPositionError(joint_estimator))
     out: dict[str, float] = {}
     for metric in metrics:
-        value = metric.update(p, t, pred_mask=pred_mask, target_mask=target_mask, gt=gt)
+        value = metric.update(p, t, pred_mask=pred_mask, target_mask=target_mask, gt=gt, background=plate)
         if value is not None:
             out[metric.name] = float(value)
     return out

@@ -1,10 +1,16 @@
 """Metrics that need no downloaded weights: foreground-mask IoU and temporal stability.
 
-Shapes: frames canonical float [N, 3, H, W] 0..255 (see `base.to_frames`); masks bool [N, H, W].
+Shapes: frames canonical float [N, 3, H, W] 0..255 (see `base.to_frames`); masks bool [N, H, W]; a background
+plate (the scene with no character, same camera) [N or 1, 3, H, W] canonical.
+
+A foreground mask that is not given is derived from the frames (`foreground_mask`): by difference with the
+background plate when one is given (exact on any background), else by difference with the median colour of the
+frame border (only right on flat backgrounds).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
@@ -37,6 +43,57 @@ def background_difference_mask(frames: Tensor, threshold: float = 30.0, border: 
     return (frames - background).abs().amax(dim=1) > threshold  # [N, 3, H, W] -> [N, H, W]
 
 
+def plate_difference_mask(frames: Tensor, plate: Tensor, threshold: float = 30.0) -> Tensor:
+    """Foreground by difference with the background plate: largest channel |frames - plate| > `threshold`.
+
+    frames [N, 3, H, W] and plate [N, 3, H, W] or [1, 3, H, W] (a static camera's single plate), both canonical
+    0..255 -> bool [N, H, W].
+    """
+    if plate.ndim != 4 or plate.shape[1:] != frames.shape[1:] or plate.shape[0] not in (1, frames.shape[0]):
+        raise ValueError(
+            f"background plate {tuple(plate.shape)} does not match frames {tuple(frames.shape)}: it needs the "
+            "frames' channels and size, and one frame or as many frames"
+        )
+    return (frames - plate).abs().amax(dim=1) > threshold  # [N, 3, H, W] -> [N, H, W]
+
+
+def mask_source_names(threshold: float, border: int) -> dict[str, str]:
+    """How each side's mask was obtained, as stamped in metric protocols."""
+    return {
+        "given": "given",
+        "plate": f"plate difference > {threshold:g}",
+        "border": f"border median difference > {threshold:g} ({border}-px border)",
+    }
+
+
+def foreground_mask(
+    frames: Tensor, mask: Any = None, background: Any = None, threshold: float = 30.0, border: int = 2
+) -> tuple[Tensor, str]:
+    """The foreground of frames [N, 3, H, W]: `mask` when given, else by plate difference when a `background`
+    plate is given, else by border-median difference.
+
+    mask: [N, H, W] or a mask video (see `to_masks`); background: a plate video in any `to_frames` form.
+    Returns (bool [N, H, W], source) with source "given" | "plate" | "border".
+    """
+    if mask is not None:
+        return to_masks(mask, frames.shape[0]), "given"
+    if background is not None:
+        return plate_difference_mask(frames, to_frames(background), threshold), "plate"
+    return background_difference_mask(frames, threshold, border), "border"
+
+
+def fallback_protocol(sources: Counter, threshold: float, border: int) -> dict[str, Any]:
+    """Protocol entries saying which fallback made the missing masks, with counts over (sample, side) pairs."""
+    names = mask_source_names(threshold, border)
+    used = [names[k] for k in ("plate", "border") if sources.get(k)]
+    return {
+        "missing_mask": " and ".join(used)
+        if used
+        else ("none (every mask given)" if sources else "no sample"),
+        "mask_sources": {names[k]: int(sources.get(k, 0)) for k in ("given", "plate", "border")},
+    }
+
+
 def mask_iou_per_frame(pred: Tensor, target: Tensor) -> Tensor:
     """IoU per frame [N] (float64); NaN where both masks are empty."""
     inter = (pred & target).flatten(1).sum(dim=1).double()
@@ -48,8 +105,10 @@ class MaskIoU(Metric):
     """Foreground IoU between the generated character's mask and the ground-truth mask, mean over frames.
 
     Masks come from the `pred_mask` / `target_mask` extras (mask videos, white on black); a missing one is
-    derived from its frames with `background_difference_mask`. Frames where both masks are empty are left out;
-    a sample whose frames are all empty on both sides scores 1 (the masks agree).
+    derived from its frames by `foreground_mask`: difference with the `background` extra (the target's
+    background plate, e.g. target_background.mp4 of a synthetic sample) when given, else with the frame
+    border's median colour. The protocol says which fallback was used and how often. Frames where both masks
+    are empty are left out; a sample whose frames are all empty on both sides scores 1 (the masks agree).
     """
 
     name = "mask_iou"
@@ -59,30 +118,34 @@ class MaskIoU(Metric):
         super().__init__()
         self.threshold, self.border = float(threshold), int(border)
         self.name = name or "mask_iou"
+        self.mask_sources: Counter = Counter()
+
+    def reset(self) -> None:
+        super().reset()
+        self.mask_sources = Counter()
 
     def protocol(self) -> dict[str, Any]:
         return {
-            "missing_mask": f"background difference > {self.threshold} vs border median",
+            **fallback_protocol(self.mask_sources, self.threshold, self.border),
             "reduction": "frame mean",
         }
 
     def _score(
-        self, pred: Tensor, target: Tensor, pred_mask: Any = None, target_mask: Any = None, **extras: Any
+        self,
+        pred: Tensor,
+        target: Tensor,
+        pred_mask: Any = None,
+        target_mask: Any = None,
+        background: Any = None,
+        **extras: Any,
     ) -> float:
         p, t = to_frames(pred), to_frames(target)
         check_same_shape(self.name, p, t)
-        pm = (
-            to_masks(pred_mask, p.shape[0])
-            if pred_mask is not None
-            else background_difference_mask(p, self.threshold, self.border)
-        )
-        tm = (
-            to_masks(target_mask, t.shape[0])
-            if target_mask is not None
-            else background_difference_mask(t, self.threshold, self.border)
-        )
+        pm, pred_source = foreground_mask(p, pred_mask, background, self.threshold, self.border)
+        tm, target_source = foreground_mask(t, target_mask, background, self.threshold, self.border)
         if pm.shape != tm.shape:
             raise ValueError(f"{self.name}: masks {tuple(pm.shape)} and {tuple(tm.shape)} differ")
+        self.mask_sources.update((pred_source, target_source))
         iou = mask_iou_per_frame(pm, tm)
         valid = iou[~iou.isnan()]
         return float(valid.mean()) if valid.numel() else 1.0

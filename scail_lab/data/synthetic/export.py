@@ -6,10 +6,12 @@ Folder contents (see docs/DATA.md):
     rendered_mask_v2.mp4 | replace_mask.mp4 its palette mask (black background | white background)
     target.mp4, prompt.txt                  ground-truth video and caption
     gt.json, target_mask.mp4, meta.json     ground truth for evaluation (white-on-black target mask)
+    target_background.mp4                   the target's scene with no character (same camera): the plate
     driving.mp4, pose.mp4, pose_mask.mp4    raw driving video of B, skeleton render of M and its mask
     rendered_v2_aug.mp4 + *_mask*_aug.mp4   augmented driving variant
     ref_driving.png, ref_driving_mask.png, target_driving_mask.mp4   reverse driving (end-to-end only)
-Masks are written lossless (`libx264rgb` qp 0 / png) so palette classes decode back exactly.
+Masks and the background plate are written lossless (`libx264rgb` qp 0 / png): palette classes decode back
+exactly, and a plate difference measures the generated video, not codec noise in the plate.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from scail_lab.data.synthetic.world import SyntheticSample
 def sample_files(sample: SyntheticSample, fps: float, rgb_quality: str | int = LOSSLESS) -> dict[str, bytes]:
     """Encode every medium of a sample into folder files (file name -> bytes)."""
 
-    def video(frames: np.ndarray, mask: bool = False) -> bytes:
-        return encode_video(frames, fps, LOSSLESS if mask else rgb_quality)
+    def video(frames: np.ndarray, lossless: bool = False) -> bytes:
+        return encode_video(frames, fps, LOSSLESS if lossless else rgb_quality)
 
     replace = sample.mode == "replace"
     mask_name = schema.REPLACE_MASK_FILES[0] if replace else schema.ANIMATE_MASK_FILES[0]
@@ -43,23 +45,24 @@ def sample_files(sample: SyntheticSample, fps: float, rgb_quality: str | int = L
         schema.SYNTH_REF_FILE: encode_image(sample.ref),
         schema.SYNTH_REF_MASK_FILE: encode_image(sample.ref_mask),
         schema.DRIVING_FILES[0]: raw_driving if sample.driving_kind == "video" else pose,
-        mask_name: video(sample.driving_mask, mask=True),
+        mask_name: video(sample.driving_mask, lossless=True),
         schema.TARGET_FILES[0]: video(sample.target),
         schema.CAPTION_FILES[0]: sample.caption.encode(),
-        schema.TARGET_MASK_FILE: video(sample.target_mask, mask=True),
+        schema.TARGET_MASK_FILE: video(sample.target_mask, lossless=True),
+        schema.TARGET_BACKGROUND_FILES[0]: video(sample.target_background, lossless=True),
         schema.RAW_DRIVING_FILE: raw_driving,
         schema.POSE_RENDER_FILE: pose,
-        schema.POSE_MASK_FILE: video(sample.pose_mask, mask=True),
+        schema.POSE_MASK_FILE: video(sample.pose_mask, lossless=True),
         schema.DRIVING_AUG_FILES[0]: video(sample.driving_aug),
         (schema.DRIVING_MASK_AUG_FILES[1] if replace else schema.DRIVING_MASK_AUG_FILES[0]): video(
-            sample.driving_mask_aug, mask=True
+            sample.driving_mask_aug, lossless=True
         ),
         schema.GT_FILE: json.dumps(sample.gt).encode(),
     }
     if sample.ref_driving is not None:
         files[schema.REVERSE_REF_FILES[0]] = encode_image(sample.ref_driving)
         files[schema.REVERSE_REF_MASK_FILES[0]] = encode_image(sample.ref_driving_mask)
-        files[schema.REVERSE_DRIVING_MASK_FILES[0]] = video(sample.target_driving_mask, mask=True)
+        files[schema.REVERSE_DRIVING_MASK_FILES[0]] = video(sample.target_driving_mask, lossless=True)
     meta = {
         schema.META_MODE: sample.mode,
         schema.META_DRIVING_KIND: sample.driving_kind,
@@ -81,7 +84,9 @@ def write_folder(files: dict[str, bytes], folder: str | Path) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a sample folder is an ordinary directory
+    os.chmod(
+        tmp, 0o777 & ~current_umask()
+    )  # mkdtemp makes it private; a sample folder is an ordinary directory
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)

@@ -8,7 +8,8 @@ A sample is deterministic from (world seed, split, index). Per sample:
 - the ground-truth target: A doing M along B's trajectory, on scene_a for animation or in scene_b for
   replacement (whose driving mask is the colour silhouette on a white background);
 - reverse-driving extras for end-to-end samples: a reference of B and the target's own driving mask;
-- caption, gt.json content (target joints, identity colours, ...), target foreground mask.
+- caption, gt.json content (target joints, identity colours, ...), target foreground mask and the target's
+  background plate (its scene with no character, same camera pan: what a foreground estimator compares with).
 
 Two-character samples bind people with the SCAIL palette: people are sorted left-to-right by the centre
 of their first-frame bounding box, slot k gets DEFAULT_PALETTE[k] (blue, red, green, magenta, cyan,
@@ -75,7 +76,9 @@ class WorldConfig:
         for name, least in (("identities", need), ("motions", 2), ("scenes", 2)):
             pools = tuple(int(v) for v in getattr(self, name))
             if len(pools) != 3 or min(pools) < least:
-                raise ValueError(f"{name} must be 3 pool sizes (train, val, test) each >= {least}, got {pools}")
+                raise ValueError(
+                    f"{name} must be 3 pool sizes (train, val, test) each >= {least}, got {pools}"
+                )
             object.__setattr__(self, name, pools)
         if self.supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
@@ -111,6 +114,7 @@ class SyntheticSample:
     pose_mask: np.ndarray
     target: np.ndarray
     target_mask: np.ndarray
+    target_background: np.ndarray  # the target's scene with no character (same camera), the plate
     caption: str
     gt: dict
     ref_driving: np.ndarray | None = None
@@ -145,6 +149,7 @@ class _Render:
     person: np.ndarray  # [N, H, W] actor index, -1 background
     joints: list[np.ndarray]  # per actor [N, 14, 2], pixel-index coordinates (centre of pixel 0 = 0)
     heights: list[float]
+    background: np.ndarray  # [N, H, W, 3] the scene the actors were composited over
 
 
 class SyntheticWorld:
@@ -194,6 +199,7 @@ class SyntheticWorld:
             driving_aug=driving_aug, driving_mask_aug=driving_mask_aug, pose=pose, pose_mask=pose_mask,
             target=tgt.frames,
             target_mask=np.repeat(((tgt.person >= 0) * 255).astype(np.uint8)[..., None], 3, axis=-1),
+            target_background=tgt.background,
             caption=self._caption(plan.mode, [ident[i] for i in tgt_ids], plan.motions, drv_slot, tgt_scene, plan.pan_speed),
             gt={},
         )  # fmt: skip
@@ -202,7 +208,9 @@ class SyntheticWorld:
             order = sorted(range(num), key=lambda j: rev_slot[j])  # B_j stands at position rev_slot[j]
             rev_ref = self._render_still([ident[plan.drv_ids[j]] for j in order], scene_b, ref_pose_rng)
             sample.ref_driving = rev_ref.frames[0]
-            sample.ref_driving_mask = _colour_mask(rev_ref.person, _slots(rev_ref.person[0], rev_ref.joints), False)[0]
+            sample.ref_driving_mask = _colour_mask(
+                rev_ref.person, _slots(rev_ref.person[0], rev_ref.joints), False
+            )[0]
             sample.target_driving_mask = _colour_mask(tgt.person, rev_slot, white_bg)
         sample.gt = self._ground_truth(plan, split, index, tgt, drv, tgt_ids, drv_slot)
         return sample
@@ -218,7 +226,9 @@ class SyntheticWorld:
         kind = "pose" if (mode == "animate" and rng.random() < cfg.p_pose_driven) else "video"
         pan = rng.random() < cfg.p_pan
         continuation = bool(rng.random() < cfg.p_continuation)
-        ids = [int(i) for i in rng.choice(np.array(cfg.pool("identities", split)), size=3 * num, replace=False)]
+        ids = [
+            int(i) for i in rng.choice(np.array(cfg.pool("identities", split)), size=3 * num, replace=False)
+        ]
         motion_ids = rng.choice(np.array(cfg.pool("motions", split)), size=num, replace=False)
         motions = [motion_spec(cfg.seed, int(m)) for m in motion_ids]
         scene_ids = [int(s) for s in rng.choice(np.array(cfg.pool("scenes", split)), size=2, replace=False)]
@@ -266,7 +276,11 @@ class SyntheticWorld:
             schema.GT_DRIVING_KIND: plan.kind,
             schema.GT_DRIVING_JOINTS: _joint_lists([drv.joints[j] for j in by_slot]),
             schema.GT_MOTION_PARAMS: [plan.motions[j].to_dict() for j in by_slot],
-            schema.GT_SCENE: {"ref": plan.scene_ids[0], "driving": plan.scene_ids[1], "pan_px_per_s": plan.pan_speed},
+            schema.GT_SCENE: {
+                "ref": plan.scene_ids[0],
+                "driving": plan.scene_ids[1],
+                "pan_px_per_s": plan.pan_speed,
+            },
             schema.GT_PALETTE: [DEFAULT_PALETTE_NAMES[k] for k in range(plan.num)],
             schema.GT_HEIGHT: cfg.height,
             schema.GT_WIDTH: cfg.width,
@@ -274,7 +288,9 @@ class SyntheticWorld:
         }
 
     # ----------------------------------------------------------------------------------- rendering
-    def _geometry(self, ident: Identity, track: dict, shift_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def _geometry(
+        self, ident: Identity, track: dict, shift_px: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """Continuous pixel coordinates (pixel i spans [i, i + 1)) [N, 14, 2], depth [N, 14], height."""
         height_px = ident.height_frac * self.hw[0]
         cam = rotate_facing(body_points(track, ident.lengths), track["facing"])
@@ -293,16 +309,22 @@ class SyntheticWorld:
             heights.append(height_px)
             for i in range(n):
                 # supersampled pixel-index coordinates; actor a is drawn in front of actors < a
-                parts = character_parts(ident, xy[i] * ss - 0.5, depth[i] + 10.0 * a, float(track["facing"][i]), height_px * ss, a)
+                parts = character_parts(
+                    ident, xy[i] * ss - 0.5, depth[i] + 10.0 * a, float(track["facing"][i]), height_px * ss, a
+                )
                 frames[i].extend(parts)
         rgb, alpha, person = rasterize(frames, self.hw, ss)
         background = scene.frames(self.hw[1], pan_px)
-        return _Render(compose(background, rgb, alpha), person, joints, heights)
+        return _Render(compose(background, rgb, alpha), person, joints, heights, background)
 
     def _render_still(self, idents: list[Identity], scene: Scene, rng: np.random.Generator) -> _Render:
         """A standing rest pose (random arm angles, slight turn); person k at the k-th position from the left."""
         num = len(idents)
-        positions = [float(rng.uniform(0.35, 0.65))] if num == 1 else [0.28 + rng.uniform(-0.03, 0.03), 0.72 + rng.uniform(-0.03, 0.03)]
+        positions = (
+            [float(rng.uniform(0.35, 0.65))]
+            if num == 1
+            else [0.28 + rng.uniform(-0.03, 0.03), 0.72 + rng.uniform(-0.03, 0.03)]
+        )
         actors = []
         for ident, x in zip(idents, positions, strict=True):
             track = neutral_track(1)
@@ -315,7 +337,9 @@ class SyntheticWorld:
             actors.append((ident, track))
         return self._render(actors, scene, np.zeros(1))
 
-    def _skeleton(self, drv: _Render, jitter_rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    def _skeleton(
+        self, drv: _Render, jitter_rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Pose render of the driving joints: coloured limbs on black ([N, H, W, 3]) and its person map."""
         ss = self.config.supersample
         n = drv.frames.shape[0]
@@ -325,7 +349,11 @@ class SyntheticWorld:
             if jitter_rng is not None:
                 radius *= float(jitter_rng.uniform(0.6, 1.6))
             for i in range(n):
-                jitter = None if jitter_rng is None else jitter_rng.normal(0.0, 0.012 * height_px * ss, size=xy[i].shape)
+                jitter = (
+                    None
+                    if jitter_rng is None
+                    else jitter_rng.normal(0.0, 0.012 * height_px * ss, size=xy[i].shape)
+                )
                 frames[i].extend(skeleton_parts((xy[i] + 0.5) * ss - 0.5, a, radius, jitter))
         rgb, _, person = rasterize(frames, self.hw, ss)
         return np.clip(np.round(rgb), 0, 255).astype(np.uint8), person  # premultiplied over black
