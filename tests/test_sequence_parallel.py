@@ -1,4 +1,5 @@
-"""Ulysses sequence parallelism: 2 gloo processes on CPU reproduce the single-process denoiser output."""
+"""Ulysses sequence parallelism: 2 gloo processes on CPU reproduce the single-process denoiser output and, summed
+over the group, its parameter gradients (with gradient checkpointing too)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,49 @@ def test_two_rank_sequence_parallel_equals_one_rank(tmp_path):
     assert (got - expected).abs().max().item() < 1e-5
 
 
+def _loss_and_grads(model: SCAILDiT, checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A fixed weighted sum of the velocity (the same loss on every rank) and the parameter gradients."""
+    model.gradient_checkpointing = checkpointing
+    inputs = make_inputs(batch=2, frames=3, height=8, width=8, num_extra=1, mode=("animate", "replace"))
+    out = model.train()(inputs)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    loss = (out * weights).sum()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _grad_worker(rank: int, port: int, path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    results = {}
+    for checkpointing in (False, True):
+        model = randomize_(SCAILDiT(tiny_config()), seed=11)
+        model.enable_sequence_parallel()
+        loss, grads = _loss_and_grads(model, checkpointing)
+        for g in grads.values():
+            dist.all_reduce(g)  # each rank holds its tokens' share; the group's sum is the gradient
+        results[checkpointing] = (loss, grads)
+    if rank == 0:
+        torch.save(results, path)
+    dist.destroy_process_group()
+
+
+def test_two_rank_sequence_parallel_gradients_sum_to_the_one_rank_gradient(tmp_path):
+    path = str(tmp_path / "grads.pt")
+    mp.start_processes(_grad_worker, args=(_free_port(), path), nprocs=2, start_method="spawn")
+    got = torch.load(path)
+    loss, expected = _loss_and_grads(randomize_(SCAILDiT(tiny_config()), seed=11), checkpointing=False)
+    assert len(expected) == len(list(SCAILDiT(tiny_config()).parameters()))  # every parameter gets a gradient
+    for checkpointing in (False, True):
+        sp_loss, grads = got[checkpointing]
+        assert abs(sp_loss.item() - loss.item()) < 1e-4 * max(1.0, abs(loss.item()))
+        assert set(grads) == set(expected)
+        for name, g in expected.items():
+            scale = g.abs().max().item() + 1e-6
+            assert (grads[name] - g).abs().max().item() <= 1e-4 * scale, (checkpointing, name)
+
+
 def test_indivisible_token_counts_are_rejected():
     from scail_lab.model.sequence_parallel import SequenceParallel
 
@@ -55,9 +99,6 @@ def test_indivisible_token_counts_are_rejected():
 
     with pytest.raises(ValueError, match="divisible by 3"):
         Three().check(num_tokens=116, num_heads=4)
-    model = SCAILDiT(tiny_config())
-    with pytest.raises(ValueError, match="inference"):
-        model.train().enable_sequence_parallel()
 
 
 @pytest.mark.slow

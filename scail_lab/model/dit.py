@@ -254,9 +254,7 @@ class SCAILDiT(nn.Module):
         return self.unpatchify(self.head(video, e), layout)
 
     def enable_sequence_parallel(self, group=None) -> None:
-        """Split every forward's tokens over the ranks of `group` (inference; see sequence_parallel.py)."""
-        if torch.is_grad_enabled() and self.training:
-            raise ValueError("sequence parallelism is implemented for inference (eval mode / no_grad) only")
+        """Split every forward's tokens over the ranks of `group` (see sequence_parallel.py; training included)."""
         self.sequence_parallel = SequenceParallel(group)
 
     def unpatchify(self, tokens: Tensor, layout: TokenLayout) -> Tensor:

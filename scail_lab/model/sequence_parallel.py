@@ -1,9 +1,16 @@
-"""Ulysses sequence parallelism for the denoiser (inference): each rank of a group holds 1/S of the tokens.
+"""Ulysses sequence parallelism for the denoiser (inference and training): each rank of a group holds 1/S of
+the tokens.
 
 Every rank embeds the full (identical) inputs, keeps its contiguous slice of the token sequence and of the RoPE
 tables, and runs the blocks on it. Self-attention swaps the split with two all-to-alls: tokens split -> heads
 split ([B, L/S, H, d] -> [B, L, H/S, d]), full-sequence attention on H/S heads, and back. Cross-attention and the
 FFN are token-local. The head's output is all-gathered so every rank returns the full velocity.
+
+Training: the collectives are autograd functions. The all-to-alls send gradients back the way the tokens came;
+the gather passes each rank only its own slice of the output gradient (every rank computes the same loss on the
+full output, and each slice's gradient must enter the graph once). Each rank's parameter gradients are then its
+tokens' share, and their sum over the group is the full gradient: a data-parallel all-reduce that averages over
+all ranks needs the loss scaled by S (training/module.py does that).
 
 The token count L and the head count must be divisible by S (checked with a clear error). The released SCAIL-2
 Wan branch has no working sequence parallelism (its USP patch does not match the SCAIL-2 forward); the SAT branch
@@ -47,24 +54,65 @@ class SequenceParallel:
 
     def tokens_to_heads(self, x: Tensor) -> Tensor:
         """[B, L/S, H, d] on each rank -> [B, L, H/S, d] (all tokens, this rank's head group)."""
-        b, ll, h, d = x.shape
-        s = self.size
-        send = x.reshape(b, ll, s, h // s, d).permute(2, 0, 1, 3, 4).contiguous()  # [S, B, L/S, H/S, d]
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)  # recv[i]: rank i's tokens, my heads
-        return recv.permute(1, 0, 2, 3, 4).reshape(b, s * ll, h // s, d)
+        return _TokensToHeads.apply(x, self)
 
     def heads_to_tokens(self, x: Tensor) -> Tensor:
         """[B, L, H/S, d] -> [B, L/S, H, d] (inverse of tokens_to_heads)."""
-        b, length, hs, d = x.shape
-        s = self.size
-        send = x.reshape(b, s, length // s, hs, d).permute(1, 0, 2, 3, 4).contiguous()  # [S, B, L/S, H/S, d]
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)  # recv[i]: my tokens, head group i
-        return recv.permute(1, 2, 0, 3, 4).reshape(b, length // s, s * hs, d)
+        return _HeadsToTokens.apply(x, self)
 
     def gather_tokens(self, x: Tensor) -> Tensor:
-        """[B, L/S, C] on each rank -> [B, L, C] on every rank."""
-        parts = [torch.empty_like(x) for _ in range(self.size)]
-        dist.all_gather(parts, x.contiguous(), group=self.group)
+        """[B, L/S, C] on each rank -> [B, L, C] on every rank (backward: this rank's slice of the gradient)."""
+        return _GatherTokens.apply(x, self)
+
+
+def _tokens_to_heads(sp: SequenceParallel, x: Tensor) -> Tensor:
+    b, ll, h, d = x.shape
+    s = sp.size
+    send = x.reshape(b, ll, s, h // s, d).permute(2, 0, 1, 3, 4).contiguous()  # [S, B, L/S, H/S, d]
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=sp.group)  # recv[i]: rank i's tokens, my heads
+    return recv.permute(1, 0, 2, 3, 4).reshape(b, s * ll, h // s, d)
+
+
+def _heads_to_tokens(sp: SequenceParallel, x: Tensor) -> Tensor:
+    b, length, hs, d = x.shape
+    s = sp.size
+    send = x.reshape(b, s, length // s, hs, d).permute(1, 0, 2, 3, 4).contiguous()  # [S, B, L/S, H/S, d]
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=sp.group)  # recv[i]: my tokens, head group i
+    return recv.permute(1, 2, 0, 3, 4).reshape(b, length // s, s * hs, d)
+
+
+class _TokensToHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, sp: SequenceParallel) -> Tensor:
+        ctx.sp = sp
+        return _tokens_to_heads(sp, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _heads_to_tokens(ctx.sp, grad.contiguous()), None  # the all-to-all's adjoint is its inverse
+
+
+class _HeadsToTokens(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, sp: SequenceParallel) -> Tensor:
+        ctx.sp = sp
+        return _heads_to_tokens(sp, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _tokens_to_heads(ctx.sp, grad.contiguous()), None
+
+
+class _GatherTokens(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, sp: SequenceParallel) -> Tensor:
+        ctx.sp = sp
+        parts = [torch.empty_like(x) for _ in range(sp.size)]
+        dist.all_gather(parts, x.contiguous(), group=sp.group)
         return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.sp.local(grad).contiguous(), None
