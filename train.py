@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from scail_lab.build import build_encoder, build_model, build_pipeline, data_mask_scheme, plain
 from scail_lab.data.report import write_summary
 from scail_lab.training.callbacks import ExportWeights, Throughput, ValidationVideos
-from scail_lab.training.data import MotionPairDataModule
+from scail_lab.training.data import MotionPairDataModule, data_parallel_factory
 from scail_lab.training.ema import EMA
 from scail_lab.training.lora import LoraSettings
 from scail_lab.training.module import SCAILModule
@@ -98,8 +98,12 @@ def train(cfg: DictConfig) -> dict:
     val_loader = (
         instantiate(cfg.val_data, _partial_=True, mask_scheme=scheme) if cfg.get("val_data") else None
     )
+    sp = int(cfg.sequence_parallel)
+    if sp > 1:  # the ranks of one sequence-parallel group read the same batches
+        train_loader = data_parallel_factory(train_loader, sp)
+        val_loader = data_parallel_factory(val_loader, sp) if val_loader is not None else None
     module = SCAILModule(model, optimizer, instantiate(cfg.objective), encoder, lora, cfg.seed,
-                         tuple(cfg.validation.val_sigmas))  # fmt: skip
+                         tuple(cfg.validation.val_sigmas), sequence_parallel=sp)  # fmt: skip
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ema = None
     if cfg.ema.enabled:

@@ -394,11 +394,15 @@ def with_overrides(budget: Budget, items: Sequence[str]) -> Budget:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    budget = with_overrides(BUDGETS[args.budget], args.set)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    budget = with_overrides(BUDGETS[args.budget], args.set)
-    start = time.perf_counter()
-    records = run_demo(args.out, budget, args.data, args.seed)
+    try:
+        start = time.perf_counter()
+        records = run_demo(args.out, budget, args.data, args.seed)
+    finally:
+        torch.set_num_threads(threads)  # called in-process (tests): leave the caller's setting as it was
     log.info(
         "demo finished in %.0f s: %s", time.perf_counter() - start, records["report"]["result"]["report"]
     )

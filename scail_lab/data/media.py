@@ -54,10 +54,13 @@ def encode_video(frames: np.ndarray, fps: float, quality: str | int = LOSSLESS) 
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        stream.options = {**options, "preset": "veryfast", "threads": "1", "x264-params": "lookahead-threads=1"}
-        stream.codec_context.thread_count = 1  # one encoder thread: the same frames give the same bytes
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        stream.options = {**options, "preset": "veryfast", "threads": "1",
+                          "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}  # fmt: skip
+        stream.codec_context.thread_count = 1  # one encoder thread; x264 can still vary slightly run to run
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = index  # explicit timestamps (codec time base 1/fps)
+            container.mux(stream.encode(picture))
         container.mux(stream.encode())
     return buf.getvalue()
 

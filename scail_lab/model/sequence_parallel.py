@@ -116,3 +116,25 @@ class _GatherTokens(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return ctx.sp.local(grad).contiguous(), None
+
+
+def new_groups(size: int) -> object:
+    """Split the default process group into consecutive groups of `size` ranks; returns this rank's group.
+
+    Every rank must call this (each `new_group` is collective). Ranks r and r' share a group when r // size ==
+    r' // size, so data-parallel rank = rank // size.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError(
+            f"sequence parallelism over {size} ranks needs an initialised process group (a multi-process launch, "
+            "e.g. strategy=ddp trainer.devices=N, or torchrun)"
+        )
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if size < 1 or world % size:
+        raise ValueError(f"sequence_parallel={size} must divide the world size {world}")
+    mine = None
+    for start in range(0, world, size):
+        group = dist.new_group(list(range(start, start + size)))
+        if start <= rank < start + size:
+            mine = group
+    return mine

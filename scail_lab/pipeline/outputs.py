@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def write_result(
         "fps": fps,
         "frames": int(result.video.shape[1]),
         "size": list(result.video.shape[-2:]),
+        # the decoded frames before mp4 encoding (x264 bits can vary slightly run to run; these do not)
+        "frames_sha256": hashlib.sha256(_frames(result.video).tobytes()).hexdigest(),
         "mode": result.example.mode,
         "prompt": result.example.prompt,
         "segments": [vars(p) for p in result.segments],

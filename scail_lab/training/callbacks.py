@@ -57,11 +57,20 @@ class ValidationVideos(L.Callback):
         self.seed = seed
 
     def _run(self, trainer, pl_module) -> None:
+        was_training = pl_module.model.training
+        pl_module.model.eval()
+        # rank 0 samples alone: a sequence-parallel model would wait for its group's collectives
+        sp, pl_module.model.sequence_parallel = getattr(pl_module.model, "sequence_parallel", None), None
+        try:
+            self._sample(trainer, pl_module)
+        finally:
+            pl_module.model.sequence_parallel = sp
+            pl_module.model.train(was_training)
+
+    def _sample(self, trainer, pl_module) -> None:
         from scail_lab.pipeline import load_example
         from scail_lab.pipeline.outputs import write_result
 
-        was_training = pl_module.model.training
-        pl_module.model.eval()
         pipeline = self.pipeline_factory(model=pl_module.model, encoder=pl_module.encoder)
         step_dir = self.out_dir / f"step_{trainer.global_step:07d}"
         for folder in self.examples:
@@ -72,7 +81,6 @@ class ValidationVideos(L.Callback):
             for name, value in metrics.items():
                 pl_module.log(f"val_video/{name}", value, rank_zero_only=True)
             self._log_video(trainer, example.name, paths["side_by_side"], trainer.global_step)
-        pl_module.model.train(was_training)
 
     @staticmethod
     def _metrics(result, folder: Path) -> dict[str, float]:

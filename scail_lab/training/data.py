@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 
 import lightning as L
 
+from scail_lab.data.loader import distributed_context
+
 
 class StepAlignedLoader:
     """Wraps an epoch loader; `position()` gives (epoch, batches already consumed in it) at each new iteration."""
@@ -64,3 +66,15 @@ class MotionPairDataModule(L.LightningDataModule):
         if self._val is None:
             return []
         return self._val() if callable(self._val) else self._val
+
+
+def data_parallel_factory(factory: Callable[..., Iterable], sequence_parallel: int) -> Callable[[], Iterable]:
+    """Wrap a loader factory so the loader splits data over data-parallel ranks (global rank // S of S
+    world-size // S): the S ranks of one sequence-parallel group read the same batches. The rank is read when the
+    loader is built (after the process group exists)."""
+
+    def build() -> Iterable:
+        rank, world = distributed_context()
+        return factory(rank=rank // sequence_parallel, world_size=world // sequence_parallel)
+
+    return build

@@ -1,8 +1,13 @@
 """The Lightning shell: batch -> conditions -> objective -> log. Strategy, precision and checkpointing live in
 config (train.py) and strategies.py; the model is the same pure nn.Module the pipeline samples with.
 
-Randomness: the noise and sigma of step k come from a generator seeded by (seed, k, rank), so a killed and
-resumed run draws exactly what the uninterrupted run drew; the global RNG state is also saved (LoRA dropout).
+Randomness: the noise and sigma of step k come from a generator seeded by (seed, k, data-parallel rank), so a
+killed and resumed run draws exactly what the uninterrupted run drew; the global RNG state is also saved (LoRA
+dropout).
+
+Sequence parallelism (`sequence_parallel=S` > 1): consecutive groups of S ranks share one batch and split its
+tokens (model/sequence_parallel.py). Each rank's gradients are its tokens' share of the full gradient, so the
+loss handed to backward is scaled by S to undo the data-parallel average over all ranks; logged losses are not.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import Tensor
 from scail_lab.conditioning import ConditionEncoder
 from scail_lab.diffusion.objective import FlowMatchingObjective
 from scail_lab.model.dit import SCAILDiT
+from scail_lab.model.sequence_parallel import new_groups
 from scail_lab.training.batches import conditions_from_batch
 from scail_lab.training.lora import LoraSettings, apply_lora
 from scail_lab.training.optim import OptimizerConfig, build_optimizer
@@ -37,8 +43,12 @@ class SCAILModule(L.LightningModule):
         lora: LoraSettings | None = None,
         seed: int = 0,
         val_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
+        sequence_parallel: int = 1,
     ) -> None:
         super().__init__()
+        if int(sequence_parallel) < 1:
+            raise ValueError(f"sequence_parallel must be >= 1, got {sequence_parallel}")
+        self.sequence_parallel = int(sequence_parallel)
         self.lora = lora or LoraSettings()
         self.model = apply_lora(model, self.lora) if self.lora.enabled else model
         self.optimizer_config = optimizer
@@ -51,8 +61,17 @@ class SCAILModule(L.LightningModule):
         self.strict_loading = not self.lora.enabled  # LoRA checkpoints hold only the adapters
 
     # --- helpers ---------------------------------------------------------------------------------------
+    @property
+    def data_parallel_rank(self) -> int:
+        """Ranks of one sequence-parallel group share this (and so their batch and noise)."""
+        return self.global_rank // self.sequence_parallel
+
     def _generator(self, step: int, salt: int) -> torch.Generator:
-        return torch.Generator().manual_seed(hash((self.seed, step, self.global_rank, salt)) % (2**63))
+        return torch.Generator().manual_seed(hash((self.seed, step, self.data_parallel_rank, salt)) % (2**63))
+
+    def setup(self, stage: str) -> None:
+        if self.sequence_parallel > 1:  # collective: every rank builds every group
+            self.model.enable_sequence_parallel(new_groups(self.sequence_parallel))
 
     def on_fit_start(self) -> None:
         if self.encoder is not None:
@@ -74,7 +93,7 @@ class SCAILModule(L.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=b)
         self.log("train/sigma_mean", out.sigma.mean(), batch_size=b)
         self.log("train/kept_fraction", out.kept_fraction, batch_size=b)
-        return out.loss
+        return out.loss * self.sequence_parallel
 
     def validation_step(self, batch, batch_idx: int) -> None:
         """Held-out flow loss at fixed sigmas with fixed noise: comparable across runs and steps."""
