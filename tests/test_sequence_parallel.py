@@ -32,6 +32,7 @@ def _worker(rank: int, port: int, path: str) -> None:
         out = model(inputs)
     if rank == 0:
         torch.save(out, path)
+    dist.barrier()  # nobody tears the group down while another rank still works
     dist.destroy_process_group()
 
 
@@ -72,6 +73,7 @@ def _grad_worker(rank: int, port: int, path: str) -> None:
         results[checkpointing] = (loss, grads)
     if rank == 0:
         torch.save(results, path)
+    dist.barrier()  # nobody tears the group down while another rank still works
     dist.destroy_process_group()
 
 
