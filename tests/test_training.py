@@ -218,7 +218,8 @@ def test_two_process_deepspeed_zero2_on_cpu_completes_and_its_checkpoint_reloads
     assert len(norms) == 3 and all(0.0 < n < float("inf") for n in norms)  # the engine's global norm, every step
 
 
-def test_sequence_parallel_training_on_two_ranks_follows_the_one_process_loss_curve(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2"])
+def test_sequence_parallel_training_on_two_ranks_follows_the_one_process_loss_curve(tmp_path, strategy):
     """2 gloo ranks split every sample's tokens (sequence_parallel=2, data-parallel size 1): the same batches, noise
     and gradients as one process, so the same losses step by step and the same exported weights."""
     common = ["~data", f"+data._target_={LOADER}", "+data.kind=latent", "+data.num_batches=4", "~val_data",
@@ -226,7 +227,7 @@ def test_sequence_parallel_training_on_two_ranks_follows_the_one_process_loss_cu
               "checkpointing.every_n_steps=4", "optimizer.warmup_steps=1", "optimizer.lr=1e-3"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         train(compose("train", overrides=[f"+output_dir={tmp_path / 'one'}", *common]))
-    cmd = [sys.executable, "train.py", f"+output_dir={tmp_path / 'sp'}", *common, "strategy=ddp", "trainer.devices=2",
+    cmd = [sys.executable, "train.py", f"+output_dir={tmp_path / 'sp'}", *common, f"strategy={strategy}", "trainer.devices=2",
            "sequence_parallel=2", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
