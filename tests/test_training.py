@@ -110,6 +110,17 @@ def test_kill_and_resume_follows_the_uninterrupted_loss_curve(tmp_path):
     assert losses(killed)[3] == pytest.approx(reference[3], rel=1e-6)
 
 
+def test_bf16_mixed_precision_trains_on_cpu_close_to_fp32(tmp_path):
+    """trainer.precision=bf16-mixed runs the same loop under CPU bf16 autocast (this CPU has bf16 matrix units):
+    the losses follow the fp32 run closely but not bit for bit (autocast is really on)."""
+    train(config(tmp_path / "fp32", "trainer.max_steps=4"))
+    train(config(tmp_path / "bf16", "trainer.max_steps=4", "trainer.precision=bf16-mixed"))
+    fp32, bf16 = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert sorted(fp32) == sorted(bf16) == [0, 1, 2, 3]
+    rel = [abs(fp32[k] - bf16[k]) / abs(fp32[k]) for k in fp32]
+    assert max(rel) < 0.05 and max(rel) > 1e-6, rel
+
+
 def test_lora_trains_only_adapters_and_its_files_hold_only_adapters(tmp_path):
     train(config(tmp_path, "lora.enabled=true", "lora.rank=4", "trainer.max_steps=4"))
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
