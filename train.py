@@ -107,8 +107,8 @@ def train(cfg: DictConfig) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ema = None
     if cfg.ema.enabled:
-        if lora.enabled or cfg.strategy.name == "deepspeed_zero3":
-            raise ValueError("ema.enabled works with full fine-tunes under auto/ddp/deepspeed_zero2/fsdp")
+        if cfg.strategy.name == "deepspeed_zero3":
+            raise ValueError("ema.enabled needs whole parameters on each rank: use auto/ddp/deepspeed_zero2/fsdp")
         ema = EMA(cfg.ema.decay)
     callbacks = [
         ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=cfg.checkpointing.every_n_steps,

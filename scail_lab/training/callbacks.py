@@ -116,6 +116,7 @@ class ExportWeights(L.Callback):
 
     Full fine-tune: `denoiser.safetensors` (official key names). LoRA: `lora_peft.safetensors` (PEFT / diffusers
     key style) and `lora_comfy.safetensors` (ComfyUI / lightx2v lora_down / lora_up / alpha style), adapters only.
+    With EMA: `denoiser_ema.safetensors` or `lora_ema_{peft,comfy}.safetensors` beside them.
     """
 
     def __init__(self, out_dir: str, config: dict | None = None, ema=None) -> None:
@@ -130,8 +131,13 @@ class ExportWeights(L.Callback):
         model = pl_module.model
         if pl_module.lora.enabled:
             adapters = {k: (a.float().cpu(), b.float().cpu()) for k, (a, b) in adapter_tensors(model).items()}
-            for style in ("peft", "comfy"):
-                export_lora(adapters, pl_module.lora.alpha, self.out_dir / f"lora_{style}.safetensors", style)
+            sets = {"lora": adapters}
+            if self.ema is not None:  # the averaged adapters (the EMA tracks exactly the trainable adapter weights)
+                sets["lora_ema"] = {k: (self.ema.shadow[f"{k}.lora_A.default.weight"].cpu(),
+                                        self.ema.shadow[f"{k}.lora_B.default.weight"].cpu()) for k in adapters}  # fmt: skip
+            for prefix, tensors in sets.items():
+                for style in ("peft", "comfy"):
+                    export_lora(tensors, pl_module.lora.alpha, self.out_dir / f"{prefix}_{style}.safetensors", style)
         else:
             states = {"denoiser": model.state_dict()}
             if self.ema is not None:

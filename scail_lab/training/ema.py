@@ -1,7 +1,8 @@
 """Exponential moving average of the trainable weights (SCAIL-2 trains without one; most fine-tunes want it).
 
 ema <- decay * ema + (1 - decay) * weight after every optimizer step, kept in fp32 on the training device and
-saved in the Lightning checkpoint (exact resume). `ExportWeights` writes the averaged weights beside the raw ones.
+saved in the Lightning checkpoint (exact resume). `ExportWeights` writes the averaged weights beside the raw ones
+(with LoRA the trainable weights are the adapters: their average is exported as lora_ema_*.safetensors).
 Under DeepSpeed ZeRO-3 the ranks hold only shards of the parameters; use ZeRO-2, DDP or FSDP with EMA.
 """
 

@@ -51,6 +51,8 @@ class SCAILModule(L.LightningModule):
         self.sequence_parallel = int(sequence_parallel)
         self.lora = lora or LoraSettings()
         self.model = apply_lora(model, self.lora) if self.lora.enabled else model
+        if self.lora.enabled:
+            check_lora_base(self.model)
         self.optimizer_config = optimizer
         self.objective = objective or FlowMatchingObjective()
         self.encoder = encoder  # plain object: frozen encoders are not part of checkpoints
@@ -141,6 +143,18 @@ class SCAILModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
+
+
+def check_lora_base(model: SCAILDiT) -> None:
+    """LoRA adapts trained weights. A fresh init has Wan's zero output head, through which no gradient reaches the
+    blocks: the adapters would never move. Refuse that before training instead of training nothing."""
+    head = getattr(getattr(model, "head", None), "head", None)
+    weight = getattr(head, "weight", None)
+    if weight is not None and not weight.is_meta and not bool(weight.detach().any()):
+        raise ValueError(
+            "lora.enabled=true on a denoiser whose output head is all zeros (a fresh init, not trained weights): "
+            "no gradient reaches the adapters. Load base weights with weights=... or checkpoint.dir=..."
+        )
 
 
 def tokens_per_sample(x0: Tensor) -> int:
