@@ -13,17 +13,19 @@ from scail_lab.data import schema
 class LatentBatches:
     def __init__(self, num_batches: int = 6, batch_size: int = 2, frames: int = 2, size: int = 4, seed: int = 0,
                  text_dim: int = 32, clip_dim: int = 32, mask_width: int = 28, nan_at: int | None = None,
-                 history_every: int = 3, **_: object) -> None:  # fmt: skip
+                 history_every: int = 3, vary_with_epoch: bool = True, **_: object) -> None:  # fmt: skip
         self.num_batches, self.batch_size, self.frames, self.size = num_batches, batch_size, frames, size
         self.seed, self.text_dim, self.clip_dim, self.mask_width = seed, text_dim, clip_dim, mask_width
         self.nan_at, self.history_every = nan_at, history_every
+        self.vary_with_epoch = vary_with_epoch  # False: every epoch repeats the same batches (learnable data)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batch(self, index: int) -> dict:
-        g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch * 101 + index)
+        epoch = self.epoch if self.vary_with_epoch else 0
+        g = torch.Generator().manual_seed(self.seed * 10_007 + epoch * 101 + index)
         b, t, s = self.batch_size, self.frames, self.size
         r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
         target = r(b, 16, t, s, s)

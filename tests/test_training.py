@@ -67,6 +67,17 @@ def test_overfitting_one_batch_drops_the_loss_tenfold():
     assert history[-1] < history[0] / 10, (history[0], history[-1])
 
 
+def test_the_real_loop_learns_a_repeated_batch(tmp_path):
+    """train.py end to end (loader -> Lightning -> objective with fresh noise every step) on one repeated batch:
+    the mean loss of the last 10 of 100 steps is well below the first 10 (measured 1.82 -> 1.05)."""
+    train(config(tmp_path, "data.num_batches=1", "+data.vary_with_epoch=false", "objective.sigma_sampler.std=0.001",
+                 "trainer.max_steps=100", "optimizer.total_steps=100", "optimizer.lr=3e-3",
+                 "checkpointing.every_n_steps=100"))  # fmt: skip
+    history = losses(tmp_path)
+    first, last = (sum(history[k] for k in steps) / 10 for steps in (range(10), range(90, 100)))
+    assert last < 0.75 * first, (first, last)
+
+
 def test_kill_and_resume_follows_the_uninterrupted_loss_curve(tmp_path):
     straight = tmp_path / "straight"
     train(config(straight))
