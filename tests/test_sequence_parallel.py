@@ -21,19 +21,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, path: str) -> None:
+def _run_on_two_ranks(rank: int, port: int, path: str, work) -> None:
+    """Join a 2-rank gloo group, run `work()`, save its result from rank 0, leave together."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
+    result = work()
+    if rank == 0:
+        torch.save(result, path)
+    dist.barrier()  # nobody tears the group down while another rank still works
+    dist.destroy_process_group()
+
+
+def _sp_output():
     model = randomize_(SCAILDiT(tiny_config()), seed=11).eval()
     inputs = make_inputs(batch=2, frames=3, height=8, width=8, num_extra=1, mode=("animate", "replace"))
     with torch.no_grad():
         model.enable_sequence_parallel()
-        out = model(inputs)
-    if rank == 0:
-        torch.save(out, path)
-    dist.barrier()  # nobody tears the group down while another rank still works
-    dist.destroy_process_group()
+        return model(inputs)
+
+
+def _worker(rank: int, port: int, path: str) -> None:
+    _run_on_two_ranks(rank, port, path, _sp_output)
 
 
 def test_two_rank_sequence_parallel_equals_one_rank(tmp_path):
@@ -59,10 +68,7 @@ def _loss_and_grads(model: SCAILDiT, checkpointing: bool) -> tuple[torch.Tensor,
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _grad_worker(rank: int, port: int, path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+def _sp_grads() -> dict:
     results = {}
     for checkpointing in (False, True):
         model = randomize_(SCAILDiT(tiny_config()), seed=11)
@@ -71,10 +77,11 @@ def _grad_worker(rank: int, port: int, path: str) -> None:
         for g in grads.values():
             dist.all_reduce(g)  # each rank holds its tokens' share; the group's sum is the gradient
         results[checkpointing] = (loss, grads)
-    if rank == 0:
-        torch.save(results, path)
-    dist.barrier()  # nobody tears the group down while another rank still works
-    dist.destroy_process_group()
+    return results
+
+
+def _grad_worker(rank: int, port: int, path: str) -> None:
+    _run_on_two_ranks(rank, port, path, _sp_grads)
 
 
 def test_two_rank_sequence_parallel_gradients_sum_to_the_one_rank_gradient(tmp_path):

@@ -47,23 +47,28 @@ def losses(run_dir) -> dict[int, float]:
     return logged(run_dir, "train/loss")
 
 
-def test_overfitting_one_batch_drops_the_loss_tenfold():
-    torch.manual_seed(0)
-    model = SCAILDiT(tiny_config(dim=64, num_layers=2))
+def overfit(model: torch.nn.Module, lr: float, steps: int = 60) -> list[float]:
+    """Fit the trainable parameters to one batch at fixed noise and sigma; the loss of every step."""
     batch = LatentBatches(mask_width=28).batch(0)
     x0 = batch["target_latents"]
     cond = Conditions(batch["ref_latents"], batch["pose_latents"], batch["text_emb"], batch["clip_emb"],
                       batch["ref_mask_code"], batch["driving_mask_code"])  # fmt: skip
     objective = FlowMatchingObjective()
     noise, sigma = torch.randn_like(x0), torch.tensor([0.4, 0.7])
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     history = []
-    for _ in range(60):
+    for _ in range(steps):
         loss = objective(model, cond, x0, sigma=sigma, noise=noise).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         history.append(loss.item())
+    return history
+
+
+def test_overfitting_one_batch_drops_the_loss_tenfold():
+    torch.manual_seed(0)
+    history = overfit(SCAILDiT(tiny_config(dim=64, num_layers=2)), lr=5e-3)
     assert history[-1] < history[0] / 10, (history[0], history[-1])
 
 
@@ -148,27 +153,15 @@ def test_lora_on_a_fresh_zero_head_init_is_refused(tmp_path):
 
 def test_lora_adapters_overfit_one_batch_and_leave_the_base_untouched():
     """Only the adapters train (fixed noise and sigma, as the full overfit test): the loss falls by more than half
-    (measured 2.40 -> 0.89; the frozen normalised head caps an adapters-only fit) and every base weight stays
-    bit-identical."""
+    (measured 0.418 -> 0.008 here; other seeds plateau higher, ~2.4 -> 0.9, with the head frozen) and every base
+    weight stays bit-identical."""
     from scail_lab.training.lora import LoraSettings, apply_lora
 
     model = randomize_(SCAILDiT(tiny_config(dim=64, num_layers=2)), seed=2, std=0.02)  # trained-like: non-zero head
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     apply_lora(model, LoraSettings(enabled=True, rank=8, alpha=8.0))
-    batch = LatentBatches(mask_width=28).batch(0)
-    x0 = batch["target_latents"]
-    cond = Conditions(batch["ref_latents"], batch["pose_latents"], batch["text_emb"], batch["clip_emb"],
-                      batch["ref_mask_code"], batch["driving_mask_code"])  # fmt: skip
-    objective = FlowMatchingObjective()
-    noise, sigma = torch.randn_like(x0), torch.tensor([0.4, 0.7])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    history = []
-    for _ in range(60):
-        loss = objective(model, cond, x0, sigma=sigma, noise=noise).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
+    torch.manual_seed(0)
+    history = overfit(model, lr=1e-2)
     assert history[-1] < history[0] / 2, history[::10]
     assert all(torch.equal(p, base[n.replace(".base_layer", "")]) for n, p in model.named_parameters()
                if "lora_" not in n)  # fmt: skip

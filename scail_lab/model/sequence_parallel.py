@@ -54,11 +54,11 @@ class SequenceParallel:
 
     def tokens_to_heads(self, x: Tensor) -> Tensor:
         """[B, L/S, H, d] on each rank -> [B, L, H/S, d] (all tokens, this rank's head group)."""
-        return _TokensToHeads.apply(x, self)
+        return _AllToAll.apply(x, self, True)
 
     def heads_to_tokens(self, x: Tensor) -> Tensor:
         """[B, L, H/S, d] -> [B, L/S, H, d] (inverse of tokens_to_heads)."""
-        return _HeadsToTokens.apply(x, self)
+        return _AllToAll.apply(x, self, False)
 
     def gather_tokens(self, x: Tensor) -> Tensor:
         """[B, L/S, C] on each rank -> [B, L, C] on every rank (backward: this rank's slice of the gradient)."""
@@ -83,26 +83,18 @@ def _heads_to_tokens(sp: SequenceParallel, x: Tensor) -> Tensor:
     return recv.permute(1, 2, 0, 3, 4).reshape(b, length // s, s * hs, d)
 
 
-class _TokensToHeads(torch.autograd.Function):
+class _AllToAll(torch.autograd.Function):
+    """tokens -> heads split (`to_heads`) or back; the adjoint of either all-to-all is the other one."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, sp: SequenceParallel) -> Tensor:
-        ctx.sp = sp
-        return _tokens_to_heads(sp, x)
+    def forward(ctx, x: Tensor, sp: SequenceParallel, to_heads: bool) -> Tensor:
+        ctx.sp, ctx.to_heads = sp, to_heads
+        return _tokens_to_heads(sp, x) if to_heads else _heads_to_tokens(sp, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return _heads_to_tokens(ctx.sp, grad.contiguous()), None  # the all-to-all's adjoint is its inverse
-
-
-class _HeadsToTokens(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, sp: SequenceParallel) -> Tensor:
-        ctx.sp = sp
-        return _heads_to_tokens(sp, x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return _tokens_to_heads(ctx.sp, grad.contiguous()), None
+        grad = grad.contiguous()
+        return (_heads_to_tokens(ctx.sp, grad) if ctx.to_heads else _tokens_to_heads(ctx.sp, grad)), None, None
 
 
 class _GatherTokens(torch.autograd.Function):
