@@ -186,7 +186,7 @@ class MotionPairStream(IterableDataset):
     def _raw_samples(self, sources: Iterator[str]) -> Iterator[dict]:
         for source in sources:
             if self.report is not None:
-                self.report.opened(source)
+                self.report.opened()
             if self.from_folders:
                 try:
                     raws = [collect_folder(source, sample_key(Path(source)))]
@@ -243,7 +243,7 @@ class MotionPairStream(IterableDataset):
             queue.append(sample)
             if len(queue) == self.batch_size:
                 if self.report is not None:
-                    self.report.batch(len(queue), full=True)
+                    self.report.batch(full=True)
                 yield collate(queue)
                 queues[batch_signature(sample)] = []
                 emitted += self.batch_size
@@ -253,7 +253,7 @@ class MotionPairStream(IterableDataset):
             for queue in queues.values():
                 if queue:
                     if self.report is not None:
-                        self.report.batch(len(queue), full=False)
+                        self.report.batch(full=False)
                     yield collate(queue)
 
     def __iter__(self) -> Iterator[dict]:

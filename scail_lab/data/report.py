@@ -70,7 +70,7 @@ class WorkerReport:
         table = self.data["counters"][counter]
         table[str(value)] = table.get(str(value), 0) + 1
 
-    def opened(self, source: str) -> None:
+    def opened(self) -> None:
         self.data["sources"] += 1
 
     def skipped(self, key: str, source: str | None, stage: str, reason: str) -> None:
@@ -97,7 +97,7 @@ class WorkerReport:
             self.data["kept_area_sum"] += kept
             self.data["kept_area_n"] += 1
 
-    def batch(self, size: int, full: bool) -> None:
+    def batch(self, full: bool) -> None:
         self.data["batches"]["full" if full else "partial"] += 1
         self.flush()
 
