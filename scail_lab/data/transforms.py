@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
+RESIZE_CHUNK = 8  # frames resized at once
 _warned_upsample = False
 
 
@@ -146,16 +147,19 @@ def resize_cover_crop(frames: np.ndarray, size: tuple[int, int], nearest: bool =
     if (h, w) == (th, tw):
         return frames
     rh, rw = cover_size(h, w, th, tw)
-    lead, c = frames.shape[:-3], frames.shape[-1]
-    x = torch.from_numpy(np.ascontiguousarray(frames)).reshape(-1, h, w, c).permute(0, 3, 1, 2)  # [M, C, h, w]
-    if nearest:
-        x = F.interpolate(x, size=(rh, rw), mode="nearest-exact")
-    else:
-        x = F.interpolate(x.float(), size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255).to(torch.uint8)
     top, left = (rh - th) // 2, (rw - tw) // 2
-    x = x[:, :, top : top + th, left : left + tw]  # [M, C, H, W]
-    return x.permute(0, 2, 3, 1).reshape(*lead, th, tw, c).numpy()
+    lead, c = frames.shape[:-3], frames.shape[-1]
+    flat = torch.from_numpy(np.ascontiguousarray(frames)).reshape(-1, h, w, c).permute(0, 3, 1, 2)  # [M, C, h, w]
+    out = torch.empty((flat.shape[0], c, th, tw), dtype=torch.uint8)
+    for start in range(0, flat.shape[0], RESIZE_CHUNK):  # bounded float memory for long, large clips
+        x = flat[start : start + RESIZE_CHUNK]
+        if nearest:
+            x = F.interpolate(x, size=(rh, rw), mode="nearest-exact")
+        else:
+            x = F.interpolate(x.float(), size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
+            x = x.round().clamp(0, 255).to(torch.uint8)
+        out[start : start + RESIZE_CHUNK] = x[:, :, top : top + th, left : left + tw]
+    return out.permute(0, 2, 3, 1).reshape(*lead, th, tw, c).numpy()
 
 
 def frame_buckets_for(num_frames: Sequence[int] | int) -> tuple[int, ...]:
