@@ -150,13 +150,11 @@ def summarize(root: str | Path) -> dict:
         "skipped_unique": len(skipped),
         "skip_reasons": dict(reasons.most_common()),
         "skipped": sorted(skipped.values(), key=lambda item: item["key"]),
-        "warnings": _warnings(counters, epochs, len(skipped)),
+        "warnings": _warnings(counters, len(skipped)),
     }
 
 
-def _warnings(
-    counters: Mapping[str, Mapping[str, int]], epochs: Mapping[int, dict], skipped: int
-) -> list[str]:
+def _warnings(counters: Mapping[str, Mapping[str, int]], skipped: int) -> list[str]:
     out = []
     if skipped:
         out.append(f"{skipped} samples were skipped (see the skip table)")
@@ -165,10 +163,7 @@ def _warnings(
     retimed = sum(n for k, n in counters.get("fps", {}).items() if k.split(" -> ")[0] != k.split(" -> ")[-1])
     if retimed:
         out.append(f"{retimed} samples were retimed to another fps")
-    partial = sum(e["partial"] for e in epochs.values())
-    if partial:
-        out.append(f"{partial} partial batches (a bucket held fewer samples than batch_size at an epoch end)")
-    return out
+    return out  # partial batches are normal with buckets: the epoch table shows them, they are not a warning
 
 
 def _table(title: str, table: Mapping[str, int]) -> list[str]:
