@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from scail_lab.build import build_encoder, build_model, build_pipeline, data_mask_scheme, plain
-from scail_lab.data.report import write_summary
+from scail_lab.data.report import write_data_report
 from scail_lab.training.callbacks import ExportWeights, Throughput, ValidationVideos
 from scail_lab.training.data import MotionPairDataModule, data_parallel_factory
 from scail_lab.training.ema import EMA
@@ -136,7 +136,7 @@ def train(cfg: DictConfig) -> dict:
         record = {"metrics": metrics, "step": trainer.global_step, "overrides": overrides}
         (out / "metrics.json").write_text(json.dumps(record, indent=2))
         if (out / "data_report").is_dir():
-            report = write_summary(out / "data_report", out)
+            report = write_data_report(out / "data_report", out)
             for warning in report["warnings"]:
                 log.warning("data: %s (see %s)", warning, out / "data_report.md")
     return metrics

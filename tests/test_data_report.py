@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from scail_lab.data import AugmentConfig, FrameSampling, ResolutionBuckets, build_dataloader, make_shards
-from scail_lab.data.report import REPORT_JSON, REPORT_MD, summarize, write_summary
+from scail_lab.data.report import REPORT_JSON, REPORT_MD, summarize, write_data_report
 from tests.test_data_fixtures import write_synthetic
 
 SAMPLING = FrameSampling(frame_buckets=(9,), random_start=False)
@@ -60,7 +60,7 @@ def test_upscaling_and_retiming_are_flagged(world, tmp_path):
     loader = build_dataloader(report_dir=tmp_path / "rep", folders=[str(p) for p in world["good"][:2]],
                               buckets=ResolutionBuckets(sizes=((96, 96),)), sampling=sampling, augment=OFF)  # fmt: skip
     assert sum(len(batch["key"]) for batch in loader) == 2
-    report = write_summary(tmp_path / "rep", tmp_path)
+    report = write_data_report(tmp_path / "rep", tmp_path)
     assert report["counters"]["resize"] == {"upscale": 2}
     assert report["counters"]["fps"] == {"8 -> 4": 2}
     assert report["counters"]["shape"] == {"5x96x96 px": 2}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scail_lab.data.report import to_markdown, write_summary  # noqa: E402
+from scail_lab.data.report import to_markdown, write_data_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to write data_report.{md,json} (default: its parent)")
     args = p.parse_args(argv)
     try:
-        report = write_summary(args.report_dir, args.out or args.report_dir.parent)
+        report = write_data_report(args.report_dir, args.out or args.report_dir.parent)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

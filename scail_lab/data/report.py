@@ -4,7 +4,7 @@ Silent data surprises (a bucket that upscales everything, clips retimed to anoth
 missing mask, a bucket too small to fill a batch) are a recurring bug class in video trainers. Every loader worker
 keeps a `WorkerReport` (counters + the list of skipped samples with their reasons) and writes it atomically as
 `<dir>/epoch{E:04d}/rank{R:03d}-worker{W:02d}.json` (on each skip, after a batch when `flush_seconds` have passed
-since the last write, and when its iterator ends). `summarize(dir)` merges every file into one report; `write_summary(dir, out)` writes
+since the last write, and when its iterator ends). `summarize(dir)` merges every file into one report; `write_data_report(dir, out)` writes
 `data_report.json` and `data_report.md`. train.py writes them into the run directory after fitting;
 `python tools/data_report.py <run>/data_report` summarises a running job.
 
@@ -199,7 +199,7 @@ def to_markdown(report: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(root: str | Path, out_dir: str | Path) -> dict:
+def write_data_report(root: str | Path, out_dir: str | Path) -> dict:
     """Summarize `root` and write data_report.json + data_report.md into `out_dir` (atomically)."""
     report = summarize(root)
     out_dir = Path(out_dir)
