@@ -80,6 +80,8 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
             written.append(write_result(result, out_dir, config=resolved))
             log.info("%s: %d frames in %.1fs -> %s", example.name, result.video.shape[1], result.seconds,
                      written[-1]["video"])  # fmt: skip
+    if cfg.sequence_parallel:  # on an error the launcher stops the other ranks; no barrier that could hang
+        teardown_sequence_parallel()
     return written
 
 
@@ -99,6 +101,16 @@ def setup_sequence_parallel(model, device: str) -> tuple[str, bool]:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     model.enable_sequence_parallel()
     return device, dist.get_rank() == 0
+
+
+def teardown_sequence_parallel() -> None:
+    """Leave together and destroy the process group while the interpreter is fully alive (gloo's worker threads
+    left to interpreter finalisation can abort an otherwise finished process)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 @hydra.main(config_path="configs", config_name="sample", version_base="1.3")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -21,16 +22,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_on_two_ranks(rank: int, port: int, path: str, work) -> None:
-    """Join a 2-rank gloo group, run `work()`, save its result from rank 0, leave together."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _run_on_two_ranks(rank: int, path: str, work) -> None:
+    """Join a 2-rank gloo group, run `work()`, save its result from rank 0, leave together.
+
+    The rendezvous is a file store (no TCP server on rank 0 that could go away first, no port to race for), and
+    each rank leaves with os._exit after destroying the group: interpreter finalisation with gloo's worker threads
+    still alive can abort a process that has already done and saved its work (seen once in CI: SIGABRT,
+    "terminate called without an active exception")."""
+    dist.init_process_group("gloo", init_method=f"file://{path}.store", rank=rank, world_size=2)
     torch.set_num_threads(1)
     result = work()
     if rank == 0:
         torch.save(result, path)
     dist.barrier()  # nobody tears the group down while another rank still works
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _sp_output():
@@ -41,13 +49,13 @@ def _sp_output():
         return model(inputs)
 
 
-def _worker(rank: int, port: int, path: str) -> None:
-    _run_on_two_ranks(rank, port, path, _sp_output)
+def _worker(rank: int, path: str) -> None:
+    _run_on_two_ranks(rank, path, _sp_output)
 
 
 def test_two_rank_sequence_parallel_equals_one_rank(tmp_path):
     path = str(tmp_path / "sp.pt")
-    mp.start_processes(_worker, args=(_free_port(), path), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(path,), nprocs=2, start_method="spawn")
     model = randomize_(SCAILDiT(tiny_config()), seed=11).eval()
     inputs = make_inputs(batch=2, frames=3, height=8, width=8, num_extra=1, mode=("animate", "replace"))
     with torch.no_grad():
@@ -80,13 +88,13 @@ def _sp_grads() -> dict:
     return results
 
 
-def _grad_worker(rank: int, port: int, path: str) -> None:
-    _run_on_two_ranks(rank, port, path, _sp_grads)
+def _grad_worker(rank: int, path: str) -> None:
+    _run_on_two_ranks(rank, path, _sp_grads)
 
 
 def test_two_rank_sequence_parallel_gradients_sum_to_the_one_rank_gradient(tmp_path):
     path = str(tmp_path / "grads.pt")
-    mp.start_processes(_grad_worker, args=(_free_port(), path), nprocs=2, start_method="spawn")
+    mp.start_processes(_grad_worker, args=(path,), nprocs=2, start_method="spawn")
     got = torch.load(path)
     loss, expected = _loss_and_grads(randomize_(SCAILDiT(tiny_config()), seed=11), checkpointing=False)
     assert len(expected) == len(list(SCAILDiT(tiny_config()).parameters()))  # every parameter gets a gradient
@@ -113,7 +121,6 @@ def test_indivisible_token_counts_are_rejected():
 @pytest.mark.slow
 def test_sample_py_under_torchrun_with_two_ranks_matches_one_process(tmp_path):
     import subprocess
-    import sys
 
     from scail_lab.data import media
     from tests.conftest import REPO
