@@ -131,10 +131,38 @@ def test_latent_augmentation_switches_variants(latents):
         assert not torch.equal(batch["pose_latents"], plain[key]["pose_latents"])  # augmented driving variant
         torch.testing.assert_close(batch["target_latents"], plain[key]["target_latents"])
         assert batch["caption"] == [""] and batch["text_emb"].shape[1] == 1  # the "" embedding
-    rev = AugmentConfig(**{**AugmentConfig.off().__dict__, "reverse_driving": 1.0, "pose_dropout": 1.0})
+    rev = AugmentConfig(**{**AugmentConfig.off().__dict__, "reverse_driving": 1.0})
     for batch in build_dataloader(shards=str(out), kind="latent", augment=rev):
         assert not torch.equal(batch["target_latents"], plain[batch["key"][0]]["target_latents"])
-        assert torch.all(batch["pose_latents"] == 0) and torch.all(batch["driving_mask_code"] == 0)
+        assert not torch.equal(batch["pose_latents"], plain[batch["key"][0]]["pose_latents"])
+
+
+def test_pose_dropout_gives_the_same_condition_from_pixels_and_from_latents(tmp_path):
+    """Pixel batches black out the driving clip; latent batches must give what that clip encodes to (not zeros).
+    Only animate samples drop their pose (SCAIL-2 drops pose only where ref_mask_flag is set)."""
+    drop = AugmentConfig(**{**AugmentConfig.off().__dict__, "pose_dropout": 1.0})
+    folders = [*write_synthetic(tmp_path / "a", 1, p_two_characters=0.0, p_replace=0.0, p_pose_driven=0.0),
+               *write_synthetic(tmp_path / "r", 1, p_two_characters=0.0, p_replace=1.0, p_pose_driven=0.0)]  # fmt: skip
+    vae, modes = PoolVAE(), set()
+    for folder in folders:
+        pixels = FolderDataset([str(folder)], sampling=SAMPLING, augment=drop)[0]
+        plain = FolderDataset([str(folder)], sampling=SAMPLING)[0]
+        cached = cacher().encode(collect_folder(folder))
+        latent = latent_sample(cached, sampling=SAMPLING, augment=drop, use_masks=True)
+        modes.add(pixels["mode"])
+        if pixels["mode"] == "animate":
+            assert int(pixels["driving"].sum()) == 0 and int(pixels["driving_mask"].sum()) == 0
+            from_pixels = vae.encode(half_resolution(unit_range(pixels["driving"])[None]))[0]
+            assert from_pixels.abs().max() > 0.5  # a black clip does not encode to zeros
+            torch.testing.assert_close(latent["pose_latents"], from_pixels, rtol=0, atol=1e-6)
+            assert torch.all(latent["driving_mask_code"] == 0)
+        else:  # replace: the scene video is the driving input and is never dropped
+            assert torch.equal(pixels["driving"], plain["driving"])
+            torch.testing.assert_close(latent["pose_latents"], npy_tensor(cached["pose_latents.npy"]))
+    assert modes == {"animate", "replace"}
+    old = {k: v for k, v in cacher().encode(collect_folder(folders[0])).items() if k != "pose_latents_null.npy"}
+    with pytest.raises(RuntimeError, match="pose_latents_null.npy.*re-cache"):
+        latent_sample(old, sampling=SAMPLING, augment=drop, use_masks=True)
 
 
 def test_none_scheme_caches_no_mask_codes(data):

@@ -125,10 +125,16 @@ def _sample(data, index: int, **augment) -> tuple[dict, Path]:
 
 
 def test_text_pose_dropout_and_history(data):
-    s, _ = _sample(data, 0, text_dropout=1.0, pose_dropout=1.0, history=1.0, history_continuation=1.0)
-    assert s["caption"] == "" and s["num_history_frames"] == 2
-    assert int(s["driving"].abs().sum()) == 0 and int(s["driving_mask"].sum()) == 0
-    assert int(s["target"].sum()) > 0
+    dropped = {"text_dropout": 1.0, "pose_dropout": 1.0, "history": 1.0, "history_continuation": 1.0}
+    samples = [_sample(data, i, **dropped)[0] for i in range(len(data["square"]))]
+    assert {s["mode"] for s in samples} == {"animate", "replace"}
+    for i, s in enumerate(samples):
+        assert s["caption"] == "" and s["num_history_frames"] == 2
+        assert int(s["target"].sum()) > 0
+        if s["mode"] == "animate":  # pose dropout: a black driving clip and an empty mask
+            assert int(s["driving"].abs().sum()) == 0 and int(s["driving_mask"].sum()) == 0
+        else:  # replace samples keep their scene video
+            assert torch.equal(s["driving"], _sample(data, i)[0]["driving"])
     plain, folder = _sample(data, 0)
     assert plain["caption"] == (folder / "prompt.txt").read_text().strip() and plain["num_history_frames"] == 0
 
@@ -153,9 +159,9 @@ def test_reverse_driving_swaps_driving_and_target(data):
 
 def test_decisions_are_deterministic_and_follow_the_probabilities():
     cfg = AugmentConfig()  # SCAIL-2 defaults
-    draws = [decide(cfg, sample_rng(0, 0, f"k{i}"), driving_kind="video", continuation=False, has_aug=True,
+    draws = [decide(cfg, sample_rng(0, 0, f"k{i}"), driving_kind="video", continuation=False, animate=True, has_aug=True,
                     has_reverse=True, num_latent_frames=5) for i in range(4000)]  # fmt: skip
-    again = decide(cfg, sample_rng(0, 0, "k7"), driving_kind="video", continuation=False, has_aug=True,
+    again = decide(cfg, sample_rng(0, 0, "k7"), driving_kind="video", continuation=False, animate=True, has_aug=True,
                    has_reverse=True, num_latent_frames=5)  # fmt: skip
     assert again == draws[7]
     rate = lambda name: np.mean([bool(getattr(d, name)) for d in draws])  # noqa: E731
@@ -163,9 +169,14 @@ def test_decisions_are_deterministic_and_follow_the_probabilities():
     assert abs(rate("driving_aug") - 0.56) < 0.03
     assert abs(rate("num_history_frames") - 0.15) < 0.02
     assert rate("drop_pose") == 0.0 and rate("reverse") == 0.0
-    short = decide(AugmentConfig(history=1.0), sample_rng(0, 0, "x"), driving_kind="pose", continuation=False,
+    short = decide(AugmentConfig(history=1.0), sample_rng(0, 0, "x"), driving_kind="pose", continuation=False, animate=True,
                    has_aug=False, has_reverse=True, num_latent_frames=2)  # fmt: skip
     assert short.num_history_frames == 0 and not short.driving_aug  # too few latent frames / no variant
+    drop = AugmentConfig(pose_dropout=1.0)
+    for animate in (True, False):  # pose dropout only for animate samples (SCAIL-2: ref_mask_flag samples)
+        d = decide(drop, sample_rng(0, 0, "x"), driving_kind="pose", continuation=False, animate=animate,
+                   has_aug=False, has_reverse=False, num_latent_frames=5)  # fmt: skip
+        assert d.drop_pose is animate
     with pytest.raises(ValueError):
         AugmentConfig(text_dropout=1.5)
 

@@ -14,7 +14,10 @@ Decisions, drawn in this order:
    first `num_history_frames` (2) latent frames (= 5 pixel frames) as clean history. Needs more latent
    frames than that.
 4. text dropout (`text_dropout`, 0.1): caption -> "".
-5. pose dropout (`pose_dropout`, 0.0): zero the driving input and its mask.
+5. pose dropout (`pose_dropout`, 0.0; animate samples only, as SCAIL-2 drops pose only where `ref_mask_flag`
+   is set): the driving input becomes a black clip and its mask zeros. Pixel batches zero the pixels, latent
+   batches swap in the cached latents of a black clip (`pose_latents_null.npy`), so both give the model the
+   same condition.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ def decide(
     *,
     driving_kind: str,
     continuation: bool,
+    animate: bool,
     has_aug: bool,
     has_reverse: bool,
     num_latent_frames: int,
@@ -90,5 +94,5 @@ def decide(
         driving_aug=bool(driving_aug),
         num_history_frames=int(history),
         drop_text=bool(u[3] < cfg.text_dropout),
-        drop_pose=bool(u[4] < cfg.pose_dropout),
+        drop_pose=bool(animate and u[4] < cfg.pose_dropout),
     )

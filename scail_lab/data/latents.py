@@ -111,6 +111,7 @@ class LatentCacher:
         self.dtype = LATENT_DTYPES[dtype]
         self.include_variants = include_variants
         self.device = torch.device(device)
+        self._null_pose: dict[tuple[int, ...], Tensor] = {}
 
     @property
     def uses_masks(self) -> bool:
@@ -130,6 +131,13 @@ class LatentCacher:
         """Driving [3, N, H, W] uint8 -> latents of the 0.5x bilinear resize [16, T, H/16, W/16]."""
         with torch.inference_mode():
             return self.encoder.pose_latents(video[None].to(self.device))[0]
+
+    def _null_pose_latents(self, driving_shape: tuple[int, ...]) -> Tensor:
+        """Pose latents of a black driving clip of this shape ([N, H, W, 3] frames), one encode per shape."""
+        if driving_shape not in self._null_pose:
+            black = torch.zeros((3, *driving_shape[:3]), dtype=torch.uint8)
+            self._null_pose[driving_shape] = self._pose_latents(black)
+        return self._null_pose[driving_shape]
 
     def _masks(self, ref_mask: Tensor, driving_mask: Tensor) -> tuple[Tensor, Tensor]:
         ref_code, drv_code = self.encoder.mask_codes(ref_mask[None], driving_mask[None])  # [1, Cm, 1|T, ...]
@@ -164,6 +172,7 @@ class LatentCacher:
         out: dict = {}
         arrays = decode_fields(raw, stream_fields(raw, Decisions(), self.uses_masks), indices, bucket)
         self._variant(arrays, "", out, with_target=True)
+        out[schema.F_POSE_LATENTS_NULL] = npy_bytes(self._null_pose_latents(arrays[schema.DRIVING].shape), self.dtype)
         if self.include_variants and has_aug:
             aug = decode_fields(raw, stream_fields(raw, Decisions(driving_aug=True), self.uses_masks), indices, bucket)
             tmp: dict = {}
@@ -259,9 +268,19 @@ def latent_sample(
     rev = schema.reverse_field
     has_aug = schema.F_POSE_LATENTS_AUG in raw and (not use_masks or schema.F_DRIVING_MASK_CODE_AUG in raw)
     has_rev = rev(schema.F_TARGET_LATENTS) in raw and (not use_masks or rev(schema.F_DRIVING_MASK_CODE) in raw)
+    mode = meta.get(schema.META_MODE, "animate")
     d = decide(augment, sample_rng(seed, epoch, key), driving_kind=kind, continuation=continuation,
-               has_aug=has_aug, has_reverse=has_rev, num_latent_frames=t_keep)  # fmt: skip
+               animate=mode == "animate", has_aug=has_aug, has_reverse=has_rev, num_latent_frames=t_keep)  # fmt: skip
     sample = {k: npy_tensor(raw[field]) for k, field in _latent_fields(d, use_masks).items()}
+    if d.drop_pose:  # the latents of a black clip, as the pixel path's zeroed driving video encodes to
+        if schema.F_POSE_LATENTS_NULL not in raw:
+            raise RuntimeError(
+                f"latent sample {key} has no {schema.F_POSE_LATENTS_NULL} (cached before pose dropout was supported): "
+                "re-cache with tools/make_latent_shards.py, or set data.augment.pose_dropout=0"
+            )
+        sample[schema.POSE_LATENTS] = npy_tensor(raw[schema.F_POSE_LATENTS_NULL])
+        if use_masks:
+            sample[schema.DRIVING_MASK_CODE] = torch.zeros_like(sample[schema.DRIVING_MASK_CODE])
     for k in (schema.TARGET_LATENTS, schema.POSE_LATENTS, schema.DRIVING_MASK_CODE):
         if k in sample:
             sample[k] = sample[k][:, :t_keep]
@@ -271,10 +290,6 @@ def latent_sample(
             f"the configured mask scheme has {mask_width}"
         )
     prefix = schema.F_REVERSE_PREFIX if d.reverse else ""
-    if d.drop_pose:
-        sample[schema.POSE_LATENTS] = torch.zeros_like(sample[schema.POSE_LATENTS])
-        if use_masks:
-            sample[schema.DRIVING_MASK_CODE] = torch.zeros_like(sample[schema.DRIVING_MASK_CODE])
     if schema.F_TEXT_EMB in raw:
         sample[schema.TEXT_EMB] = npy_tensor(raw[schema.F_TEXT_EMB_NULL if d.drop_text else schema.F_TEXT_EMB])
     if prefix + schema.F_CLIP_EMB in raw:

@@ -115,9 +115,10 @@ def pixel_sample(
     rng = sample_rng(seed, epoch, key)
     indices, fps_out = sampling.choose(num_frames, fps, rng)
     has_aug, has_rev = has_variants(raw, kind, load_masks)
+    mode = meta.get(schema.META_MODE, "animate")
     decisions = decide(
-        augment, rng, driving_kind=kind, continuation=continuation, has_aug=has_aug, has_reverse=has_rev,
-        num_latent_frames=(len(indices) - 1) // 4 + 1,
+        augment, rng, driving_kind=kind, continuation=continuation, animate=mode == "animate", has_aug=has_aug,
+        has_reverse=has_rev, num_latent_frames=(len(indices) - 1) // 4 + 1,
     )  # fmt: skip
     bucket = buckets.choose(height, width)
     arrays = decode_fields(raw, stream_fields(raw, decisions, load_masks), indices, bucket)
@@ -131,7 +132,7 @@ def pixel_sample(
     sample.update(
         {
             schema.CAPTION: caption,
-            schema.MODE: meta.get(schema.META_MODE, "animate"),
+            schema.MODE: mode,
             schema.NUM_HISTORY_FRAMES: decisions.num_history_frames,
             schema.FPS: fps_out,
             schema.SAMPLE_KEY: key,

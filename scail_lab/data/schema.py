@@ -125,6 +125,7 @@ F_TARGET_LATENTS = "target_latents.npy"  # [16, T, h, w]
 F_REF_LATENTS = "ref_latents.npy"  # [16, 1, h, w]
 F_POSE_LATENTS = "pose_latents.npy"  # [16, T, h/2, w/2]
 F_POSE_LATENTS_AUG = "pose_latents_aug.npy"
+F_POSE_LATENTS_NULL = "pose_latents_null.npy"  # [16, T, h/2, w/2] latents of a black driving clip (pose dropout)
 F_REF_MASK_CODE = "ref_mask_code.npy"  # [Cm, 1, h, w]
 F_DRIVING_MASK_CODE = "driving_mask_code.npy"  # [Cm, T, h/2, w/2]
 F_DRIVING_MASK_CODE_AUG = "driving_mask_code_aug.npy"
