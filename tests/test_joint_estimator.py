@@ -23,6 +23,7 @@ from scail_lab.metrics.joint_estimator import (
     flip_permutation,
     soft_argmax,
 )
+from scail_lab.metrics.synthetic import character_boxes, character_count, isolate_character
 from scail_lab.metrics.joint_training import (
     AugmentConfig,
     FitConfig,
@@ -274,9 +275,12 @@ def test_metric_end_to_end_through_the_runner(world_samples, tmp_path, monkeypat
         and protocol["weights"] == "joint_estimator.safetensors"
     )
     assert protocol["estimator_heldout"] == {"split": "test", "mean_px": 1.5, "median_px": 1.2,
-                                             "pck": {"2px": 0.8}, "mp4_mean_px": 1.6, "num_frames": 100}  # fmt: skip
-    assert protocol["unsupported_samples"] == 1 and "two-character" in protocol["unsupported_reason"]
+                                             "pck": {"2px": 0.8}, "mp4_mean_px": 1.6, "two_character_mean_px": None,
+                                             "num_frames": 100}  # fmt: skip
+    # the two-character sample has no background plate here: skipped, and said why
+    assert protocol["unsupported_samples"] == 1 and "2-character sample needs its background plate" in protocol["unsupported_reason"]
     assert protocol["num_samples"] == 2 and len(protocol["weights_sha256"]) == 64
+    assert protocol["samples_by_characters"] == {"1": 2}
 
     # an explicit path that does not exist: a clear error before any video is decoded, or a recorded skip
     missing = tmp_path / "missing" / "je.safetensors"
@@ -291,3 +295,87 @@ def test_metric_end_to_end_through_the_runner(world_samples, tmp_path, monkeypat
 def test_metric_rejects_estimator_and_weights_together(tmp_path) -> None:
     with pytest.raises(ValueError, match="not both"):
         JointPositionError(lambda f: f, weights=tmp_path / "x.safetensors")
+
+
+# ---------------------------------------------------------------------------------------- two characters
+
+
+def test_character_count_boxes_and_isolation() -> None:
+    names = ("head", "neck")
+    assert character_count(names, names) == 1
+    assert character_count(("p0_head", "p0_neck", "p1_head", "p1_neck"), names) == 2
+    assert character_count(("p0_head", "p1_head"), names) is None and character_count(("a", "b"), names) is None
+    joints = np.array([[[10.0, 20.0], [14.0, 40.0]], [[0.5, 1.0], [62.0, 9.0]]])  # [2 frames, 2 joints, (x, y)]
+    boxes = character_boxes(joints, height=64, width=64, margin=0.25)
+    # frame 0: height 20 -> pad 5: x 10-5..14+5, y 20-5..40+5 (end-exclusive +1); frame 1: pad max(2, 2) = 2
+    assert boxes.tolist() == [[5, 15, 20, 46], [0, 0, 64, 12]]
+    frames = np.full((2, 64, 64, 3), 200, np.uint8)
+    plate = np.zeros((1, 64, 64, 3), np.uint8)
+    out = isolate_character(frames, plate, boxes)
+    assert out[0, 15:46, 5:20].min() == 200 and int(out[0].sum()) == 200 * 3 * 31 * 15
+    assert int(out[1].sum()) == 200 * 3 * 64 * 12 and plate.max() == 0  # the plate is not written to
+
+
+class _Centroid:
+    """A stand-in estimator that sees the plate: every joint at the centroid of the pixels that differ from it."""
+
+    joint_names = JOINT_NAMES
+
+    def __init__(self, plate: np.ndarray) -> None:
+        self.plate, self.calls = plate.astype(int), 0
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        fg = np.abs(frames.astype(int) - self.plate).sum(-1) > 30  # [N, H, W]
+        ys, xs = np.mgrid[: frames.shape[1], : frames.shape[2]]
+        centre = np.stack([(xs * fg).sum((1, 2)), (ys * fg).sum((1, 2))], -1) / fg.sum((1, 2))[:, None]
+        return np.repeat(centre[:, None], len(JOINT_NAMES), axis=1)
+
+
+def test_two_character_samples_are_scored_one_character_at_a_time_on_the_plate(world_samples) -> None:
+    _, pair = world_samples
+    gt = SyntheticGT.from_dict(pair.gt)
+    assert len(gt.joint_names) == 2 * len(JOINT_NAMES)
+    estimator = _Centroid(pair.target_background)
+    metric = JointPositionError(estimator)
+    top_down = metric.update(pair.target, pair.target, "pair", gt=gt, background=pair.target_background)
+    assert estimator.calls == 2  # one pass per character
+    # the same stand-in on the whole frame puts both characters' joints between them
+    both = estimator(pair.target)
+    naive = float(np.linalg.norm(np.concatenate([both, both], axis=1) - gt.joints, axis=-1).mean())
+    # the wiring: character p's slice of the joints comes from the pass over character p's box
+    per_char = len(JOINT_NAMES)
+    own = []
+    for p in range(2):
+        boxes = character_boxes(gt.joints[:, p * per_char : (p + 1) * per_char], 64, 64)
+        own.append(estimator(isolate_character(pair.target, pair.target_background, boxes)))
+    expected = float(np.linalg.norm(np.concatenate(own, axis=1) - gt.joints, axis=-1).mean())
+    assert top_down == pytest.approx(expected, abs=1e-9)
+    # the floor for this stand-in: each character's joints all at the mean of its own ground-truth joints
+    floor = np.concatenate([np.repeat(gt.joints[:, p * per_char : (p + 1) * per_char].mean(1, keepdims=True),
+                                      per_char, axis=1) for p in range(2)], axis=1)  # fmt: skip
+    floor = float(np.linalg.norm(floor - gt.joints, axis=-1).mean())
+    # measured: floor 11.20 px, top-down 11.54 px, whole frame 19.84 px
+    assert top_down < floor + 1.0 and naive > floor + 5.0, (floor, top_down, naive)
+    protocol = metric.compute().protocol
+    assert protocol["samples_by_characters"] == {"2": 1} and protocol["unsupported_samples"] == 0
+    with pytest.raises(ValueError, match="box_margin"):
+        JointPositionError(estimator, box_margin=-1)
+
+
+def test_fit_tool_end_to_end_reports_two_character_error(tmp_path, one_thread) -> None:
+    from tools.fit_joint_estimator import main as fit_main
+
+    out = tmp_path / "je.safetensors"
+    heldout = fit_main(["--out", str(out), "--train-samples", "3", "--val-samples", "2", "--test-samples", "12",
+                        "--steps", "3", "--batch-size", "4", "--widths", "4", "8", "8", "8", "--num-blocks", "1", "1"])  # fmt: skip
+    world = SyntheticWorld()
+    pairs = sum(world.sample("test", i).num_characters == 2 for i in range(12))
+    assert pairs > 0
+    two = heldout["test_two_character"]
+    assert two["two_character_samples"] == pairs and two["num_frames"] == 2 * pairs * world.config.num_frames
+    assert two["mean_px"] > 0 and set(two["pck"]) == {"1px", "2px", "3px"}
+    loaded = JointHeatmapEstimator.load(out)
+    assert loaded.heldout["test_two_character"]["mean_px"] == pytest.approx(two["mean_px"])
+    assert JointPositionError(loaded).protocol()["estimator_heldout"]["two_character_mean_px"] == pytest.approx(two["mean_px"])
+    assert (tmp_path / "je.safetensors.json").is_file() and (tmp_path / "je.safetensors.preview.png").is_file()

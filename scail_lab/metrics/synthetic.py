@@ -31,6 +31,7 @@ from scail_lab.metrics.weight_free import fallback_protocol, foreground_mask
 COLOR_STATISTICS = ("histogram_intersection", "palette_distance")
 ESTIMATOR_FILE = "joint_estimator.safetensors"  # looked up in $SCAIL_EVAL_WEIGHTS_DIR
 BORDER = 2  # frame-border width of the border-median fallback (no plate, no mask)
+BOX_MARGIN = 0.25  # top-down joint estimation: each side of a character's joint box grows by this share of its height
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,65 @@ class JointEstimator(Protocol):
     def __call__(self, frames: np.ndarray) -> np.ndarray: ...
 
 
+def character_count(gt_names: tuple[str, ...], names: tuple[str, ...]) -> int | None:
+    """How many characters a gt.json with `gt_names` holds, each with the estimator's `names`: 1 when they are the
+    same, P when they are `p0_<name>, ..., p{P-1}_<name>` (the world's multi-character layout), else None."""
+    if tuple(gt_names) == tuple(names):
+        return 1
+    count = len(gt_names) // max(len(names), 1)
+    if count > 1 and tuple(gt_names) == tuple(f"p{p}_{n}" for p in range(count) for n in names):
+        return count
+    return None
+
+
+def character_boxes(joints: np.ndarray, height: int, width: int, margin: float = BOX_MARGIN) -> np.ndarray:
+    """Per-frame boxes around one character's joints [N, J, 2] -> int [N, 4] (x0, y0, x1, y1), end-exclusive.
+
+    The joint extent grows on every side by `margin` x its height (at least 2 px; the head, hands and feet
+    reach past their joints) and is clipped to the frame. NaN joints are left out."""
+    lo, hi = np.nanmin(joints, axis=1), np.nanmax(joints, axis=1)  # [N, 2] (x, y)
+    pad = np.maximum(margin * (hi[:, 1] - lo[:, 1]), 2.0)[:, None]
+    x0y0 = np.floor(lo - pad).clip(0, None)
+    x1y1 = np.ceil(hi + pad + 1).clip(None, [width, height])
+    return np.concatenate([x0y0, x1y1], axis=1).astype(np.int64)
+
+
+def isolate_character(frames: np.ndarray, plate: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The background plate everywhere but inside each frame's box, where the frame stays: uint8 [N, H, W, 3].
+
+    plate: uint8 [N, H, W, 3] or [1, H, W, 3]; boxes: [N, 4] from `character_boxes`."""
+    out = np.broadcast_to(plate, frames.shape).copy()
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        out[i, y0:y1, x0:x1] = frames[i, y0:y1, x0:x1]
+    return out
+
+
+def estimate_top_down(
+    estimator: JointEstimator,
+    frames: np.ndarray,
+    plate: np.ndarray,
+    gt_joints: np.ndarray,
+    count: int,
+    margin: float = BOX_MARGIN,
+) -> np.ndarray:
+    """Joints of `count` characters, one estimator pass each: character p alone in its ground-truth joint box on
+    the plate (`isolate_character`). frames uint8 [N, H, W, 3]; plate [N or 1, H, W, 3]; gt_joints [N, P*J, 2]
+    in p0_, p1_, ... order -> float64 [N, P*J, 2] in the same order."""
+    if plate.shape[1:] != frames.shape[1:] or plate.shape[0] not in (1, frames.shape[0]):
+        raise ValueError(f"background plate {plate.shape} does not match frames {frames.shape}")
+    per_char = gt_joints.shape[1] // count
+    parts = []
+    for p in range(count):
+        boxes = character_boxes(gt_joints[:, p * per_char : (p + 1) * per_char], *frames.shape[1:3], margin)
+        parts.append(np.asarray(estimator(isolate_character(frames, plate, boxes)), dtype=np.float64))
+    return np.concatenate(parts, axis=1)
+
+
+def _uint8_frames(video: Any) -> np.ndarray:
+    """Any `to_frames` video -> uint8 [N, H, W, 3]."""
+    return to_frames(video).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def _gt_from_extras(name: str, extras: dict[str, Any]) -> SyntheticGT:
     gt = extras.get("gt")
     if gt is None:
@@ -106,10 +166,15 @@ class JointPositionError(Metric):
     metric weight file: the explicit path, else `$SCAIL_EVAL_WEIGHTS_DIR/joint_estimator.safetensors`. A
     missing file raises FileNotFoundError, or with `on_missing="skip"` records the metric as skipped.
 
-    An estimator with a `joint_names` attribute scores only samples whose gt.json has exactly those joints;
-    others (two-character samples for the single-character estimator) are skipped and counted in the protocol
-    (`unsupported_samples`, `unsupported_reason`). The protocol also carries the estimator's own held-out error
-    (`estimator_heldout`), the floor under which differences between runs mean nothing.
+    An estimator with a `joint_names` attribute scores samples whose gt.json has those joints, or P characters'
+    worth of them (`p0_<name>, p1_<name>, ...`: two-character samples). Those are scored top-down, as pose
+    benchmarks do with ground-truth boxes: each character's joints are estimated in a copy of the generated frame
+    that keeps only that character's ground-truth joint box (grown by `box_margin` x its height each side) and
+    shows the sample's background plate (`background` extra, e.g. target_background.mp4) everywhere else. Where
+    two boxes overlap, the other character's limbs can show in the box. Without a plate, or with other joint
+    names, a sample is skipped and counted in the protocol (`unsupported_samples`, `unsupported_reason`). The
+    protocol also carries the estimator's own held-out error (`estimator_heldout`), the floor under which
+    differences between runs mean nothing.
     """
 
     name = "joint_error_px"
@@ -121,9 +186,13 @@ class JointPositionError(Metric):
         weights: str | os.PathLike | None = None,
         on_missing: str = "error",
         name: str | None = None,
+        box_margin: float = BOX_MARGIN,
     ) -> None:
         super().__init__()
         self.name = name or "joint_error_px"
+        if not 0.0 <= box_margin <= 2.0:
+            raise ValueError(f"{self.name}: box_margin must be in [0, 2] (a share of the character height), got {box_margin}")
+        self.box_margin = float(box_margin)
         self.weights_path: Path | None = None
         if estimator is not None and weights is not None:
             raise ValueError(f"{self.name}: give either `estimator` or `weights`, not both")
@@ -137,11 +206,13 @@ class JointPositionError(Metric):
         self._weights_stamp = file_protocol(self.weights_path) if self.weights_path is not None else {}
         self.missed: list[float] = []  # per scored sample: share of joints the estimator did not find
         self.unsupported: dict[str, str] = {}  # sample id -> why the estimator cannot score it
+        self.characters: Counter = Counter()  # characters per scored sample -> samples
 
     def reset(self) -> None:
         super().reset()
         self.missed = []
         self.unsupported = {}
+        self.characters = Counter()
 
     def protocol(self) -> dict[str, Any]:
         heldout = getattr(self.estimator, "heldout", None) or {}
@@ -155,6 +226,7 @@ class JointPositionError(Metric):
                 "median_px": test.get("median_px"),
                 "pck": test.get("pck"),
                 "mp4_mean_px": (heldout.get("test_mp4") or {}).get("mean_px"),
+                "two_character_mean_px": (heldout.get("test_two_character") or {}).get("mean_px"),
                 "num_frames": test.get("num_frames"),
             }
             if test
@@ -164,6 +236,9 @@ class JointPositionError(Metric):
             "missed_joint_share": float(np.mean(self.missed)) if self.missed else None,
             "unsupported_samples": len(self.unsupported),
             "unsupported_reason": next(iter(self.unsupported.values()), None),
+            "samples_by_characters": {str(k): v for k, v in sorted(self.characters.items())},
+            "multi_character": f"top-down: each character alone in its ground-truth joint box (+{self.box_margin:g} "
+            "x its height each side) on the background plate",
         }
 
     def update(
@@ -176,23 +251,31 @@ class JointPositionError(Metric):
         if self.skipped is None:
             names = getattr(self.estimator, "joint_names", None)
             gt = _gt_from_extras(self.name, extras)
-            if names is not None and tuple(names) != gt.joint_names:
-                key = sample_id if sample_id is not None else f"unsupported_{len(self.unsupported)}"
-                self.unsupported[key] = (
-                    f"ground truth has {len(gt.joint_names)} joints ({gt.joint_names[0]}, ...), the estimator "
-                    f"estimates {len(names)} ({names[0]}, ...): two-character samples need a two-character "
-                    "estimator"
-                )
+            count = character_count(gt.joint_names, tuple(names)) if names is not None else 1
+            reason = None
+            if count is None:
+                reason = (f"ground truth has {len(gt.joint_names)} joints ({gt.joint_names[0]}, ...), the estimator "
+                          f"estimates {len(names)} ({names[0]}, ...), neither one character's nor p0_/p1_/... copies")  # fmt: skip
+            elif count > 1 and extras.get("background") is None:
+                reason = (f"a {count}-character sample needs its background plate (target_background.mp4) to "
+                          "estimate each character alone")  # fmt: skip
+            if reason is not None:
+                self.unsupported[sample_id if sample_id is not None else f"unsupported_{len(self.unsupported)}"] = reason
                 return None
             extras = {**extras, "gt": gt}
         return super().update(pred, target, sample_id, **extras)
 
-    def _score(self, pred: Tensor, target: Tensor | None = None, **extras: Any) -> float | None:
+    def _score(self, pred: Tensor, target: Tensor | None = None, background: Any = None, **extras: Any) -> float | None:
         gt = _gt_from_extras(self.name, extras)
-        frames = (
-            to_frames(pred).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        )  # [N, 3, H, W] -> [N, H, W, 3]
-        estimated = np.asarray(self.estimator(frames), dtype=np.float64)
+        frames = _uint8_frames(pred)
+        names = getattr(self.estimator, "joint_names", None)
+        count = character_count(gt.joint_names, tuple(names)) if names is not None else 1
+        if count == 1:
+            estimated = np.asarray(self.estimator(frames), dtype=np.float64)
+        else:
+            estimated = estimate_top_down(self.estimator, frames, _uint8_frames(background), gt.joints, count,
+                                          self.box_margin)  # fmt: skip
+        self.characters[count] += 1
         if estimated.shape != gt.joints.shape:
             raise ValueError(
                 f"{self.name}: estimator returned joints {estimated.shape}, ground truth has {gt.joints.shape} "
