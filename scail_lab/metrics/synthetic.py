@@ -114,14 +114,35 @@ def character_boxes(joints: np.ndarray, height: int, width: int, margin: float =
     return np.concatenate([x0y0, x1y1], axis=1).astype(np.int64)
 
 
-def isolate_character(frames: np.ndarray, plate: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """The background plate everywhere but inside each frame's box, where the frame stays: uint8 [N, H, W, 3].
+def character_regions(
+    gt_joints: np.ndarray, count: int, height: int, width: int, margin: float = BOX_MARGIN
+) -> np.ndarray:
+    """Where each of `count` characters is looked for: bool [P, N, H, W].
 
-    plate: uint8 [N, H, W, 3] or [1, H, W, 3]; boxes: [N, 4] from `character_boxes`."""
-    out = np.broadcast_to(plate, frames.shape).copy()
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        out[i, y0:y1, x0:x1] = frames[i, y0:y1, x0:x1]
-    return out
+    A pixel belongs to character p when it lies in p's box (`character_boxes`) and its nearest ground-truth joint
+    is one of p's, so where two boxes overlap each pixel goes to the nearer character. gt_joints [N, P*J, 2] in
+    p0_, p1_, ... order; NaN joints are left out."""
+    n = gt_joints.shape[0]
+    per_char = gt_joints.shape[1] // count
+    joints = gt_joints.reshape(n, count, per_char, 2)
+    ys, xs = np.mgrid[:height, :width].astype(np.float32)
+    regions = np.zeros((count, n, height, width), bool)
+    for p in range(count):
+        for i, (x0, y0, x1, y1) in enumerate(character_boxes(joints[:, p], height, width, margin)):
+            regions[p, i, y0:y1, x0:x1] = True
+    for i in range(n):  # one frame at a time: [P, J, H, W] distances stay small at any resolution
+        dx = xs[None, None] - joints[i, :, :, 0, None, None].astype(np.float32)
+        dy = ys[None, None] - joints[i, :, :, 1, None, None].astype(np.float32)
+        nearest = np.fmin.reduce(dx * dx + dy * dy, axis=1)  # [P, H, W]; fmin skips NaN joints
+        regions[:, i] &= nearest == nearest.min(axis=0, keepdims=True)
+    return regions
+
+
+def isolate_character(frames: np.ndarray, plate: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The frame inside `region` (bool [N, H, W]), the background plate elsewhere: uint8 [N, H, W, 3].
+
+    plate: uint8 [N, H, W, 3] or [1, H, W, 3]."""
+    return np.where(region[..., None], frames, plate)
 
 
 def estimate_top_down(
@@ -132,16 +153,13 @@ def estimate_top_down(
     count: int,
     margin: float = BOX_MARGIN,
 ) -> np.ndarray:
-    """Joints of `count` characters, one estimator pass each: character p alone in its ground-truth joint box on
-    the plate (`isolate_character`). frames uint8 [N, H, W, 3]; plate [N or 1, H, W, 3]; gt_joints [N, P*J, 2]
-    in p0_, p1_, ... order -> float64 [N, P*J, 2] in the same order."""
+    """Joints of `count` characters, one estimator pass each: character p alone in its region
+    (`character_regions`) on the plate (`isolate_character`). frames uint8 [N, H, W, 3]; plate [N or 1, H, W, 3];
+    gt_joints [N, P*J, 2] in p0_, p1_, ... order -> float64 [N, P*J, 2] in the same order."""
     if plate.shape[1:] != frames.shape[1:] or plate.shape[0] not in (1, frames.shape[0]):
         raise ValueError(f"background plate {plate.shape} does not match frames {frames.shape}")
-    per_char = gt_joints.shape[1] // count
-    parts = []
-    for p in range(count):
-        boxes = character_boxes(gt_joints[:, p * per_char : (p + 1) * per_char], *frames.shape[1:3], margin)
-        parts.append(np.asarray(estimator(isolate_character(frames, plate, boxes)), dtype=np.float64))
+    regions = character_regions(gt_joints, count, *frames.shape[1:3], margin)
+    parts = [np.asarray(estimator(isolate_character(frames, plate, region)), dtype=np.float64) for region in regions]
     return np.concatenate(parts, axis=1)
 
 
@@ -169,10 +187,10 @@ class JointPositionError(Metric):
     An estimator with a `joint_names` attribute scores samples whose gt.json has those joints, or P characters'
     worth of them (`p0_<name>, p1_<name>, ...`: two-character samples). Those are scored top-down, as pose
     benchmarks do with ground-truth boxes: each character's joints are estimated in a copy of the generated frame
-    that keeps only that character's ground-truth joint box (grown by `box_margin` x its height each side) and
-    shows the sample's background plate (`background` extra, e.g. target_background.mp4) everywhere else. Where
-    two boxes overlap, the other character's limbs can show in the box. Without a plate, or with other joint
-    names, a sample is skipped and counted in the protocol (`unsupported_samples`, `unsupported_reason`). The
+    that keeps only that character's region and shows the sample's background plate (`background` extra, e.g.
+    target_background.mp4) everywhere else. The region is the character's ground-truth joint box (grown by
+    `box_margin` x its height each side) minus the pixels nearer to another character's joints. Without a plate,
+    or with other joint names, a sample is skipped and counted in the protocol (`unsupported_samples`, `unsupported_reason`). The
     protocol also carries the estimator's own held-out error (`estimator_heldout`), the floor under which
     differences between runs mean nothing.
     """
@@ -237,8 +255,8 @@ class JointPositionError(Metric):
             "unsupported_samples": len(self.unsupported),
             "unsupported_reason": next(iter(self.unsupported.values()), None),
             "samples_by_characters": {str(k): v for k, v in sorted(self.characters.items())},
-            "multi_character": f"top-down: each character alone in its ground-truth joint box (+{self.box_margin:g} "
-            "x its height each side) on the background plate",
+            "multi_character": f"top-down: each character alone on the background plate, in its ground-truth joint "
+            f"box (+{self.box_margin:g} x its height each side) minus pixels nearer another character's joints",
         }
 
     def update(
