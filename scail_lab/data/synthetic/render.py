@@ -100,7 +100,11 @@ def rasterize(
     frames: list[list[Part]], hw: tuple[int, int], ss: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parts per frame (coordinates in supersampled pixels) -> (premultiplied RGB [N, H, W, 3] float32,
-    alpha [N, H, W] float32, person index [N, H, W] int16, -1 = background)."""
+    alpha [N, H, W] float32, person index [N, H, W] int16, -1 = background).
+
+    The person map follows coverage, like the pixels: a pixel belongs to a person when at least half of its
+    ss x ss sub-pixels are covered (alpha >= 0.5), and then to the person covering most of them (ties: the one
+    in front). So masks agree with what the antialiased frame shows."""
     h, w = hw
     big = (h * ss, w * ss)
     n = len(frames)
@@ -122,8 +126,22 @@ def rasterize(
         cover = (person >= 0).astype(np.float32)
         rgb_out[i] = cv2.resize(rgb * cover[..., None], (w, h), interpolation=cv2.INTER_AREA)
         alpha_out[i] = cv2.resize(cover, (w, h), interpolation=cv2.INTER_AREA)
-        person_out[i] = person[ss // 2 :: ss, ss // 2 :: ss]
+        person_out[i] = _majority_person(person, ss)
     return rgb_out, alpha_out, person_out
+
+
+def _majority_person(person: np.ndarray, ss: int) -> np.ndarray:
+    """Supersampled person map [H*ss, W*ss] -> [H, W]: the most-covering person where coverage >= 1/2, else -1."""
+    h, w = person.shape[0] // ss, person.shape[1] // ss
+    blocks = person.reshape(h, ss, w, ss).transpose(0, 2, 1, 3).reshape(h, w, ss * ss)
+    out = np.full((h, w), -1, np.int16)
+    covered = (blocks >= 0).sum(-1) * 2 >= ss * ss
+    best = np.zeros((h, w), np.int64)
+    for actor in np.unique(blocks[blocks >= 0]):  # ascending: a later (front) actor wins ties
+        count = (blocks == actor).sum(-1)
+        take = covered & (count >= best) & (count > 0)
+        out[take], best[take] = actor, count[take]
+    return out
 
 
 def compose(background: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
