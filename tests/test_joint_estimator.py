@@ -23,7 +23,6 @@ from scail_lab.metrics.joint_estimator import (
     flip_permutation,
     soft_argmax,
 )
-from scail_lab.metrics.synthetic import character_boxes, character_count, character_regions, isolate_character
 from scail_lab.metrics.joint_training import (
     AugmentConfig,
     FitConfig,
@@ -32,6 +31,7 @@ from scail_lab.metrics.joint_training import (
     keypoint_loss,
     summarize_errors,
 )
+from scail_lab.metrics.synthetic import character_boxes, character_count, character_regions, isolate_character
 from scail_lab.metrics.video_io import read_video
 
 TINY = dict(widths=(4, 8, 8, 8), num_blocks=(1, 1))

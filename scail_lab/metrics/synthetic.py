@@ -280,14 +280,15 @@ class JointPositionError(Metric):
             if reason is not None:
                 self.unsupported[sample_id if sample_id is not None else f"unsupported_{len(self.unsupported)}"] = reason
                 return None
-            extras = {**extras, "gt": gt}
+            extras = {**extras, "gt": gt, "num_characters": count}
         return super().update(pred, target, sample_id, **extras)
 
-    def _score(self, pred: Tensor, target: Tensor | None = None, background: Any = None, **extras: Any) -> float | None:
+    def _score(
+        self, pred: Tensor, target: Tensor | None = None, background: Any = None, num_characters: int = 1, **extras: Any
+    ) -> float | None:
         gt = _gt_from_extras(self.name, extras)
         frames = _uint8_frames(pred)
-        names = getattr(self.estimator, "joint_names", None)
-        count = character_count(gt.joint_names, tuple(names)) if names is not None else 1
+        count = num_characters  # from update(): 1, or P for p0_/p1_/... ground truth over the estimator's joints
         if count == 1:
             estimated = np.asarray(self.estimator(frames), dtype=np.float64)
         else:
