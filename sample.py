@@ -8,8 +8,8 @@
         'loras=[{path: lightx2v_distill.safetensors, strength: 1.0}]' pipeline.guide_scale=1 pipeline.num_steps=6
 
 Outputs go to the Hydra run directory: <name>.mp4 (driving fps), <name>_side_by_side.{mp4,png}, <name>.json
-(seed, timings, resolved config, and frames_sha256: a checksum of the frames before mp4 encoding, which stays
-the same for the same seed even where x264 output bits vary slightly run to run).
+(seed, timings, resolved config, and frames_sha256: a checksum of the frames before mp4 encoding, so results
+compare across machines whose encoder builds write different mp4 bytes).
 """
 
 from __future__ import annotations

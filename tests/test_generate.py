@@ -81,8 +81,7 @@ def test_generate_runs_the_official_layout_end_to_end(tmp_path):
     frames = media.decode_video(save)
     assert frames.shape == (9, 64, 64, 3)
     again = tmp_path / "again.mp4"
-    # Same seed: the same frames (their checksum before mp4 encoding, whose bits x264 does not always reproduce);
-    # another seed: different frames.
+    # Same seed: the same frames (their checksum before mp4 encoding); another seed: different frames.
     meta = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
     first = meta["frames_sha256"]
     assert generate.main([a if a != str(save) else str(again) for a in argv]) == 0

@@ -56,7 +56,7 @@ def encode_video(frames: np.ndarray, fps: float, quality: str | int = LOSSLESS) 
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         stream.options = {**options, "preset": "veryfast", "threads": "1",
                           "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}  # fmt: skip
-        stream.codec_context.thread_count = 1  # one encoder thread; x264 can still vary slightly run to run
+        stream.codec_context.thread_count = 1  # one encoder thread (threaded x264 output depends on scheduling)
         for index, frame in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = index  # explicit timestamps (codec time base 1/fps)

@@ -61,7 +61,7 @@ def write_result(
         "fps": fps,
         "frames": int(result.video.shape[1]),
         "size": list(result.video.shape[-2:]),
-        # the decoded frames before mp4 encoding (x264 bits can vary slightly run to run; these do not)
+        # the decoded frames before mp4 encoding (independent of the encoder build that writes the mp4)
         "frames_sha256": hashlib.sha256(_frames(result.video).tobytes()).hexdigest(),
         "mode": result.example.mode,
         "prompt": result.example.prompt,
