@@ -88,7 +88,8 @@ def train(cfg: DictConfig) -> dict:
     optimizer = OptimizerConfig(**plain(cfg.optimizer))
     lora = LoraSettings(**plain(cfg.lora))
     strategy = build_strategy(cfg.strategy.name, cfg.trainer.accelerator, cfg.strategy.offload_optimizer,
-                              int(cfg.strategy.bucket_size))  # fmt: skip
+                              int(cfg.strategy.bucket_size),
+                              int(cfg.strategy.get("param_persistence_threshold", 100000)))  # fmt: skip
     model = build_model(cfg)
     needs_encoder = cfg.data.kind == "pixel" or bool(cfg.validation.examples)
     encoder = build_encoder(cfg, model) if needs_encoder else None
@@ -107,8 +108,9 @@ def train(cfg: DictConfig) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ema = None
     if cfg.ema.enabled:
-        if cfg.strategy.name == "deepspeed_zero3":
-            raise ValueError("ema.enabled needs whole parameters on each rank: use auto/ddp/deepspeed_zero2/fsdp")
+        if cfg.strategy.name in ("deepspeed_zero3", "fsdp"):  # they shard the parameters the average would follow
+            raise ValueError(f"ema.enabled needs whole parameters on each rank, strategy {cfg.strategy.name} shards "
+                             "them: use auto/ddp/deepspeed_zero2")  # fmt: skip
         ema = EMA(cfg.ema.decay)
     callbacks = [
         ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=cfg.checkpointing.every_n_steps,

@@ -57,3 +57,18 @@ def test_bf16_mixed_training_on_one_gpu(tmp_path):
                  "trainer.max_steps=4"))  # fmt: skip
     history = losses(tmp_path)
     assert sorted(history) == [0, 1, 2, 3] and all(0 < v < float("inf") for v in history.values())
+
+
+def test_fsdp_on_one_gpu_trains_and_exports_the_whole_denoiser(tmp_path):
+    """FSDP (one unit per block) cannot run on CPU; on a GPU its export must hold the whole trained weights."""
+    from safetensors.torch import load_file
+
+    from tests.test_training import config, losses
+    from train import train
+
+    train(config(tmp_path, "trainer.accelerator=gpu", "trainer.devices=1", "strategy=fsdp", "trainer.max_steps=3"))
+    assert sorted(losses(tmp_path)) == [0, 1, 2]
+    exported = load_file(str(tmp_path / "export" / "denoiser.safetensors"))
+    reference = SCAILDiT(tiny_config(freq_dim=64)).state_dict()
+    assert set(exported) == set(reference)
+    assert all(exported[k].shape == v.shape for k, v in reference.items())

@@ -12,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from scail_lab.conditioning import Conditions
 from scail_lab.diffusion.objective import FlowMatchingObjective
@@ -168,8 +169,6 @@ def test_lora_adapters_overfit_one_batch_and_leave_the_base_untouched():
 
 
 def test_lora_through_train_moves_the_adapters(tmp_path, base_weights):
-    from safetensors.torch import load_file
-
     train(config(tmp_path, "lora.enabled=true", f"weights={base_weights}", "trainer.max_steps=4"))
     assert all(v > 0 for v in logged(tmp_path, "train/grad_norm").values())
     adapters = load_file(str(tmp_path / "export" / "lora_peft.safetensors"))
@@ -262,10 +261,14 @@ def _ds_available() -> bool:
 
 
 @pytest.mark.skipif(not _ds_available(), reason="deepspeed not importable")
-def test_two_process_deepspeed_zero2_on_cpu_completes_and_its_checkpoint_reloads(tmp_path):
+@pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_two_process_deepspeed_on_cpu_completes_exports_and_its_checkpoint_reloads(tmp_path, strategy):
+    """ZeRO-3 with a persistence threshold of 0 shards every parameter of the tiny model, as it does a 14B one's
+    large ones; the export must still hold the whole trained weights (it wrote empty tensors before the gather)."""
     out = tmp_path / "ds"
+    extra = ["strategy.param_persistence_threshold=0"] if strategy == "deepspeed_zero3" else []
     cmd = [sys.executable, "train.py", f"+output_dir={out}", "~data", f"+data._target_={LOADER}", "+data.kind=latent",
-           "+data.num_batches=4", "~val_data", "strategy=deepspeed_zero2", "trainer.devices=2", "trainer.max_steps=3",
+           "+data.num_batches=4", "~val_data", f"strategy={strategy}", *extra, "trainer.devices=2", "trainer.max_steps=3",
            "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "checkpointing.every_n_steps=3",
            "optimizer.warmup_steps=1",
            f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
@@ -278,7 +281,12 @@ def test_two_process_deepspeed_zero2_on_cpu_completes_and_its_checkpoint_reloads
 
     state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
     model = SCAILDiT(tiny_config(freq_dim=64))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=True)
+    consolidated = {k.removeprefix("model."): v for k, v in state.items()}
+    model.load_state_dict(consolidated, strict=True)
+    exported = load_file(str(out / "export" / "denoiser.safetensors"))
+    assert set(exported) == set(consolidated)
+    for name, value in exported.items():  # the trained weights, whole (the fp32 master copy equals the model here)
+        assert value.shape == consolidated[name].shape and torch.equal(value, consolidated[name].to(value.dtype)), name
     assert json.loads((out / "metrics.json").read_text())["step"] == 3
     with open(out / "csv" / "metrics.csv") as f:
         norms = [float(r["train/grad_norm"]) for r in csv.DictReader(f) if r.get("train/grad_norm")]
@@ -406,3 +414,23 @@ def test_ema_exports_the_average_and_resumes_exactly(tmp_path, decay):
                      "optimizer.total_steps=4", f"resume={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"))  # fmt: skip
         resumed = load_file(str(tmp_path / "c" / "export" / "denoiser_ema.safetensors"))
         torch.testing.assert_close(resumed[key], ema[key], rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_strategies_are_configured_for_a_14b_denoiser():
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from scail_lab.model.blocks import DiTBlock
+    from scail_lab.training.strategies import build_strategy, deepspeed_config
+
+    fsdp = build_strategy("fsdp", "gpu", offload=True)
+    assert isinstance(fsdp, FSDPStrategy) and fsdp.sharding_strategy == ShardingStrategy.FULL_SHARD
+    # one unit per block (not the whole model as one unit), original parameters (LoRA mixes frozen and trainable)
+    assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {DiTBlock}
+    assert fsdp.kwargs["use_orig_params"] is True and fsdp.cpu_offload.offload_params is True
+    assert fsdp._state_dict_type == "full"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        build_strategy("fsdp", "cpu")
+    zero3 = deepspeed_config(3, param_persistence_threshold=0)["zero_optimization"]
+    assert zero3["stage"] == 3 and zero3["stage3_param_persistence_threshold"] == 0
+    assert "stage3_param_persistence_threshold" not in deepspeed_config(2)["zero_optimization"]

@@ -16,6 +16,7 @@ from scail_lab.data import media, schema
 from scail_lab.model.lora import export_lora
 from scail_lab.training.lora import adapter_tensors
 from scail_lab.training.module import tokens_per_sample
+from scail_lab.training.strategies import full_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +126,13 @@ class ExportWeights(L.Callback):
         self.ema = ema
 
     def on_train_end(self, trainer, pl_module) -> None:
+        model = pl_module.model
+        state = full_state_dict(trainer, model)  # every rank takes part (sharded strategies gather)
         if not trainer.is_global_zero:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        model = pl_module.model
         if pl_module.lora.enabled:
-            adapters = {k: (a.float().cpu(), b.float().cpu()) for k, (a, b) in adapter_tensors(model).items()}
+            adapters = {k: (a.float(), b.float()) for k, (a, b) in adapter_tensors(state).items()}
             sets = {"lora": adapters}
             if self.ema is not None:  # the averaged adapters (the EMA tracks exactly the trainable adapter weights)
                 sets["lora_ema"] = {k: (self.ema.shadow[f"{k}.lora_A.default.weight"].cpu(),
@@ -139,7 +141,7 @@ class ExportWeights(L.Callback):
                 for style in ("peft", "comfy"):
                     export_lora(tensors, pl_module.lora.alpha, self.out_dir / f"{prefix}_{style}.safetensors", style)
         else:
-            states = {"denoiser": model.state_dict()}
+            states = {"denoiser": state}
             if self.ema is not None:
                 states["denoiser_ema"] = self.ema.averaged_state(model)
             for name, state in states.items():

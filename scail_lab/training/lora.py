@@ -3,6 +3,7 @@ extract adapters for checkpoints and exports (scail_lab.model.lora writes the fi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -48,11 +49,9 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     return model
 
 
-def adapter_tensors(model: nn.Module) -> dict[str, tuple[Tensor, Tensor]]:
-    """{module name: (down [r, in], up [out, r])} of every injected adapter (names without PEFT wrappers)."""
-    out = {}
-    for name, module in model.named_modules():
-        lora_a = getattr(module, "lora_A", None)
-        if isinstance(lora_a, nn.ModuleDict) and "default" in lora_a:
-            out[name] = (lora_a["default"].weight.detach(), module.lora_B["default"].weight.detach())
-    return out
+def adapter_tensors(state: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """{module name: (down [r, in], up [out, r])} of every injected adapter in a model's state dict (names without
+    PEFT wrappers). From the state, not the modules, so it also works on a state gathered from sharded ranks."""
+    down, up = ".lora_A.default.weight", ".lora_B.default.weight"
+    return {k.removesuffix(down): (v.detach(), state[k.removesuffix(down) + up].detach()) for k, v in state.items()
+            if k.endswith(down)}  # fmt: skip

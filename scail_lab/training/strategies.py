@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 NAMES = ("auto", "single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp")
 
 
-def deepspeed_config(stage: int, offload: bool = False, bucket_size: int = int(5e8)) -> dict:
-    """ZeRO settings of SCAIL-2's DeepSpeed example (overlap_comm, reduce-scatter, large buckets)."""
+def deepspeed_config(
+    stage: int, offload: bool = False, bucket_size: int = int(5e8), param_persistence_threshold: int = int(1e5)
+) -> dict:
+    """ZeRO settings of SCAIL-2's DeepSpeed example (overlap_comm, reduce-scatter, large buckets).
+
+    ZeRO-3 keeps parameters with fewer than `param_persistence_threshold` elements whole on every rank
+    (DeepSpeed's default 1e5); 0 partitions all of them (how the tests make a tiny model really sharded)."""
     zero = {
         "stage": stage,
         "overlap_comm": True,
@@ -30,6 +35,8 @@ def deepspeed_config(stage: int, offload: bool = False, bucket_size: int = int(5
         "reduce_bucket_size": bucket_size,
         "allgather_bucket_size": bucket_size,
     }
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = int(param_persistence_threshold)
     if offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     return {"zero_optimization": zero, "zero_allow_untested_optimizer": True, "train_micro_batch_size_per_gpu": 1}
@@ -82,7 +89,33 @@ class CPUDeepSpeedStrategy(AtomicDeepSpeedMixin, DeepSpeedStrategy):
         return "gloo"
 
 
-def build_strategy(name: str, accelerator: str, offload: bool = False, bucket_size: int = int(5e8)):
+def full_state_dict(trainer, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """`module`'s whole state on CPU on global rank 0, None on the other ranks. Every rank must call it.
+
+    Where the strategy shards parameters it gathers them first: ZeRO-3 with one `GatheredParameters` over all of
+    them (the whole model is on each rank's device for the copy), FSDP through Lightning's full state dict
+    (rank 0 only, offloaded to CPU). Elsewhere each rank already holds the whole model."""
+    strategy = trainer.strategy
+    rank0 = trainer.is_global_zero
+    if isinstance(strategy, FSDPStrategy):
+        state = strategy.lightning_module_state_dict()  # collective; keys of the LightningModule
+        prefix = next(f"{n}." for n, m in trainer.lightning_module.named_children() if m is module)
+        return {k.removeprefix(prefix): v.detach().cpu() for k, v in state.items() if k.startswith(prefix)} if rank0 else None
+    if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if rank0 else None
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()} if rank0 else None
+
+
+def build_strategy(
+    name: str,
+    accelerator: str,
+    offload: bool = False,
+    bucket_size: int = int(5e8),
+    param_persistence_threshold: int = int(1e5),
+):
     """A strategy object or name for lightning.Trainer."""
     if name not in NAMES:
         raise ValueError(f"strategy must be one of {NAMES}, got {name!r}")
@@ -94,10 +127,15 @@ def build_strategy(name: str, accelerator: str, offload: bool = False, bucket_si
     if name == "ddp":
         return DDPStrategy(process_group_backend="gloo" if cpu else None)
     if name == "fsdp":
-        if cpu:
-            raise ValueError("strategy fsdp needs CUDA devices; use ddp or deepspeed_zero2 on CPU")
-        return FSDPStrategy(sharding_strategy="FULL_SHARD", state_dict_type="full")
+        if cpu:  # torch's FSDP (v1, which Lightning's FSDPStrategy wraps) refuses CPU devices
+            raise ValueError("strategy fsdp needs CUDA devices; use ddp or deepspeed_zero2/3 on CPU")
+        from scail_lab.model.blocks import DiTBlock
+
+        # one FSDP unit per transformer block (only one block's parameters are whole at a time), original
+        # parameters kept (LoRA mixes frozen and trainable weights within a block)
+        return FSDPStrategy(sharding_strategy="FULL_SHARD", state_dict_type="full", auto_wrap_policy={DiTBlock},
+                            use_orig_params=True, cpu_offload=offload)  # fmt: skip
     stage = 2 if name == "deepspeed_zero2" else 3
-    config = deepspeed_config(stage, offload, bucket_size)
+    config = deepspeed_config(stage, offload, bucket_size, param_persistence_threshold)
     cls = CPUDeepSpeedStrategy if cpu else AtomicDeepSpeedStrategy
     return cls(config=config)
