@@ -264,17 +264,25 @@ def _ds_available() -> bool:
 @pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3"])
 def test_two_process_deepspeed_on_cpu_completes_exports_and_its_checkpoint_reloads(tmp_path, strategy):
     """ZeRO-3 with a persistence threshold of 0 shards every parameter of the tiny model, as it does a 14B one's
-    large ones; the export must still hold the whole trained weights (it wrote empty tensors before the gather)."""
+    large ones. The export must still hold the whole trained weights (it wrote empty tensors before the gather),
+    and validation videos must not deadlock (rank 0 sampling alone waited forever for the other rank)."""
+    from tests.test_pipeline import write_folder
+
+    folder = write_folder(tmp_path / "val_example")
+    (folder / "target.mp4").write_bytes((folder / "rendered_v2.mp4").read_bytes())
     out = tmp_path / "ds"
     extra = ["strategy.param_persistence_threshold=0"] if strategy == "deepspeed_zero3" else []
     cmd = [sys.executable, "train.py", f"+output_dir={out}", "~data", f"+data._target_={LOADER}", "+data.kind=latent",
            "+data.num_batches=4", "~val_data", f"strategy={strategy}", *extra, "trainer.devices=2", "trainer.max_steps=3",
            "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "checkpointing.every_n_steps=3",
-           "optimizer.warmup_steps=1",
+           "optimizer.warmup_steps=1", f"validation.examples=[{folder}]", "validation.every_n_steps=2",
+           "pipeline.num_steps=2", "pipeline.max_frames=9",
            f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "val_videos" / "step_0000002" / "val_example.mp4").is_file()
+    assert 0.0 < json.loads((out / "metrics.json").read_text())["metrics"]["val_video/psnr"] < 60.0
     checkpoint = out / "checkpoints" / "last.ckpt"
     assert checkpoint.is_dir()  # DeepSpeed writes a directory (renamed into place when complete)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -16,7 +16,7 @@ from scail_lab.data import media, schema
 from scail_lab.model.lora import export_lora
 from scail_lab.training.lora import adapter_tensors
 from scail_lab.training.module import tokens_per_sample
-from scail_lab.training.strategies import full_state_dict
+from scail_lab.training.strategies import full_state_dict, shards_parameters
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class ValidationVideos(L.Callback):
     def _run(self, trainer, pl_module) -> None:
         was_training = pl_module.model.training
         pl_module.model.eval()
-        # rank 0 samples alone: a sequence-parallel model would wait for its group's collectives
+        # Rank 0 samples alone (sharded parameters: every rank samples in step, rank 0 writes). Each rank samples the
+        # whole clip: a sequence-parallel model would wait for its group's collectives
         sp, pl_module.model.sequence_parallel = getattr(pl_module.model, "sequence_parallel", None), None
         try:
             self._sample(trainer, pl_module)
@@ -77,6 +78,8 @@ class ValidationVideos(L.Callback):
         for folder in self.examples:
             example = load_example(folder)
             result = pipeline(example, seed=self.seed)
+            if not trainer.is_global_zero:
+                continue
             paths = write_result(result, step_dir)
             metrics = self._metrics(result, Path(folder))
             for name, value in metrics.items():
@@ -108,8 +111,9 @@ class ValidationVideos(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.examples and step > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
-            self._run(trainer, pl_module)
+        if self.examples and step > 0 and step % self.every_n_steps == 0:
+            if trainer.is_global_zero or shards_parameters(trainer.strategy):
+                self._run(trainer, pl_module)
 
 
 class ExportWeights(L.Callback):

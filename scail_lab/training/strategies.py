@@ -89,6 +89,12 @@ class CPUDeepSpeedStrategy(AtomicDeepSpeedMixin, DeepSpeedStrategy):
         return "gloo"
 
 
+def shards_parameters(strategy) -> bool:
+    """Does no rank hold the whole model outside a forward (ZeRO-3, FSDP)? Then every rank takes part in any
+    forward (validation sampling) and in gathering the weights."""
+    return isinstance(strategy, FSDPStrategy) or (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3)
+
+
 def full_state_dict(trainer, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """`module`'s whole state on CPU on global rank 0, None on the other ranks. Every rank must call it.
 
