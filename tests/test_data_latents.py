@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -71,7 +72,8 @@ def cacher(scheme=None, **kwargs) -> LatentCacher:
 def test_cached_latents_equal_the_encoder_on_the_loader_pixels(data):
     folder = sorted((data["root"] / "folders").iterdir())[0]
     pixels = FolderDataset([str(folder)], sampling=SAMPLING)[0]  # the pixel path's tensors
-    out = cacher().encode(collect_folder(folder))
+    [(suffix, out)] = cacher().encode(collect_folder(folder))
+    assert suffix == ""  # one window: the sample's own key
     vae, scheme = PoolVAE(), ColourMaskScheme()
     target = npy_tensor(out["target_latents.npy"])
     assert target.shape == (16, 3, 8, 8)
@@ -147,7 +149,7 @@ def test_pose_dropout_gives_the_same_condition_from_pixels_and_from_latents(tmp_
     for folder in folders:
         pixels = FolderDataset([str(folder)], sampling=SAMPLING, augment=drop)[0]
         plain = FolderDataset([str(folder)], sampling=SAMPLING)[0]
-        cached = cacher().encode(collect_folder(folder))
+        [(_, cached)] = cacher().encode(collect_folder(folder))
         latent = latent_sample(cached, sampling=SAMPLING, augment=drop, use_masks=True)
         modes.add(pixels["mode"])
         if pixels["mode"] == "animate":
@@ -160,7 +162,8 @@ def test_pose_dropout_gives_the_same_condition_from_pixels_and_from_latents(tmp_
             assert torch.equal(pixels["driving"], plain["driving"])
             torch.testing.assert_close(latent["pose_latents"], npy_tensor(cached["pose_latents.npy"]))
     assert modes == {"animate", "replace"}
-    old = {k: v for k, v in cacher().encode(collect_folder(folders[0])).items() if k != "pose_latents_null.npy"}
+    [(_, new)] = cacher().encode(collect_folder(folders[0]))
+    old = {k: v for k, v in new.items() if k != "pose_latents_null.npy"}
     with pytest.raises(RuntimeError, match="pose_latents_null.npy.*re-cache"):
         latent_sample(old, sampling=SAMPLING, augment=drop, use_masks=True)
 
@@ -201,3 +204,29 @@ def test_latent_config_instantiates(latents):
     cfg = OmegaConf.merge(cfg, {"shards": str(latents[0]), "num_workers": 0, "sampling": {"frame_buckets": [9]}})
     batch = next(iter(instantiate(cfg)))
     assert batch["target_latents"].shape[1:] == (16, 3, 8, 8) and batch["ref_mask_code"].shape[1] == 28
+
+
+def test_long_videos_are_cached_as_overlapping_windows(tmp_path):
+    """windows=4, overlap 5: a 25-frame clip gives 9-frame windows starting at frames 0, 4, 8, 12 (each shares 5
+    frames with the previous one), keys <key>, <key>_w001..., later windows marked as continuations."""
+    write_synthetic(tmp_path / "folders", 2, num_frames=25, p_two_characters=0.0, p_replace=0.0, p_pose_driven=0.0,
+                    p_continuation=0.0)
+    report = make_latent_shards(cacher(windows=4), tmp_path / "lat", folders=tmp_path / "folders", progress=False)
+    assert report["num_samples"] == 8 and report["num_skipped"] == 0
+    raws = {raw["__key__"]: raw for tar in sorted((tmp_path / "lat").glob("*.tar")) for raw in iter_shard(str(tar))}
+    base = sorted(k for k in raws if "_w" not in k)
+    assert len(base) == 2 and sorted(raws) == sorted(f"{b}{s}" for b in base for s in ("", "_w001", "_w002", "_w003"))
+    for b in base:
+        metas = [json.loads(raws[b + s]["meta.json"]) for s in ("", "_w001", "_w002", "_w003")]
+        assert [m["frame_indices"][0] for m in metas] == [0, 4, 8, 12] and all(len(m["frame_indices"]) == 9 for m in metas)
+        assert [bool(m.get("continuation")) for m in metas] == [False, True, True, True]
+        # PoolVAE keeps frames 0, 4, 8 of a clip: window k+1's first two latent frames are window k's last two
+        lat = [npy_tensor(raws[b + s]["target_latents.npy"]) for s in ("", "_w001", "_w002", "_w003")]
+        for k in range(3):
+            torch.testing.assert_close(lat[k + 1][:, :2], lat[k][:, 1:], rtol=0, atol=0)
+        history = AugmentConfig(**{**AugmentConfig.off().__dict__, "history_continuation": 1.0})
+        got = [latent_sample(raws[b + s], sampling=SAMPLING, augment=history, use_masks=True)["num_history_frames"]
+               for s in ("", "_w001")]  # fmt: skip
+        assert got == [0, 2]  # continuation windows take the continuation history rate
+    with pytest.raises(ValueError, match="windows"):
+        cacher(windows=0)

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buckets", default="64x64", help="resolution buckets HxW, comma separated (multiples of 32)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     p.add_argument("--no-variants", action="store_true", help="skip augmented and reverse-driving variants")
+    p.add_argument("--windows", type=int, default=1,
+                   help="up to this many clips per long video (keys <key>, <key>_w001, ...); default: the first only")
+    p.add_argument("--window-overlap", type=int, default=5,
+                   help="frames each window shares with the previous one (5: SCAIL-2's segment overlap)")
     p.add_argument("--samples-per-shard", type=int, default=100, help="with --folders")
     p.add_argument("--device", default="cpu")
     p.add_argument("--part", type=int, default=0)
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         sampling=FrameSampling(frame_buckets=tuple(int(n) for n in args.frames.split(",")), target_fps=args.fps,
                                random_start=False),
         buckets=ResolutionBuckets(sizes=parse_buckets(args.buckets)), dtype=args.dtype,
-        include_variants=not args.no_variants, device=args.device,
+        include_variants=not args.no_variants, device=args.device, windows=args.windows,
+        window_overlap=args.window_overlap,
     )  # fmt: skip
     report = make_latent_shards(
         cacher, args.out, shards=args.shards, folders=args.folders, samples_per_shard=args.samples_per_shard,

@@ -43,6 +43,7 @@ def _cacher_signature(cacher: LatentCacher) -> dict:
         "clip": cacher.image_encoder is not None,
         "dtype": str(cacher.dtype.__name__),
         "vae": type(cacher.vae).__name__,
+        "windows": [cacher.windows, cacher.window_overlap],
     }
 
 
@@ -119,7 +120,7 @@ def _folders_of(job: ShardJob, root: Path, found: Sequence[Path]) -> list[Path]:
     return [by_key[k] for k in job.candidates]
 
 
-def _encode_folder(cacher: LatentCacher, folder: Path, key: str) -> dict:
+def _encode_folder(cacher: LatentCacher, folder: Path, key: str) -> list[tuple[str, dict]]:
     raw = collect_folder(folder, key)
     info = validate_sample(raw, require_masks=cacher.uses_masks)
     return cacher.encode(with_validated_meta(raw, info))

@@ -94,9 +94,13 @@ class LatentCacher:
         dtype: str = "float32",
         include_variants: bool = True,
         device: str | torch.device = "cpu",
+        windows: int = 1,
+        window_overlap: int = 5,
     ) -> None:
         if dtype not in LATENT_DTYPES:
             raise ValueError(f"latent dtype must be one of {tuple(LATENT_DTYPES)}, got {dtype!r}")
+        if windows < 1 or window_overlap < 0:
+            raise ValueError(f"windows must be >= 1 and window_overlap >= 0, got {windows} and {window_overlap}")
         for name, enc in (("vae", vae), ("text_encoder", text_encoder), ("image_encoder", image_encoder)):
             if enc is not None and not callable(getattr(enc, "encode", None)):
                 raise ValueError(f"{name} must have an encode() method, got {type(enc).__name__}")
@@ -111,6 +115,9 @@ class LatentCacher:
         self.dtype = LATENT_DTYPES[dtype]
         self.include_variants = include_variants
         self.device = torch.device(device)
+        # Long videos: up to `windows` clips per sample, each `window_overlap` frames into the previous one (5 =
+        # SCAIL-2's segment overlap, so a continuation window with history sees what sampling's next segment sees).
+        self.windows, self.window_overlap = int(windows), int(window_overlap)
         self._null_pose: dict[tuple[int, ...], Tensor] = {}
 
     @property
@@ -162,12 +169,26 @@ class LatentCacher:
                 raise ValueError(f"image encoder returned {tuple(clip.shape)}; expected [1, tokens, dim]")
             out[prefix + schema.F_CLIP_EMB] = npy_bytes(clip[0], self.dtype)
 
-    def encode(self, raw: Mapping) -> dict:
-        """Raw pixel sample -> latent sample (field -> bytes). ValueError when the sample is unusable."""
+    def encode(self, raw: Mapping) -> list[tuple[str, dict]]:
+        """Raw pixel sample -> latent samples (field -> bytes), one per window: [(key suffix, sample)].
+
+        The first window keeps the sample's key (suffix ""); window k > 0 gets "_w{k:03d}" and is marked a
+        continuation (its first `window_overlap` frames are the previous window's last). ValueError when the
+        sample is unusable."""
         meta, num_frames, fps, height, width = clip_info(raw)
-        kind = meta.get(schema.META_DRIVING_KIND, "video")
-        indices, fps_out = self.sampling.choose(num_frames, fps, None)
+        clips, fps_out = self.sampling.windows(num_frames, fps, self.windows, self.window_overlap)
         bucket = self.buckets.choose(height, width)
+        out = []
+        for k, indices in enumerate(clips):
+            window_meta = {**meta, schema.META_CONTINUATION: True} if k else meta
+            out.append((f"_w{k:03d}" if k else "", self._encode_clip(raw, window_meta, indices, fps_out, bucket)))
+        return out
+
+    def _encode_clip(
+        self, raw: Mapping, meta: dict, indices: np.ndarray, fps_out: float, bucket: tuple[int, int]
+    ) -> dict:
+        """The frames `indices` of a raw pixel sample, resized to `bucket` -> one latent sample (field -> bytes)."""
+        kind = meta.get(schema.META_DRIVING_KIND, "video")
         has_aug, has_rev = has_variants(raw, kind, self.uses_masks)
         out: dict = {}
         arrays = decode_fields(raw, stream_fields(raw, Decisions(), self.uses_masks), indices, bucket)

@@ -33,7 +33,8 @@ from scail_lab.data.media import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-Loader = Callable[[], dict]
+# A unit's loader returns its sample, or several as [(key suffix, sample)] (latent windows of one long video).
+Loader = Callable[[], dict | list[tuple[str, dict]]]
 
 
 @dataclass
@@ -108,16 +109,17 @@ def write_job(out_dir: Path, job: ShardJob) -> dict:
         with tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, load in job.units():
                 try:
-                    sample = load()
+                    loaded = load()
                 except (ValueError, FileNotFoundError, OSError) as exc:
                     skipped[key] = str(exc) or type(exc).__name__
                     logger.warning("skip %s: %s", key, skipped[key])
                     continue
-                if key in keys:
-                    raise ValueError(f"duplicate sample key {key!r} in shard {job.name}")
-                sample[schema.KEY] = key
-                members += _add_sample(tar, sample)
-                keys.append(key)
+                for suffix, sample in loaded if isinstance(loaded, list) else [("", loaded)]:
+                    if key + suffix in keys:
+                        raise ValueError(f"duplicate sample key {key + suffix!r} in shard {job.name}")
+                    sample[schema.KEY] = key + suffix
+                    members += _add_sample(tar, sample)
+                    keys.append(key + suffix)
         found = _count_members(tmp)
         if found != members:  # never publish a truncated shard
             raise RuntimeError(f"shard {job.name}: tar holds {found} members, expected {members}")

@@ -82,6 +82,23 @@ class FrameSampling:
         indices = start + np.floor(np.arange(n) * stride + 0.5).astype(np.int64)
         return indices, float(self.target_fps or source_fps)
 
+    def windows(
+        self, available: int, source_fps: float, max_windows: int, overlap: int = 0
+    ) -> tuple[list[np.ndarray], float]:
+        """Consecutive clips from the start, each `overlap` output frames into the previous one (clip k+1 begins
+        where frame n - overlap of clip k was taken), at most `max_windows`, all of the first clip's length.
+        -> (frame indices per clip, output fps). ValueError when the clip is too short for one."""
+        first, fps = self.choose(available, source_fps, None)
+        n = len(first)
+        if not 0 <= overlap < n:
+            raise ValueError(f"window overlap must be in [0, {n}) output frames, got {overlap}")
+        stride = source_fps / self.target_fps if self.target_fps else 1.0
+        step = _round_half_up((n - overlap) * stride)
+        clips = [first]
+        while len(clips) < max_windows and clips[-1][-1] + step <= available - 1:
+            clips.append(clips[-1] + step)
+        return clips, fps
+
 
 def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
