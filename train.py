@@ -87,6 +87,9 @@ def train(cfg: DictConfig) -> dict:
     out = output_dir(cfg)
     optimizer = OptimizerConfig(**plain(cfg.optimizer))
     lora = LoraSettings(**plain(cfg.lora))
+    if cfg.ema.enabled and cfg.strategy.name in ("deepspeed_zero3", "fsdp"):  # they shard what the average follows
+        raise ValueError(f"ema.enabled needs whole parameters on each rank, strategy {cfg.strategy.name} shards them: "
+                         "use auto/ddp/deepspeed_zero2")  # fmt: skip
     strategy = build_strategy(cfg.strategy.name, cfg.trainer.accelerator, cfg.strategy.offload_optimizer,
                               int(cfg.strategy.bucket_size),
                               int(cfg.strategy.get("param_persistence_threshold", 100000)))  # fmt: skip
@@ -106,12 +109,7 @@ def train(cfg: DictConfig) -> dict:
     module = SCAILModule(model, optimizer, instantiate(cfg.objective), encoder, lora, cfg.seed,
                          tuple(cfg.validation.val_sigmas), sequence_parallel=sp)  # fmt: skip
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    ema = None
-    if cfg.ema.enabled:
-        if cfg.strategy.name in ("deepspeed_zero3", "fsdp"):  # they shard the parameters the average would follow
-            raise ValueError(f"ema.enabled needs whole parameters on each rank, strategy {cfg.strategy.name} shards "
-                             "them: use auto/ddp/deepspeed_zero2")  # fmt: skip
-        ema = EMA(cfg.ema.decay)
+    ema = EMA(cfg.ema.decay) if cfg.ema.enabled else None
     callbacks = [
         ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=cfg.checkpointing.every_n_steps,
                         save_last=cfg.checkpointing.save_last, save_top_k=cfg.checkpointing.keep,

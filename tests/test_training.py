@@ -443,3 +443,13 @@ def test_sharded_strategies_are_configured_for_a_14b_denoiser():
     zero3 = deepspeed_config(3, param_persistence_threshold=0)["zero_optimization"]
     assert zero3["stage"] == 3 and zero3["stage3_param_persistence_threshold"] == 0
     assert "stage3_param_persistence_threshold" not in deepspeed_config(2)["zero_optimization"]
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_zero3", "fsdp"])
+def test_ema_under_a_sharding_strategy_is_refused_before_any_model_is_built(tmp_path, strategy, monkeypatch):
+    import train as train_module
+
+    monkeypatch.setattr(train_module, "build_model", lambda cfg: pytest.fail("the model was built"))
+    with pytest.raises(ValueError, match=f"strategy {strategy} shards them"):
+        train(config(tmp_path, "ema.enabled=true", f"strategy={strategy}"))
+    assert not (tmp_path / "checkpoints").exists()
