@@ -192,6 +192,11 @@ def to_frames(
     return ((x - lo) * (255.0 / (hi - lo))).clamp(0.0, 255.0)
 
 
+def to_uint8_frames(frames: Tensor) -> np.ndarray:
+    """Canonical frames (float [N, 3, H, W], 0..255, as `to_frames` returns) -> uint8 [N, H, W, 3] (rounded)."""
+    return frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def to_masks(mask: Tensor | np.ndarray, num_frames: int | None = None, threshold: float = 127.5) -> Tensor:
     """A mask video ([N,H,W] bool/float/uint8 or a frame video in any layout) -> bool [N, H, W].
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from scail_lab.metrics.base import Metric, check_same_shape, to_frames
+from scail_lab.metrics.base import Metric, check_same_shape, to_frames, to_uint8_frames
 
 SSIM_VARIANTS = ("gaussian11", "disco_gray7")
 SSIM_BORDERS = ("valid", "reflect")
@@ -136,8 +136,7 @@ def _ssim_map_mean(
 
 def _to_gray_uint8(frames: Tensor) -> Tensor:
     """RGB float 0..255 [N, 3, H, W] -> OpenCV BGR2GRAY luma [N, 1, H, W] float64 (rounded to uint8 first)."""
-    rgb = frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [N, H, W, 3]
-    gray = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in rgb])
+    gray = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in to_uint8_frames(frames)])
     return torch.from_numpy(gray).double()[:, None]  # [N, H, W] -> [N, 1, H, W]
 
 

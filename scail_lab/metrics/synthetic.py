@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scail_lab.metrics.base import Metric, file_protocol, resolve_weights, to_frames
+from scail_lab.metrics.base import Metric, file_protocol, resolve_weights, to_frames, to_uint8_frames
 from scail_lab.metrics.joint_estimator import JointHeatmapEstimator
 from scail_lab.metrics.weight_free import fallback_protocol, foreground_mask
 
@@ -163,11 +163,6 @@ def estimate_top_down(
     return np.concatenate(parts, axis=1)
 
 
-def _uint8_frames(video: Any) -> np.ndarray:
-    """Any `to_frames` video -> uint8 [N, H, W, 3]."""
-    return to_frames(video).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def _gt_from_extras(name: str, extras: dict[str, Any]) -> SyntheticGT:
     gt = extras.get("gt")
     if gt is None:
@@ -287,13 +282,13 @@ class JointPositionError(Metric):
         self, pred: Tensor, target: Tensor | None = None, background: Any = None, num_characters: int = 1, **extras: Any
     ) -> float | None:
         gt = _gt_from_extras(self.name, extras)
-        frames = _uint8_frames(pred)
+        frames = to_uint8_frames(to_frames(pred))
         count = num_characters  # from update(): 1, or P for p0_/p1_/... ground truth over the estimator's joints
         if count == 1:
             estimated = np.asarray(self.estimator(frames), dtype=np.float64)
         else:
-            estimated = estimate_top_down(self.estimator, frames, _uint8_frames(background), gt.joints, count,
-                                          self.box_margin)  # fmt: skip
+            plate = to_uint8_frames(to_frames(background))
+            estimated = estimate_top_down(self.estimator, frames, plate, gt.joints, count, self.box_margin)
         self.characters[count] += 1
         if estimated.shape != gt.joints.shape:
             raise ValueError(
