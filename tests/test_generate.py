@@ -58,6 +58,10 @@ def test_flags_map_onto_sample_overrides():
                      "loras=[{path:'a.safetensors',strength:0.5},{path:'b.safetensors',strength:1.0}]"):  # fmt: skip
         assert expected in o, expected
     assert not any(x.startswith("pipeline.offload_blocks") for x in o)
+    assert "text_encoder.offload=true" in o and "image_encoder.offload=true" in o  # released default: on
+    kept = generate.overrides(generate.parse_args(["--ckpt_dir", "c", "--image", "r", "--pose", "p",
+                                                   "--offload_model", "false"]))  # fmt: skip
+    assert "text_encoder.offload=false" in kept and "image_encoder.offload=false" in kept
     blocks = generate.overrides(generate.parse_args(["--ckpt_dir", "c", "--image", "r", "--pose", "p",
                                                      "--offload_blocks", "20"]))  # fmt: skip
     assert "pipeline.offload_blocks=20" in blocks

@@ -57,6 +57,55 @@ def make_pipeline(model=None, **kwargs) -> AnimationPipeline:
     return AnimationPipeline(model, encoder, options.pop("sampler", EulerSampler(shift=3.0)), **options)
 
 
+class PlacementRecorder(torch.nn.Module):
+    """Device-recording stand-in for an encoder configured on `placement`: `.to()` records where it is sent (without
+    moving, so a CPU machine can stand for a GPU one) and every encode call records where its weights are."""
+
+    def __init__(self, inner, placement: str) -> None:
+        super().__init__()
+        self.inner, self.placement, self.calls = inner, placement, []
+
+    def to(self, device, *args, **kwargs):
+        self.placement = str(torch.device(device))
+        return self
+
+    def encode(self, x):
+        self.calls.append(self.placement)
+        return self.inner.encode(x)
+
+
+def test_encoders_stay_on_their_device_for_every_example():
+    """The pipeline never moves the encoders: a pipeline that sent them to the CPU after the first example ran
+    umT5 and CLIP on the CPU from the second example on (encoder offload is the encoders' own `offload`)."""
+    text, image = PlacementRecorder(HashTextEncoder(32), "cuda:0"), PlacementRecorder(PoolImageEncoder(32), "cuda:0")
+    encoder = ConditionEncoder(PoolVAE(), ColourMaskScheme(), text, image)
+    pipeline = AnimationPipeline(randomize_(SCAILDiT(tiny_config()), seed=0, std=0.02), encoder, EulerSampler(),
+                                 num_steps=1, guide_scale=2.0, height=64, width=64, segment_len=9, progress=False)  # fmt: skip
+    for seed in (0, 1):
+        pipeline(make_example(seed=seed), seed=seed)
+    assert text.calls == ["cuda:0"] * 4  # prompt + negative prompt, two examples
+    assert image.calls == ["cuda:0"] * 2
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_offloading_encoders_compute_on_their_device_on_every_call(kind):
+    """offload=True: the weights go to `device` for each call and back to the CPU after, call after call."""
+    from scail_lab.encoders.light import build_light_image_encoder, build_light_text_encoder
+
+    if kind == "text":
+        encoder = build_light_text_encoder(text_dim=32, text_len=16, device="cuda:0", offload=True)
+        weights, call = encoder.model, lambda: encoder.encode(["a person waves"])
+    else:
+        encoder = build_light_image_encoder(clip_dim=32, device="cuda:0", offload=True)
+        weights, call = encoder.visual, lambda: encoder.encode(torch.zeros(1, 3, 32, 32))
+    moves = []
+    real_to = weights.to
+    weights.to = lambda device: (moves.append(str(torch.device(device))), real_to("cpu"))[1]  # record, stay on CPU
+    call()
+    call()
+    assert moves == ["cuda:0", "cpu", "cuda:0", "cpu"]
+
+
 def test_plan_segments_cover_every_frame_exactly_once():
     for n in range(1, 60):
         plans = plan_segments(n, segment_len=17, overlap=5)
@@ -116,7 +165,7 @@ def test_outputs_are_written(tmp_path):
     assert '"seed": 0' in open(paths["meta"]).read()
 
 
-@pytest.mark.parametrize("style", ["peft", "comfy"])
+@pytest.mark.parametrize("style", ["peft", "comfy", "kohya"])
 def test_merged_lora_equals_unmerged_adapter_forward(style, tmp_path):
     peft = pytest.importorskip("peft")
     from tests.conftest import make_inputs

@@ -390,7 +390,7 @@ def test_lora_ema_exports_averaged_adapters(tmp_path, base_weights):
             f"weights={base_weights}"]
     train(config(tmp_path / "last", *lora, "ema.decay=0.0"))
     train(config(tmp_path / "init", *lora, "ema.decay=1.0"))
-    for style in ("peft", "comfy"):
+    for style in ("peft", "comfy", "kohya"):
         raw = load_file(str(tmp_path / "last" / "export" / f"lora_{style}.safetensors"))
         ema = load_file(str(tmp_path / "last" / "export" / f"lora_ema_{style}.safetensors"))
         assert set(raw) == set(ema) and all(torch.equal(raw[k], ema[k]) for k in raw)

@@ -110,8 +110,8 @@ def overrides(args: argparse.Namespace) -> list[str]:
     out.append(f"pipeline.device={device}")
     if device == "cpu":
         out += ["pipeline.precision=fp32", "weights_dtype=null"]
-    offload = args.offload_model
-    out.append(f"pipeline.offload={str(True if offload is None else offload).lower()}")  # released default: on (1 GPU)
+    offload = str(True if args.offload_model is None else args.offload_model).lower()  # released default: on (1 GPU)
+    out += [f"text_encoder.offload={offload}", f"image_encoder.offload={offload}"]
     if args.offload_blocks:
         out.append(f"pipeline.offload_blocks={args.offload_blocks}")
     return out + list(args.override)

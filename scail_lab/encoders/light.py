@@ -74,6 +74,7 @@ def build_light_text_encoder(
     seed: int = 0,
     words: Sequence[str] = (),
     device: torch.device | str = "cpu",
+    offload: bool = False,
 ) -> UMT5TextEncoder:
     """A tiny seeded umT5 encoder with the offline character tokenizer: text -> list of [L_i, text_dim]."""
     from transformers import UMT5Config, UMT5EncoderModel
@@ -97,7 +98,7 @@ def build_light_text_encoder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UMT5EncoderModel(config)
-    return UMT5TextEncoder(model=model, tokenizer=tokenizer, text_len=text_len, device=device)
+    return UMT5TextEncoder(model=model, tokenizer=tokenizer, text_len=text_len, device=device, offload=offload)
 
 
 def build_light_image_encoder(
@@ -109,6 +110,7 @@ def build_light_image_encoder(
     num_heads: int = 2,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    offload: bool = False,
 ) -> CLIPImageEncoder:
     """A tiny seeded CLIP visual tower: images [B, 3, H, W] in [-1, 1] -> [B, 1 + (S/p)^2, clip_dim]."""
     visual = VisionTransformer(
@@ -120,4 +122,4 @@ def build_light_image_encoder(
         num_layers=num_layers,
     )
     visual.init_weights(torch.Generator().manual_seed(seed))
-    return CLIPImageEncoder(visual=visual, device=device)
+    return CLIPImageEncoder(visual=visual, device=device, offload=offload)

@@ -4,8 +4,9 @@ Accepted styles (module names may be our/official Wan names or diffusers' Wan na
   lightx2v / ComfyUI  `diffusion_model.<module>.lora_down.weight`, `.lora_up.weight`, optional `.alpha`,
                       full deltas `.diff` (weight) and `.diff_b` (bias)
   kohya / musubi      `lora_unet_<module with _>.lora_down.weight` / `.lora_up.weight` / `.alpha`
-  PEFT / diffusers    `[base_model.model.|transformer.|diffusion_model.]<module>.lora_A.weight` / `.lora_B.weight`
-                      (scale lora_alpha / r from adapter_config.json beside the file, or the safetensors metadata)
+  PEFT / diffusers    `[base_model.model.|transformer.|diffusion_model.]<module>.lora_A.weight` / `.lora_B.weight`,
+                      optional `.alpha` (else lora_alpha / r from adapter_config.json beside the file, or the
+                      safetensors metadata)
 
 Merge rule: W += strength * scale * (up @ down), scale = alpha / rank when an alpha is known, else 1 (the
 ComfyUI convention; SCAIL-2's own fuser ignores `.alpha`, which only differs when alpha != rank).
@@ -187,23 +188,29 @@ def merge_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> int
     return len(modules)
 
 
+EXPORT_STYLES = ("peft", "comfy", "kohya")
+
+
 def export_lora(
     adapters: dict[str, tuple[Tensor, Tensor]], alpha: float, path: str | Path, style: str
 ) -> None:
-    """Write {module: (down [r, in], up [out, r])} as `peft` or `comfy` (lightx2v) style safetensors."""
-    if style not in ("peft", "comfy"):
-        raise ValueError(f"LoRA export style must be 'peft' or 'comfy', got {style!r}")
+    """Write {module: (down [r, in], up [out, r])} as `peft`, `comfy` (lightx2v) or `kohya` (musubi) safetensors.
+
+    Every style stores alpha as a `<module>.alpha` tensor, where diffusers' Wan converters and ComfyUI read it
+    (diffusers ignores safetensors metadata for `diffusion_model.` files and would fall back to alpha = rank);
+    `peft` also keeps `lora_alpha` / `r` in the metadata for PEFT-aware readers.
+    """
+    if style not in EXPORT_STYLES:
+        raise ValueError(f"LoRA export style must be one of {EXPORT_STYLES}, got {style!r}")
+    down_key, up_key = ("lora_A", "lora_B") if style == "peft" else ("lora_down", "lora_up")
     out: dict[str, Tensor] = {}
     rank = None
     for name, (down, up) in adapters.items():
         rank = down.shape[0]
-        if style == "peft":
-            out[f"diffusion_model.{name}.lora_A.weight"] = down.contiguous()
-            out[f"diffusion_model.{name}.lora_B.weight"] = up.contiguous()
-        else:
-            out[f"diffusion_model.{name}.lora_down.weight"] = down.contiguous()
-            out[f"diffusion_model.{name}.lora_up.weight"] = up.contiguous()
-            out[f"diffusion_model.{name}.alpha"] = torch.tensor(float(alpha))
+        prefix = f"lora_unet_{name.replace('.', '_')}" if style == "kohya" else f"diffusion_model.{name}"
+        out[f"{prefix}.{down_key}.weight"] = down.contiguous()
+        out[f"{prefix}.{up_key}.weight"] = up.contiguous()
+        out[f"{prefix}.alpha"] = torch.tensor(float(alpha))
     meta = {"lora_alpha": str(alpha), "r": str(rank)} if style == "peft" else {}
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")

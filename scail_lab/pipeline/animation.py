@@ -63,7 +63,6 @@ class AnimationPipeline:
         segment_overlap: int = 5,
         precision: str = "fp32",
         device: str = "cpu",
-        offload: bool = False,
         offload_blocks: int = 0,
         progress: bool = True,
     ) -> None:
@@ -87,12 +86,7 @@ class AnimationPipeline:
         self.num_steps, self.guide_scale, self.negative_prompt = num_steps, guide_scale, negative_prompt
         self.height, self.width, self.max_frames = height, width, max_frames
         self.segment_len, self.segment_overlap = segment_len, segment_overlap
-        self.precision, self.device, self.offload, self.progress = (
-            precision,
-            torch.device(device),
-            offload,
-            progress,
-        )
+        self.precision, self.device, self.progress = precision, torch.device(device), progress
 
     # --- stage 2: encode --------------------------------------------------------------------------------
     def _check_example(self, example: MotionExample) -> None:
@@ -115,14 +109,14 @@ class AnimationPipeline:
         negative = enc.text([self.negative_prompt]) if self.guide_scale > 1.0 else None
         ref_mask = None
         if self.model.mask_width:
-            ref_mask = enc.mask_scheme.encode_ref(example.ref_mask.unsqueeze(0).unsqueeze(2))
+            ref_mask = enc.ref_mask_code(example.ref_mask.unsqueeze(0))
         extra_latents = extra_masks = None
         if example.extra_refs:
             images = torch.stack([i for i, _ in example.extra_refs])  # [N, 3, H, W]
             extra_latents = enc.ref_latents(images).transpose(0, 2)  # [1, 16, N, h, w]
             if self.model.mask_width:
                 masks = torch.stack([m for _, m in example.extra_refs])
-                extra_masks = enc.mask_scheme.encode_ref(masks.unsqueeze(2)).transpose(0, 2)
+                extra_masks = enc.ref_mask_code(masks).transpose(0, 2)
         conditions = Conditions(
             ref_latents=enc.ref_latents(ref),
             pose_latents=torch.zeros(0),  # filled per segment
@@ -133,10 +127,6 @@ class AnimationPipeline:
             extra_ref_masks=extra_masks,
             mode=example.mode,
         )
-        if self.offload:
-            for module in (enc.text_encoder, enc.image_encoder):
-                if isinstance(module, nn.Module):
-                    module.to("cpu")
         return conditions, negative
 
     def segment_conditions(self, base: Conditions, example: MotionExample, plan: SegmentPlan) -> Conditions:
@@ -151,7 +141,7 @@ class AnimationPipeline:
         pose = self.encoder.pose_latents(driving.unsqueeze(0))
         driving_code = None
         if self.model.mask_width:
-            driving_code = self.encoder.mask_scheme.encode_driving(mask.unsqueeze(0))
+            driving_code = self.encoder.driving_mask_code(mask.unsqueeze(0))
         return base.replace(pose_latents=pose, driving_mask=driving_code)
 
     # --- stage 3 + 4: conditions and denoising ----------------------------------------------------------

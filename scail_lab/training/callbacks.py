@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from scail_lab.data import media, schema
-from scail_lab.model.lora import export_lora
+from scail_lab.model.lora import EXPORT_STYLES, export_lora
 from scail_lab.training.lora import adapter_tensors
 from scail_lab.training.module import tokens_per_sample
 from scail_lab.training.strategies import full_state_dict, shards_parameters
@@ -40,7 +40,8 @@ class Throughput(L.Callback):
             tokens = tokens_per_sample(latents) * size
         else:
             _, _, n, h, w = batch[schema.TARGET].shape
-            tokens = tokens_per_sample(torch.empty(0, 0, (n - 1) // 4 + 1, h // 8, w // 8)) * size
+            f = pl_module.encoder.spatial_factor
+            tokens = tokens_per_sample(torch.empty(0, 0, (n - 1) // 4 + 1, h // f, w // f)) * size
         pl_module.log("perf/samples_per_s", size / seconds, batch_size=size)
         pl_module.log("perf/tokens_per_s", tokens / seconds, batch_size=size)
 
@@ -120,8 +121,9 @@ class ExportWeights(L.Callback):
     """At the end of training write safetensors for sampling, with the resolved config beside them.
 
     Full fine-tune: `denoiser.safetensors` (official key names). LoRA: `lora_peft.safetensors` (PEFT / diffusers
-    key style) and `lora_comfy.safetensors` (ComfyUI / lightx2v lora_down / lora_up / alpha style), adapters only.
-    With EMA: `denoiser_ema.safetensors` or `lora_ema_{peft,comfy}.safetensors` beside them.
+    key style), `lora_comfy.safetensors` (ComfyUI / lightx2v lora_down / lora_up) and `lora_kohya.safetensors`
+    (kohya / musubi `lora_unet_*`), adapters only, each with per-module alphas.
+    With EMA: `denoiser_ema.safetensors` or `lora_ema_{peft,comfy,kohya}.safetensors` beside them.
     """
 
     def __init__(self, out_dir: str, config: dict | None = None, ema=None) -> None:
@@ -142,7 +144,7 @@ class ExportWeights(L.Callback):
                 sets["lora_ema"] = {k: (self.ema.shadow[f"{k}.lora_A.default.weight"].cpu(),
                                         self.ema.shadow[f"{k}.lora_B.default.weight"].cpu()) for k in adapters}  # fmt: skip
             for prefix, tensors in sets.items():
-                for style in ("peft", "comfy"):
+                for style in EXPORT_STYLES:
                     export_lora(tensors, pl_module.lora.alpha, self.out_dir / f"{prefix}_{style}.safetensors", style)
         else:
             states = {"denoiser": state}
