@@ -20,6 +20,18 @@ from scail_lab.model.masks import MaskScheme, NoMaskScheme
 log = logging.getLogger(__name__)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_path(relative: str) -> str:
+    """`${repo:data/toy_base/x}` in configs: a path inside this checkout, wherever the command runs from."""
+    return str(REPO / relative)
+
+
+if not OmegaConf.has_resolver("repo"):
+    OmegaConf.register_new_resolver("repo", repo_path)
+
+
 def plain(node) -> dict:
     """A config node as plain Python containers (resolved)."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
@@ -60,6 +72,7 @@ def build_model(cfg: DictConfig) -> SCAILDiT:
     if weights:
         with torch.device("meta"):
             model = instantiate(cfg.model)
+        check_shipped(weights, model)
         load_weights(model, weights, WEIGHT_DTYPES[dtype_name])
     else:
         model = instantiate(cfg.model)
@@ -70,12 +83,35 @@ def build_model(cfg: DictConfig) -> SCAILDiT:
     return model
 
 
+def model_signature(model: SCAILDiT) -> dict:
+    """What shipped weights pin about the model they fit: sizes, interface, RoPE, mask scheme, modes."""
+    return {k: v for k, v in model.describe().items() if k not in ("attention_backend", "num_parameters")}
+
+
+def check_shipped(path: str | Path, model: SCAILDiT | None = None) -> None:
+    """A file inside a shipped bundle (a folder with MANIFEST.json): every file of the bundle must match its recorded
+    size and sha256 (the file itself must be listed), and the model about to load it must match the bundle's model
+    config; ValueError naming the file and what differs otherwise."""
+    from scail_lab.checkpoints.bundle import bundle_of, check_model_config, verify_bundle
+
+    folder = bundle_of(path)
+    if folder is None:
+        return
+    manifest = verify_bundle(folder)
+    if Path(path).name not in manifest["files"]:
+        raise ValueError(f"{path}: not listed in the manifest of its bundle {folder}")
+    if model is not None:
+        check_model_config(folder, model_signature(model), manifest)
+
+
 def data_mask_scheme(model: SCAILDiT) -> MaskScheme:
     """The scheme data must be encoded with: the model's, or none when the model takes no mask channels."""
     return model.mask_scheme if model.mask_width else NoMaskScheme()
 
 
 def build_encoder(cfg: DictConfig, model: SCAILDiT) -> ConditionEncoder:
+    if cfg.vae.get("path"):
+        check_shipped(cfg.vae.path)
     vae = instantiate(cfg.vae)
     text = instantiate(cfg.text_encoder)
     image = instantiate(cfg.image_encoder) if model.config.clip_dim else None

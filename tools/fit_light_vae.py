@@ -214,7 +214,7 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
         train_clips = moving_shapes(args.synthetic, args.frames, args.size, seed=args.seed)
         stats_clips = train_clips[:64]
 
-    model = LightVAE(widths=args.widths)
+    model = LightVAE(widths=args.widths, blocks=args.blocks)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     start = time.time()
@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--frames", type=int, default=9, help="training clip length, 4k+1")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--widths", type=int, nargs=3, default=[32, 64, 96])
+    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 96],
+                        help="3 widths: 8x spatial compression (the Wan factor); 2 widths: 4x")  # fmt: skip
+    parser.add_argument("--blocks", type=int, default=1, help="residual blocks per level")
     parser.add_argument("--eval-clips", type=int, default=32)
     parser.add_argument("--eval-frames", type=int, default=17)
     parser.add_argument("--max-frames", type=int, default=200, help="frames read per video file")

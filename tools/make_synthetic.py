@@ -25,6 +25,7 @@ from scail_lab.data.folders import collect_files, validate_sample, with_validate
 from scail_lab.data.media import LOSSLESS, atomic_write_bytes  # noqa: E402
 from scail_lab.data.shards import ShardJob, make_shards, run_jobs, shard_name, signature_of, summarize  # noqa: E402
 from scail_lab.data.synthetic.export import contact_sheet, sample_files, write_folder, write_png  # noqa: E402
+from scail_lab.data.synthetic.motion import MOTION_FAMILIES  # noqa: E402
 from scail_lab.data.synthetic.world import SPLITS, SyntheticWorld, WorldConfig  # noqa: E402
 
 
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-shard", type=int, default=64)
     p.add_argument("--rgb-quality", default=LOSSLESS, help="'lossless' or a yuv420p CRF for RGB videos")
     p.add_argument("--contact-sheet", type=int, default=8, help="rows (train samples) in contact_sheet.png")
+    p.add_argument("--families", nargs="+", default=list(MOTION_FAMILIES), choices=MOTION_FAMILIES,
+                   help="motion families the samples draw from (e.g. all but one, for a held-out family)")  # fmt: skip
     for name, default in (("p-replace", 0.3), ("p-pose-driven", 0.25), ("p-two-characters", 0.2),
                           ("p-pan", 0.3), ("p-continuation", 0.2)):  # fmt: skip
         p.add_argument(f"--{name}", type=float, default=default)
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     config = WorldConfig(
         height=args.height, width=args.width, num_frames=args.frames, fps=args.fps, seed=args.seed,
         p_replace=args.p_replace, p_pose_driven=args.p_pose_driven, p_two_characters=args.p_two_characters,
-        p_pan=args.p_pan, p_continuation=args.p_continuation,
+        p_pan=args.p_pan, p_continuation=args.p_continuation, families=tuple(args.families),
     )  # fmt: skip
     world = SyntheticWorld(config)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Pixels and captions -> latents, mask codes and embeddings (the SCAIL-2 recipe, section 5.2 of the spec).
 
 Shapes: images [B, 3, H, W], videos [B, 3, N, H, W] (uint8 [0, 255] or float [-1, 1]), N = 4k + 1,
-H and W multiples of 32. Latents [B, 16, T, H/8, W/8]; driving latents at half resolution [B, 16, T, H/16, W/16].
+H and W multiples of 32. Latents [B, 16, T, H/f, W/f] with f the VAE's `spatial_factor` (8 for Wan, 4 for a
+two-level light VAE); driving latents at half resolution [B, 16, T, H/2f, W/2f]. Mask codes follow the same grids.
 
 Encoders are duck-typed: `vae.encode(video [-1,1]) -> latents` / `vae.decode`, `text_encoder.encode(list[str])
 -> list[[L, D]]`, `image_encoder.encode(images [-1,1]) -> [B, tokens, D]` (see scail_lab.encoders).
@@ -56,6 +57,7 @@ class ConditionEncoder:
         self.mask_scheme = mask_scheme
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
+        self.spatial_factor = int(getattr(vae, "spatial_factor", 8))  # mask codes land on the VAE's latent grid
 
     def to(self, device: torch.device | str) -> ConditionEncoder:
         """Move the encoders that are nn.Modules."""
@@ -80,6 +82,15 @@ class ConditionEncoder:
         return self.vae.encode(half_resolution(unit_range(driving)))
 
     @torch.no_grad()
+    def ref_mask_code(self, ref_mask: Tensor) -> Tensor | None:
+        """Reference masks [B, 3, H, W] -> [B, Cm, 1, H/f, W/f] (None for the `none` scheme)."""
+        return self.mask_scheme.encode_ref(ref_mask.unsqueeze(2), self.spatial_factor)
+
+    @torch.no_grad()
+    def driving_mask_code(self, driving_mask: Tensor) -> Tensor | None:
+        """Driving mask video [B, 3, N, H, W] -> [B, Cm, T, H/2f, W/2f] (None for the `none` scheme)."""
+        return self.mask_scheme.encode_driving(driving_mask, self.spatial_factor)
+
     def mask_codes(
         self, ref_mask: Tensor | None, driving_mask: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None]:
@@ -89,9 +100,7 @@ class ConditionEncoder:
         if ref_mask is None or driving_mask is None:
             missing = "ref_mask" if ref_mask is None else "driving_mask"
             raise ValueError(f"mask scheme {type(self.mask_scheme).__name__} needs a {missing}")
-        return self.mask_scheme.encode_ref(ref_mask.unsqueeze(2)), self.mask_scheme.encode_driving(
-            driving_mask
-        )
+        return self.ref_mask_code(ref_mask), self.driving_mask_code(driving_mask)
 
     @torch.no_grad()
     def text_list(self, captions: Sequence[str]) -> list[Tensor]:

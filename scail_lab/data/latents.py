@@ -125,11 +125,12 @@ class LatentCacher:
         return self.scheme.num_classes > 0
 
     def _video_latents(self, video: Tensor) -> Tensor:
-        """[3, N, H, W] uint8 -> [16, T, H/8, W/8]."""
+        """[3, N, H, W] uint8 -> [16, T, H/f, W/f] (f: the VAE's spatial factor)."""
         n, h, w = video.shape[1:]
         with torch.inference_mode():
             z = self.encoder.video_latents(video[None].to(self.device))
-        want = ((n - 1) // 4 + 1, h // 8, w // 8)
+        f = self.encoder.spatial_factor
+        want = ((n - 1) // 4 + 1, h // f, w // f)
         if z.dim() != 5 or z.shape[0] != 1 or tuple(z.shape[2:]) != want:
             raise ValueError(f"VAE returned {tuple(z.shape)} for a [1, 3, {n}, {h}, {w}] video; expected [1, C, *{want}]")
         return z[0]

@@ -3,15 +3,17 @@
 Same contract as the Wan 2.1 VAE: video [B, 3, N, H, W] in [-1, 1], N = 4k + 1, H, W multiples of 8
 -> normalised latents [B, 16, k + 1, H/8, W/8]; latent 0 depends only on pixel frame 0 and latent t only
 on pixel frames <= 4t. It trains on 64x64 clips in minutes on two CPU cores (tools/fit_light_vae.py).
+With two widths instead of three it compresses 4x spatially (H/4, W/4): a toy world can then keep its
+characters several latent cells wide at 64x64 pixels (docs/TOY_WORLD.md); `spatial_factor` tells users.
 
 How: frame 0 is repeated 4x in front so the video splits into groups of 4 frames; each group is packed
-into 12 channels and run through a small 2-D conv net (pixel-unshuffle 2x, two stride-2 convs). One causal
-temporal conv at the 8x-downsampled level (kernel 3, zero/earlier frames only) lets latent t use earlier
-groups. The decoder mirrors it and drops the 3 padding frames. Latents are normalised with per-channel
-mean/std buffers that the fit tool measures on its training data (defaults 0 / 1).
+into 12 channels and run through a small 2-D conv net (pixel-unshuffle 2x, then one stride-2 conv per
+further width). One causal temporal conv at the lowest level (kernel 3, zero/earlier frames only) lets
+latent t use earlier groups. The decoder mirrors it and drops the 3 padding frames. Latents are normalised
+with per-channel mean/std buffers that the fit tool measures on its training data (defaults 0 / 1).
 
 Shape legend: B batch, N pixel frames, T = (N - 1) / 4 + 1 groups = latent frames, G = 4 frames per group,
-H, W pixels, h = H/8, w = W/8, Z latent channels.
+H, W pixels, h = H/f, w = W/f with f the spatial factor, Z latent channels.
 """
 
 from __future__ import annotations
@@ -71,42 +73,46 @@ class TemporalMix(nn.Module):
 
 
 class LightVAE(nn.Module):
-    """Small causal video autoencoder: 4x8x8 compression, `z_dim` channels.
+    """Small causal video autoencoder: 4 x f x f compression, `z_dim` channels.
 
     Args:
-        widths: channels at 1/2, 1/4 and 1/8 resolution.
+        widths: channels at 1/2, 1/4 (and 1/8) resolution; 3 widths give f = 8 (the Wan factor), 2 give f = 4.
         z_dim: latent channels (16, like the Wan VAE).
+        blocks: residual blocks per level (1 as first released; more is more capacity at the same shapes).
     """
 
-    spatial_factor = 8
     temporal_factor = GROUP
 
-    def __init__(self, *, widths: Sequence[int] = (32, 64, 96), z_dim: int = 16) -> None:
+    def __init__(self, *, widths: Sequence[int] = (32, 64, 96), z_dim: int = 16, blocks: int = 1) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
-        if len(widths) != 3 or min(widths) <= 0 or z_dim <= 0:
+        if len(widths) not in (2, 3) or min(widths) <= 0 or z_dim <= 0 or blocks < 1:
             raise ValueError(
-                f"LightVAE needs 3 positive widths and z_dim > 0, got widths={widths}, z_dim={z_dim}"
+                f"LightVAE needs 2 or 3 positive widths, z_dim > 0 and blocks >= 1, got widths={widths}, "
+                f"z_dim={z_dim}, blocks={blocks}"
             )
         self.latent_channels = int(z_dim)
+        self.spatial_factor = 2 ** len(widths)
         self.config: dict[str, Any] = {"widths": widths, "z_dim": int(z_dim)}
-        w0, w1, w2 = widths
+        if blocks != 1:
+            self.config["blocks"] = int(blocks)
         packed = 3 * GROUP * 4  # 3 colours x 4 frames x (2x2 pixel unshuffle)
-        self.encoder = nn.Sequential(
-            nn.PixelUnshuffle(2), nn.Conv2d(packed, w0, 3, padding=1), ResBlock2d(w0),
-            nn.Conv2d(w0, w1, 3, stride=2, padding=1), ResBlock2d(w1),
-            nn.Conv2d(w1, w2, 3, stride=2, padding=1), ResBlock2d(w2),
-        )  # fmt: skip
-        self.encoder_mix = TemporalMix(w2)
-        self.encoder_out = nn.Sequential(RMSNorm(w2, images=True), nn.SiLU(), nn.Conv2d(w2, z_dim, 1))
-        self.decoder_in = nn.Conv2d(z_dim, w2, 3, padding=1)
-        self.decoder_mix = TemporalMix(w2)
-        self.decoder = nn.Sequential(
-            ResBlock2d(w2),
-            nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(w2, w1, 3, padding=1), ResBlock2d(w1),
-            nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(w1, w0, 3, padding=1), ResBlock2d(w0),
-            RMSNorm(w0, images=True), nn.SiLU(), nn.Conv2d(w0, packed, 3, padding=1), nn.PixelShuffle(2),
-        )  # fmt: skip
+        res = lambda dim: [ResBlock2d(dim) for _ in range(blocks)]  # noqa: E731
+        encoder: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(packed, widths[0], 3, padding=1), *res(widths[0])]
+        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+            encoder += [nn.Conv2d(w_in, w_out, 3, stride=2, padding=1), *res(w_out)]
+        self.encoder = nn.Sequential(*encoder)
+        top = widths[-1]
+        self.encoder_mix = TemporalMix(top)
+        self.encoder_out = nn.Sequential(RMSNorm(top, images=True), nn.SiLU(), nn.Conv2d(top, z_dim, 1))
+        self.decoder_in = nn.Conv2d(z_dim, top, 3, padding=1)
+        self.decoder_mix = TemporalMix(top)
+        decoder: list[nn.Module] = res(top)
+        for w_in, w_out in zip(widths[:0:-1], widths[-2::-1], strict=True):
+            decoder += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(w_in, w_out, 3, padding=1), *res(w_out)]
+        decoder += [RMSNorm(widths[0], images=True), nn.SiLU(), nn.Conv2d(widths[0], packed, 3, padding=1),
+                    nn.PixelShuffle(2)]  # fmt: skip
+        self.decoder = nn.Sequential(*decoder)
         self.register_buffer("latents_mean", torch.zeros(z_dim))
         self.register_buffer("latents_std", torch.ones(z_dim))
 
@@ -134,7 +140,7 @@ class LightVAE(nn.Module):
         return per_frame(self.encoder_out, x)  # [B, Z, T, h, w]
 
     def decode_raw(self, z: Tensor) -> Tensor:
-        """Unnormalised latents [B, Z, T, h, w] -> unclamped pixels [B, 3, 4 (T - 1) + 1, 8h, 8w]."""
+        """Unnormalised latents [B, Z, T, h, w] -> unclamped pixels [B, 3, 4 (T - 1) + 1, f h, f w]."""
         x = self.decoder_mix(per_frame(self.decoder_in, z))  # [B, w2, T, h, w]
         b, _, t = x.shape[:3]
         frames = per_frame(self.decoder, x)  # [B, 3 G, T, H, W]
@@ -145,7 +151,7 @@ class LightVAE(nn.Module):
     # ------------------------------------------------------------------ protocol
 
     def encode(self, video: Tensor) -> Tensor:
-        """[B, 3, N, H, W] in [-1, 1], N = 4k + 1 -> normalised latents [B, Z, k + 1, H/8, W/8] (fp32)."""
+        """[B, 3, N, H, W] in [-1, 1], N = 4k + 1 -> normalised latents [B, Z, k + 1, H/f, W/f] (fp32)."""
         check_video(video, self.spatial_factor, self.temporal_factor)
         z = self.encode_raw(video.to(device=self.device, dtype=self.dtype)).float()
         return (z - self.latents_mean.float().view(1, -1, 1, 1, 1)) / self.latents_std.float().view(
@@ -153,7 +159,7 @@ class LightVAE(nn.Module):
         )
 
     def decode(self, latents: Tensor) -> Tensor:
-        """Normalised latents [B, Z, T, h, w] -> pixels [B, 3, 4 (T - 1) + 1, 8h, 8w] in [-1, 1] (fp32)."""
+        """Normalised latents [B, Z, T, h, w] -> pixels [B, 3, 4 (T - 1) + 1, f h, f w] in [-1, 1] (fp32)."""
         check_latents(latents, self.latent_channels)
         mean = self.latents_mean.float().view(1, -1, 1, 1, 1)
         std = self.latents_std.float().view(1, -1, 1, 1, 1)

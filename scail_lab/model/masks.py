@@ -107,7 +107,7 @@ class MaskScheme:
         return self._indicators_from_bits(bits).transpose(1, 2)
 
     def encode(self, mask: Tensor, latent_hw: tuple[int, int] | None = None) -> Tensor | None:
-        """Mask pixels -> codes on `latent_hw` (default: the /8 latent grid of the pixels)."""
+        """Mask pixels -> codes on `latent_hw` (default: the /8 latent grid of the pixels, the Wan VAE's)."""
         unbatched = mask.dim() == 4
         mask = self._check_pixels(mask.unsqueeze(0) if unbatched else mask)
         b, _, n, hpx, wpx = mask.shape
@@ -122,12 +122,12 @@ class MaskScheme:
         codes = self._pack_time(pooled.view(b, n, self.num_classes, h, w))
         return codes[0] if unbatched else codes
 
-    def encode_ref(self, mask_image: Tensor) -> Tensor | None:
-        """Reference mask [B, 3, 1, H, W] -> [B, width, 1, H/8, W/8]."""
-        return self.encode(mask_image)
+    def encode_ref(self, mask_image: Tensor, spatial_factor: int = 8) -> Tensor | None:
+        """Reference mask [B, 3, 1, H, W] -> [B, width, 1, H/f, W/f] (f: the VAE's spatial factor)."""
+        return self.encode(mask_image, latent_grid(tuple(mask_image.shape[-2:]), spatial_factor))
 
-    def encode_driving(self, mask_video: Tensor) -> Tensor | None:
-        """Driving mask video [B, 3, N, H, W] -> [B, width, T, H/16, W/16] (the pose-token grid).
+    def encode_driving(self, mask_video: Tensor, spatial_factor: int = 8) -> Tensor | None:
+        """Driving mask video [B, 3, N, H, W] -> [B, width, T, H/2f, W/2f] (the pose-token grid).
 
         `bilinear_pixels` (SCAIL-2): resize the pixels 0.5x bilinearly, then threshold; boundary
         colours blend and can be misclassified. `area_codes`: classify at full resolution and
@@ -136,7 +136,7 @@ class MaskScheme:
         unbatched = mask_video.dim() == 4
         mask_video = self._check_pixels(mask_video.unsqueeze(0) if unbatched else mask_video)
         hpx, wpx = mask_video.shape[-2:]
-        half = latent_grid((hpx // 2, wpx // 2))
+        half = latent_grid((hpx // 2, wpx // 2), spatial_factor)
         if self.driving_downsample == "bilinear_pixels":
             b, c, n = mask_video.shape[:3]
             frames = _as_unit_range(mask_video).transpose(1, 2).reshape(b * n, c, hpx, wpx)
@@ -229,5 +229,5 @@ class NoMaskScheme(MaskScheme):
     def encode(self, mask: Tensor, latent_hw: tuple[int, int] | None = None) -> None:
         return None
 
-    def encode_driving(self, mask_video: Tensor) -> None:
+    def encode_driving(self, mask_video: Tensor, spatial_factor: int = 8) -> None:
         return None

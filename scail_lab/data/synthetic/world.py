@@ -19,6 +19,9 @@ motion of the driving person in slot k. A single character takes the first colou
 Splits (identities, motions and scenes are disjoint id pools): ids [0, n_train) are train,
 [n_train, n_train + n_val) val, the next n_test ids test. A sample of split s draws every identity,
 motion and scene from split s's pools, so val/test identities and motions never appear in train.
+`families` restricts the motion pools to some motion families (motion id k has family k mod 6): a world
+without one family trains a base model that never saw it, and a world of only that family (same seed, so the
+same identity and scene pools) gives the "new motion pairs" to fine-tune and test on.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 
 from scail_lab.data import schema
 from scail_lab.data.synthetic.character import Identity, make_identity
-from scail_lab.data.synthetic.motion import MotionSpec, motion_spec, motion_track
+from scail_lab.data.synthetic.motion import MOTION_FAMILIES, MotionSpec, motion_spec, motion_track
 from scail_lab.data.synthetic.render import character_parts, compose, rasterize, skeleton_parts
 from scail_lab.data.synthetic.scene import Scene, make_scene
 from scail_lab.data.synthetic.skeleton import JOINT_NAMES, body_points, neutral_track, place, rotate_facing
@@ -59,6 +62,7 @@ class WorldConfig:
     p_pan: float = 0.3
     p_continuation: float = 0.2
     supersample: int = 2
+    families: tuple[str, ...] = MOTION_FAMILIES  # motion families the samples draw from
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
@@ -82,6 +86,19 @@ class WorldConfig:
             object.__setattr__(self, name, pools)
         if self.supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
+        families = tuple(str(f) for f in self.families)
+        unknown = sorted(set(families) - set(MOTION_FAMILIES))
+        if not families or unknown or len(set(families)) != len(families):
+            raise ValueError(f"families must be distinct names from {MOTION_FAMILIES}, got {families}")
+        object.__setattr__(self, "families", families)
+        need_motions = 2 if self.p_two_characters > 0 else 1
+        for split in SPLITS:
+            if len(self.motion_pool(split)) < need_motions:
+                raise ValueError(
+                    f"the {split} motion pool has {len(self.motion_pool(split))} motions of families {families}; "
+                    f"need {need_motions} (raise `motions` pool sizes: motion id k has family k mod "
+                    f"{len(MOTION_FAMILIES)})"
+                )
 
     def pool(self, kind: str, split: str) -> range:
         """Ids of `kind` ("identities" | "motions" | "scenes") that belong to `split`."""
@@ -90,6 +107,10 @@ class WorldConfig:
         sizes = getattr(self, kind)
         start = sum(sizes[: SPLITS.index(split)])
         return range(start, start + sizes[SPLITS.index(split)])
+
+    def motion_pool(self, split: str) -> list[int]:
+        """Motion ids of `split` whose family is one of `families`."""
+        return [m for m in self.pool("motions", split) if MOTION_FAMILIES[m % len(MOTION_FAMILIES)] in self.families]
 
 
 @dataclass
@@ -229,7 +250,7 @@ class SyntheticWorld:
         ids = [
             int(i) for i in rng.choice(np.array(cfg.pool("identities", split)), size=3 * num, replace=False)
         ]
-        motion_ids = rng.choice(np.array(cfg.pool("motions", split)), size=num, replace=False)
+        motion_ids = rng.choice(np.array(cfg.motion_pool(split)), size=num, replace=False)
         motions = [motion_spec(cfg.seed, int(m)) for m in motion_ids]
         scene_ids = [int(s) for s in rng.choice(np.array(cfg.pool("scenes", split)), size=2, replace=False)]
         t = np.arange(cfg.num_frames) / cfg.fps
