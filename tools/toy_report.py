@@ -41,7 +41,7 @@ RUN_NOTES = {
     "copy_source": "baseline: the scene the mode asks for, copied: copy_ref for animate, driving for replace",
     "vae_recon": "oracle: the ground truth through the light VAE (ceiling of any VAE-decoded result)",
 }
-REPORT_METRICS = ("psnr", "ssim", "l1", "mask_iou", "identity_color_hist", "identity_color_dist",
+REPORT_METRICS = ("psnr", "ssim", "l1", "mask_iou", "joint_error_px", "identity_color_hist", "identity_color_dist",
                   "temporal_diff_error", "temporal_flicker")  # fmt: skip
 
 
@@ -134,14 +134,16 @@ def write_manifests(
     return manifests, float(np.mean(ceiling))
 
 
-def run_eval(folder: Path, manifests: dict[str, Path]):
-    """The eval runner (configs/eval, suite=synthetic) on every manifest; paired differences vs `model`."""
+def run_eval(folder: Path, manifests: dict[str, Path], joint_weights: Path | None = None, baseline: str = "model"):
+    """The eval runner (configs/eval, suite=synthetic) on every manifest; paired differences vs `baseline`.
+    Joint error (pose following) needs the fitted joint estimator's weights; without them it is left out."""
     from hydra import compose, initialize_config_dir
 
     from eval.run import run_eval as eval_runner
-    from tools.toy_demo import REPO
+    from tools.toy_stages import REPO
 
-    overrides = ["suite=synthetic", f"out_dir={folder / 'eval'}", "metrics.joint_error=null", "baseline=model",
+    joints = [f"metrics.joint_error.weights={joint_weights}"] if joint_weights else ["metrics.joint_error=null"]
+    overrides = ["suite=synthetic", f"out_dir={folder / 'eval'}", *joints, f"baseline={baseline}",
                  *(f"++metrics.{m}.threshold={FOREGROUND_THRESHOLD}"
                    for m in ("mask_iou", "identity_color_hist", "identity_color_dist")),
                  *(f"+runs.{name}={path}" for name, path in manifests.items())]  # fmt: skip
@@ -177,13 +179,13 @@ def collect(results, modes: dict[str, str]) -> dict:
     return table
 
 
-def compare(table: dict, other: str, keys: set[str] | None = None) -> dict[str, dict]:
-    """{metric: mean paired difference model - other over the samples both scored (restricted to `keys`),
-    its 95% paired-bootstrap CI and the verdict for the model (better / worse when the CI excludes 0)}."""
+def compare(table: dict, other: str, keys: set[str] | None = None, run: str = "model") -> dict[str, dict]:
+    """{metric: mean paired difference run - other over the samples both scored (restricted to `keys`),
+    its 95% paired-bootstrap CI and the verdict for `run` (better / worse when the CI excludes 0)}."""
     from eval.report import PairedRow, bootstrap_ci
 
     out = {}
-    for metric, mine in table["model"].items():
+    for metric, mine in table[run].items():
         theirs = table.get(other, {}).get(metric)
         if theirs is None:
             continue
@@ -196,9 +198,7 @@ def compare(table: dict, other: str, keys: set[str] | None = None) -> dict[str, 
             continue
         diffs = [mine["per_sample"][k] - theirs["per_sample"][k] for k in common]
         ci = bootstrap_ci(diffs) or (None, None)
-        row = PairedRow(
-            "model", other, metric, float(np.mean(diffs)), ci[0], ci[1], len(common), mine["higher"]
-        )
+        row = PairedRow(run, other, metric, float(np.mean(diffs)), ci[0], ci[1], len(common), mine["higher"])
         out[metric] = {
             "diff": row.mean_diff,
             "ci": [row.ci_low, row.ci_high],
@@ -217,30 +217,48 @@ def _label(text: str, width: int, height: int = 14) -> np.ndarray:
     return tile
 
 
+def sheet_rows(tests: Sequence[Path], num_rows: int = 6) -> list[Path]:
+    """Test samples to show: animation and replacement, one and two characters, in split order."""
+    info = {t: json.loads((t / "gt.json").read_text()) for t in tests}
+    groups = [[t for t in tests if info[t]["mode"] == "animate" and info[t].get("num_characters", 1) == 1],
+              [t for t in tests if info[t]["mode"] == "replace"],
+              [t for t in tests if info[t].get("num_characters", 1) > 1]]  # fmt: skip
+    picks: list[Path] = []
+    while len(picks) < min(num_rows, len(tests)):
+        before = len(picks)
+        for group in groups:
+            extra = next((t for t in group if t not in picks), None)
+            if extra is not None and len(picks) < num_rows:
+                picks.append(extra)
+        if len(picks) == before:
+            break
+    return sorted(picks, key=tests.index)
+
+
 def contact_sheet(
-    path: Path, tests: Sequence[Path], result_dir: Path, num_rows: int = 4, num_frames: int = 3
+    path: Path, tests: Sequence[Path], results: dict[str, Path], num_rows: int = 6, num_frames: int = 3
 ) -> None:
-    """One row per test sample: ref | driving frames | result frames | ground-truth frames (2x, labelled)."""
+    """One row per test sample: ref | driving frames | each run's frames | ground-truth frames (2x, labelled)."""
 
     def block(tiles: Sequence[np.ndarray]) -> np.ndarray:  # tiles side by side, 1-px separators, 4-px gap
         padded = [np.pad(t, ((0, 1), (0, 1), (0, 0)), constant_values=255) for t in tiles]
         return np.pad(np.concatenate(padded, axis=1), ((0, 0), (0, 4), (0, 0)), constant_values=255)
 
     rows, widths = [], []
-    for test in tests[:num_rows]:
+    for test in sheet_rows(tests, num_rows):
         target = media.decode_video(test / "target.mp4")
         picks = np.linspace(0, len(target) - 1, num_frames).round().astype(int)
         blocks = [
             block([media.decode_image((test / "ref.png").read_bytes())]),
             block(media.decode_video(test / "rendered_v2.mp4")[picks]),
-            block(media.decode_video(result_dir / f"{test.name}.mp4")[picks]),
+            *(block(media.decode_video(folder / f"{test.name}.mp4")[picks]) for folder in results.values()),
             block(target[picks]),
         ]
         widths = [2 * b.shape[1] for b in blocks]
         rows.append(np.concatenate(blocks, axis=1))
     sheet = np.concatenate(rows, axis=0)
     sheet = cv2.resize(sheet, (sheet.shape[1] * 2, sheet.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
-    names = ("ref", "driving", "result", "ground truth")
+    names = ("ref", "driving", *results, "ground truth")
     header = np.concatenate([_label(n, w) for n, w in zip(names, widths, strict=True)], axis=1)
     media.atomic_write_bytes(path, media.encode_image(np.concatenate([header, sheet], axis=0), ".png"))
 
@@ -298,15 +316,15 @@ def stage_seconds(records: dict) -> list[str]:
     return lines
 
 
-def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path) -> dict:
-    """Baselines, masks, the eval runner and report.md / results.json / contact_sheet.png in `folder`."""
-    world_dir = out / "world"
-    tests = test_folders(world_dir)
+def evaluate_runs(
+    folder: Path, tests: Sequence[Path], runs: dict[str, Path], vae_path: Path, joint_weights: Path | None,
+    reference: str,
+) -> tuple[dict, dict[str, str], float]:
+    """Baselines beside `runs`, manifests, the eval runner -> (table, sample modes, plate-mask ceiling)."""
     check_plates(tests)
-    runs = {"model": out / "samples_model", "untrained": out / "samples_untrained"}
-    runs.update(write_baselines(folder / "baselines", tests, vae_path))
+    runs = {**runs, **write_baselines(folder / "baselines", tests, vae_path)}
     manifests, ceiling = write_manifests(folder, runs, tests)
-    results = run_eval(folder, manifests)
+    results = run_eval(folder, manifests, joint_weights, baseline=reference)
     for run in results:
         failed = [r for r in run.records if r.get("error")]
         if failed:  # a report over fewer samples than the test split would mislead
@@ -314,15 +332,33 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path)
                 f"eval of run {run.name}: {len(failed)} samples failed, e.g. {failed[0]['error']}"
             )
     modes = {t.name: json.loads((t / "gt.json").read_text())["mode"] for t in tests}
-    table = collect(results, modes)
-    comparisons = {other: compare(table, other) for other in runs if other != "model"}
+    return collect(results, modes), modes, ceiling
+
+
+def compare_by_mode(table: dict, run: str, other: str, modes: dict[str, str]) -> dict[str, dict]:
+    """{"<other>": all samples, "<other> (<mode> only)": per mode} paired comparisons of `run` against `other`."""
+    out = {other: compare(table, other, run=run)}
     for mode in sorted(set(modes.values())):
-        keys = {k for k, m in modes.items() if m == mode}
-        comparisons[f"copy_source ({mode} only)"] = compare(table, "copy_source", keys)
-    contact_sheet(folder / "contact_sheet.png", tests, runs["model"])
-    numbers = {"table": {r: {m: {k: v for k, v in e.items() if k != "per_sample"} for m, e in t.items()}
-                         for r, t in table.items()},
-               "model_vs": comparisons, "mask_estimator_ceiling_iou": ceiling, "modes": modes}  # fmt: skip
+        out[f"{other} ({mode} only)"] = compare(table, other, {k for k, m in modes.items() if m == mode}, run=run)
+    return out
+
+
+def stripped(table: dict) -> dict:
+    """The table without per-sample values (for results.json)."""
+    return {r: {m: {k: v for k, v in e.items() if k != "per_sample"} for m, e in t.items()} for r, t in table.items()}
+
+
+def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path, joint_weights: Path | None = None) -> dict:
+    """Baselines, masks, the eval runner and report.md / results.json / contact_sheet.png in `folder`."""
+    tests = test_folders(out / "world")
+    runs = {"model": out / "samples_model", "untrained": out / "samples_untrained"}
+    table, modes, ceiling = evaluate_runs(folder, tests, runs, vae_path, joint_weights, reference="model")
+    comparisons = {other: compare(table, other) for other in table if other != "model"}
+    comparisons.update({k: v for k, v in compare_by_mode(table, "model", "copy_source", modes).items()
+                        if k != "copy_source"})  # fmt: skip
+    contact_sheet(folder / "contact_sheet.png", tests, {"result": runs["model"]})
+    numbers = {"table": stripped(table), "model_vs": comparisons, "mask_estimator_ceiling_iou": ceiling,
+               "modes": modes}  # fmt: skip
     media.atomic_write_bytes(folder / "results.json", json.dumps(numbers, indent=2).encode())
     text = render_markdown(budget, records, table, comparisons, ceiling, len(tests))
     media.atomic_write_bytes(folder / "report.md", text.encode())
@@ -355,7 +391,8 @@ def render_markdown(
                 ci = "-" if r["ci"][0] is None else f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
                 lines.append(f"| {other} | {m} | {r['diff']:+.3f} | {ci} | {r['verdict']} |")
     lines += ["", "## By mode (animate: target in the reference's scene; replace: in the driving video's scene)", "",
-              *mode_table(table, runs, ("psnr", "mask_iou", "identity_color_hist")), "",
+              *mode_table(table, runs, [m for m in ("psnr", "mask_iou", "joint_error_px", "identity_color_hist")
+                                        if any(m in table[r] for r in runs)]), "",
               "## Pipeline", "",
               f"- light VAE: held-out test-target PSNR {vae['test_target_psnr']:.2f} dB "
               f"(frame 0: {vae['test_target_psnr_frame0']:.2f} dB)",

@@ -1,0 +1,425 @@
+"""The stages of the toy-world demos (tools/toy_demo.py, tools/pretrain_toy.py): budgets, and one function per
+stage from world generation to sampling. Each stage writes <out>/<stage>/stage.json last (settings signature,
+seconds, results) and is skipped on a rerun when that record says done with the same settings.
+"""
+
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from scail_lab.data.media import atomic_write_bytes  # noqa: E402
+
+log = logging.getLogger("toy_stages")
+SPLITS = ("train", "val", "test")
+HOLDOUT_FAMILY = "jump"  # the motion family the shipped base never sees; the fine-tuning demo teaches it
+BASE_FAMILIES = ("walk", "wave", "squat", "turn", "dance")
+VAE_FILE = "light_vae.safetensors"
+JOINT_FILE = "joint_estimator.safetensors"
+BASE_WEIGHTS = "denoiser.safetensors"
+BUNDLE = REPO / "data" / "toy_base"  # the shipped toy base: denoiser, light VAE, joint estimator, MANIFEST.json
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Every size and step count of one demo run."""
+
+    name: str
+    # world
+    num_train: int
+    num_val: int
+    num_test: int
+    size: int = 64  # pixels (H = W); latents are size / 8
+    frames: int = 17
+    p_two_characters: float = 0.2
+    p_pan: float = 0.3
+    families: tuple[str, ...] = BASE_FAMILIES  # motion families of the world (the held-out one is left out)
+    # light VAE
+    vae_steps: int = 300
+    vae_batch: int = 8
+    vae_frames: int = 5
+    vae_widths: tuple[int, ...] = (64, 128)  # 2 widths: 4x spatial compression; 3: 8x (the Wan factor)
+    vae_blocks: int = 1
+    vae_lr: float = 2e-3
+    # denoiser
+    dim: int = 64
+    ffn_dim: int = 128
+    num_heads: int = 4
+    num_layers: int = 2
+    patch: int = 2  # spatial patch of the denoiser (latent cells per token side)
+    train_steps: int = 200
+    batch_size: int = 4
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    val_every: int = 100
+    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed (CPU autocast)
+    # sampling
+    sampler: str = "euler"
+    shift: float = 5.0
+    sample_steps: int = 8
+
+    def __post_init__(self) -> None:
+        """Bad values fail here, before any stage runs."""
+        from scail_lab.data.synthetic.world import WorldConfig
+
+        WorldConfig(height=self.size, width=self.size, num_frames=self.frames, p_two_characters=self.p_two_characters,
+                    p_pan=self.p_pan, families=self.families)  # fmt: skip
+        if len(self.vae_widths) not in (2, 3):
+            raise ValueError(f"vae_widths must be 2 (4x) or 3 (8x) widths, got {self.vae_widths}")
+        if self.precision not in ("32-true", "bf16-mixed"):
+            raise ValueError(f"precision must be 32-true or bf16-mixed, got {self.precision!r}")
+        positive = ("num_train", "num_val", "num_test", "vae_steps", "vae_batch", "dim", "ffn_dim", "num_heads",
+                    "num_layers", "train_steps", "batch_size", "val_every", "sample_steps")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"budget field {name} must be >= 1, got {getattr(self, name)}")
+        if self.patch not in (1, 2):
+            raise ValueError(f"patch must be 1 or 2, got {self.patch}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} must be a multiple of num_heads {self.num_heads}")
+        if not (REPO / "configs" / "sampler" / f"{self.sampler}.yaml").is_file():
+            raise ValueError(f"sampler {self.sampler!r} is not one of configs/sampler/*.yaml")
+        if self.lr <= 0 or self.vae_lr <= 0 or self.warmup_steps < 0:
+            raise ValueError(
+                f"learning rates must be > 0 and warmup_steps >= 0, got {self.lr}, {self.vae_lr}, {self.warmup_steps}"
+            )
+
+    def world_args(self) -> dict:
+        return {k: getattr(self, k) for k in ("num_train", "num_val", "num_test", "size", "frames",
+                                               "p_two_characters", "p_pan", "families")}  # fmt: skip
+
+    def vae_args(self) -> dict:
+        return {k: getattr(self, k) for k in ("vae_steps", "vae_batch", "vae_frames", "vae_widths", "vae_blocks",
+                                               "vae_lr")}  # fmt: skip
+
+    def train_args(self) -> dict:
+        return {k: getattr(self, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers", "patch", "train_steps",
+                                               "batch_size", "lr", "warmup_steps", "val_every", "precision")}  # fmt: skip
+
+
+BUDGETS = {
+    # smoke test only (tests/test_toy_demo.py): every stage runs, nothing is learned
+    "micro": Budget("micro", num_train=8, num_val=2, num_test=2, vae_steps=4, vae_batch=2, vae_widths=(16, 32),
+                    train_steps=4, batch_size=2, warmup_steps=1, val_every=4, sample_steps=2),
+    "small": Budget("small", num_train=256, num_val=16, num_test=32, vae_steps=800, vae_lr=4e-3,
+                    vae_widths=(16, 32, 64), dim=128, ffn_dim=256, num_layers=4, train_steps=1500, lr=2e-3,
+                    val_every=500),
+    "medium": Budget("medium", num_train=1024, num_val=16, num_test=64, vae_steps=2500, vae_lr=3e-3,
+                     vae_widths=(32, 64, 96), dim=128, ffn_dim=256, num_layers=4, patch=1, train_steps=3000,
+                     lr=2e-3, val_every=500),
+    # the shipped base (tools/pretrain_toy.py): the recipe docs/TOY_WORLD.md arrived at, run long
+    "base": Budget("base", num_train=2048, num_val=16, num_test=64, vae_steps=2000, vae_lr=3e-3,
+                   vae_widths=(64, 128), dim=256, ffn_dim=1024, num_heads=4, num_layers=6, train_steps=20000,
+                   batch_size=8, lr=1e-3, warmup_steps=200, val_every=1000, precision="bf16-mixed"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """The fine-tune-on-new-motions demo: pairs of the motion family the shipped base never saw (HOLDOUT_FAMILY).
+
+    World sizes, the VAE, the denoiser's shape and the sampler come from the shipped bundle's budget (its
+    MANIFEST.json); these fields set the new data and the fine-tuning run.
+    """
+
+    name: str
+    num_train: int = 128  # new motion pairs (train identities and scenes, held-out family)
+    num_val: int = 8
+    num_test: int = 64  # held-out family test pairs (test identities, scenes and motions)
+    num_regular_test: int = 64  # test pairs of the families the base was trained on
+    train_steps: int = 400
+    batch_size: int = 4
+    lr: float = 2e-4
+    warmup_steps: int = 20
+    val_every: int = 200
+    lora: bool = False
+    lora_rank: int = 32
+    precision: str = "bf16-mixed"
+
+    def __post_init__(self) -> None:
+        for name in ("num_train", "num_val", "num_test", "num_regular_test", "train_steps", "batch_size",
+                     "val_every", "lora_rank"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"fine-tune field {name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError(f"lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
+        if self.precision not in ("32-true", "bf16-mixed"):
+            raise ValueError(f"precision must be 32-true or bf16-mixed, got {self.precision!r}")
+
+    def run_budget(self, base: Budget) -> Budget:
+        """The base budget with this run's data and optimisation settings (model shape and sampler kept)."""
+        return dataclasses.replace(
+            base, name=self.name, num_train=self.num_train, num_val=self.num_val, num_test=self.num_test,
+            families=(HOLDOUT_FAMILY,), train_steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
+            warmup_steps=self.warmup_steps, val_every=self.val_every, precision=self.precision,
+        )  # fmt: skip
+
+    def train_extra(self, weights: Path) -> list[str]:
+        """Overrides on top of the budget's: the base weights, and LoRA when chosen."""
+        out = [f"weights={weights}"]
+        if self.lora:
+            out += ["lora.enabled=true", f"lora.rank={self.lora_rank}", f"lora.alpha={float(self.lora_rank)}"]
+        return out
+
+
+FINETUNES = {
+    "finetune": Finetune("finetune"),
+    "finetune_micro": Finetune("finetune_micro", num_train=4, num_val=2, num_test=2, num_regular_test=2,
+                               train_steps=2, batch_size=2, warmup_steps=1, val_every=2),
+}  # fmt: skip
+
+
+def budget_from_dict(data: dict) -> Budget:
+    """A Budget from its stored form (JSON lists back to tuples)."""
+    return Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode())
+
+
+def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict]) -> dict:
+    """Run `work(stage_dir)` unless <out>/<name>/stage.json records a finished run with `signature`.
+
+    A stage whose record is missing or says "running" with the same signature resumes in place; one whose
+    settings changed starts from an empty folder (its tools would otherwise keep stale files).
+    """
+    signature = json.loads(json.dumps(signature))  # as stored (tuples become lists), so reruns compare equal
+    folder = out / name
+    marker = folder / "stage.json"
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record.get("signature") == signature and record.get("status") == "done":
+            log.info("[%s] done before (%.0f s): skipped", name, record.get("seconds", 0.0))
+            return record
+        if record.get("signature") != signature:
+            log.warning("[%s] settings changed since the last run: starting this stage again", name)
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"signature": signature, "status": "running"})
+    log.info("[%s] running", name)
+    start = time.perf_counter()
+    result = work(folder)
+    record = {
+        "signature": signature,
+        "status": "done",
+        "seconds": time.perf_counter() - start,
+        "result": result,
+    }
+    write_json(marker, record)
+    log.info("[%s] finished in %.0f s", name, record["seconds"])
+    return record
+
+
+def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
+    """configs/<name>.yaml with Hydra overrides (no Hydra run directory, no working-directory change)."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def model_overrides(budget: Budget, vae_path: Path) -> list[str]:
+    """The denoiser size and the fitted VAE: the same in training and sampling."""
+    return [
+        f"model.config.dim={budget.dim}",
+        f"model.config.ffn_dim={budget.ffn_dim}",
+        f"model.config.num_heads={budget.num_heads}",
+        f"model.config.num_layers={budget.num_layers}",
+        f"model.config.patch_size=[1,{budget.patch},{budget.patch}]",
+        f"vae.path={vae_path}",
+    ]
+
+
+def stage_world(folder: Path, budget: Budget, seed: int, test_only: bool = False) -> dict:
+    """The world's folders and shards (test_only: just the test split's folders, for evaluation)."""
+    from tools import make_synthetic
+
+    b = budget
+    train, val = (0, 0) if test_only else (b.num_train, b.num_val)
+    make_synthetic.main([
+        "--out", str(folder), "--train", str(train), "--val", str(val), "--test", str(b.num_test),
+        "--height", str(b.size), "--width", str(b.size), "--frames", str(b.frames), "--seed", str(seed),
+        "--p-two-characters", str(b.p_two_characters), "--p-pan", str(b.p_pan), "--samples-per-shard", "64",
+        "--families", *b.families, *(["--format", "folders"] if test_only else []),
+    ])  # fmt: skip
+    counts = {s: len(list((folder / "folders" / s).glob(f"{s}_*"))) for s in SPLITS}
+    return {"samples": counts, "contact_sheet": str(folder / "contact_sheet.png")}
+
+
+def stage_vae(folder: Path, world: Path, budget: Budget, seed: int) -> dict:
+    """Fit on the train split's target and driving videos; PSNR on the (unseen) test targets."""
+    from tools import fit_light_vae as fit
+
+    b = budget
+    path = folder / VAE_FILE
+    train = world / "folders" / "train"
+    metrics = fit.main([
+        "--out", str(path), "--videos", str(train / "*" / "target.mp4"), str(train / "*" / "rendered_v2.mp4"),
+        "--steps", str(b.vae_steps), "--batch", str(b.vae_batch), "--frames", str(b.vae_frames),
+        "--size", str(b.size), "--lr", str(b.vae_lr), "--widths", *(str(w) for w in b.vae_widths),
+        "--blocks", str(b.vae_blocks),
+        "--eval-frames", str(b.frames), "--seed", str(seed),
+    ])  # fmt: skip
+    from scail_lab.encoders.light_vae import LightVAE
+
+    model = LightVAE.from_checkpoint(path)
+    test_targets = fit.find_videos([str(world / "folders" / "test" / "*" / "target.mp4")])
+    videos = fit.load_videos(test_targets, b.size, b.frames, b.frames)
+    clips = torch.stack([torch.from_numpy(v).permute(3, 0, 1, 2).float() / 127.5 - 1.0 for v in videos])
+    test = fit.evaluate(model, clips)
+    return {"path": str(path), "test_target_psnr": test["psnr"], "test_target_psnr_frame0": test["psnr_frame0"],
+            "fit_metrics": metrics}  # fmt: skip
+
+
+def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path) -> dict:
+    from scail_lab.build import build_encoder, build_model, data_mask_scheme
+    from scail_lab.data import FrameSampling, LatentCacher, ResolutionBuckets
+    from scail_lab.data.caching import make_latent_shards
+
+    cfg = compose_config("train", model_overrides(budget, vae_path))
+    model = build_model(cfg)
+    encoder = build_encoder(cfg, model)  # the very encoders training and sampling use
+    cacher = LatentCacher(
+        vae=encoder.vae, mask_scheme=data_mask_scheme(model), text_encoder=encoder.text_encoder,
+        image_encoder=encoder.image_encoder, sampling=FrameSampling(frame_buckets=(budget.frames,), random_start=False),
+        buckets=ResolutionBuckets(sizes=((budget.size, budget.size),)),
+    )  # fmt: skip
+    counts = {}
+    for split in ("train", "val"):
+        report = make_latent_shards(cacher, folder / split, shards=str(world / "shards" / split))
+        counts[split] = {"samples": report["num_samples"], "skipped": report["num_skipped"]}
+    return counts
+
+
+def train_overrides(
+    budget: Budget, vae_path: Path, data: Path, data_kind: str, run_dir: Path, seed: int
+) -> list[str]:
+    b = budget
+    if data_kind == "latent":
+        source = ["data=latent", f"data.shards={data / 'latents' / 'train'}", "data@val_data=latent",
+                  f"val_data.shards={data / 'latents' / 'val'}"]  # fmt: skip
+    else:
+        source = [f"data.shards={data / 'world' / 'shards' / 'train'}", "data@val_data=synthetic",
+                  f"val_data.shards={data / 'world' / 'shards' / 'val'}", f"data.buckets.sizes=[[{b.size},{b.size}]]"]  # fmt: skip
+    val = ["val_data.shuffle=false", "val_data.num_workers=0", "val_data.batch_size=2"]
+    val += [f"val_data.augment.{k}=0.0" for k in ("driving_aug_e2e", "driving_aug_pose", "history_continuation",
+                                                  "history", "text_dropout")]  # fmt: skip
+    return [
+        *model_overrides(b, vae_path), *source, *val,
+        f"data.batch_size={b.batch_size}", "data.num_workers=0", f"data.sampling.frame_buckets=[{b.frames}]",
+        f"trainer.max_steps={b.train_steps}", f"trainer.val_check_interval={b.val_every}",
+        "trainer.limit_val_batches=4", f"trainer.log_every_n_steps={max(1, min(10, b.train_steps // 4))}",
+        f"optimizer.lr={b.lr}", f"optimizer.warmup_steps={b.warmup_steps}", f"trainer.precision={b.precision}",
+        f"checkpointing.every_n_steps={max(1, b.val_every)}", "checkpointing.keep=1",
+        f"seed={seed}", f"+output_dir={run_dir}", "logging.wandb.enabled=false",
+    ]  # fmt: skip
+
+
+def stage_train(
+    folder: Path, out: Path, budget: Budget, vae_path: Path, data_kind: str, seed: int, extra: Sequence[str] = ()
+) -> dict:
+    """train.train(cfg) with the budget's overrides plus `extra` (e.g. initial weights, LoRA)."""
+    import train
+
+    cfg = compose_config("train", [*train_overrides(budget, vae_path, out, data_kind, folder, seed), *extra])
+    last = folder / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("[train] resuming from %s", last)
+        cfg.resume = str(last)
+    start = time.perf_counter()
+    metrics = train.train(cfg)
+    seconds = time.perf_counter() - start
+    weights = folder / "export" / ("lora_comfy.safetensors" if cfg.lora.enabled else "denoiser.safetensors")
+    if not weights.is_file():
+        raise FileNotFoundError(f"training finished without writing {weights}")
+    return {"weights": str(weights), "metrics": metrics, "fit_seconds": seconds,
+            "seconds_per_step": seconds / max(1, budget.train_steps), "loss_curve": read_loss_curve(folder)}  # fmt: skip
+
+
+def read_loss_curve(run_dir: Path) -> list[dict]:
+    """(step, train/loss, val/loss) rows from the CSV logger's metrics.csv."""
+    import csv
+
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            keep = {k: float(row[k]) for k in ("train/loss", "val/loss") if row.get(k)}
+            if keep:
+                rows.append({"step": int(row["step"]), **keep})
+    return rows
+
+
+def stage_sample(
+    folder: Path, world: Path, budget: Budget, vae_path: Path, weights: Path | None, seed: int,
+    lora: Path | None = None,
+) -> dict:
+    """Sample every test folder of `world` (skipping finished ones) with `weights` (None: the untrained init),
+    plus a LoRA merged at strength 1."""
+    import sample
+
+    tests = sorted(p for p in (world / "folders" / "test").iterdir() if p.is_dir())
+    todo = [p for p in tests if not (folder / f"{p.name}.mp4").is_file()]
+    overrides = [*model_overrides(budget, vae_path), f"sampler={budget.sampler}", f"sampler.shift={budget.shift}",
+                 f"pipeline.num_steps={budget.sample_steps}", f"pipeline.height={budget.size}",
+                 f"pipeline.width={budget.size}", "pipeline.progress=false", f"seed={seed}",
+                 f"weights={weights if weights is not None else 'null'}"]  # fmt: skip
+    if lora is not None:
+        overrides.append(f"loras=[{{path: '{lora}', strength: 1.0}}]")
+    seconds = 0.0
+    if todo:
+        cfg = compose_config("sample", [*overrides, f"inputs=[{','.join(str(p) for p in todo)}]"])
+        torch.manual_seed(seed)  # the untrained init is seeded (the same draw as training's init)
+        start = time.perf_counter()
+        sample.run(cfg, folder)
+        seconds = time.perf_counter() - start
+    return {"num_samples": len(tests), "sampled_now": len(todo), "seconds": seconds,
+            "seconds_per_sample": seconds / max(1, len(todo))}  # fmt: skip
+
+
+
+def with_overrides(budget, items: Sequence[str]):
+    """A budget (Budget or Finetune) with fields from FIELD=VALUE strings, converted to the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(budget)}
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields or key == "name":
+            raise ValueError(
+                f"--set expects FIELD=VALUE with FIELD one of {sorted(set(fields) - {'name'})}, got {item!r}"
+            )
+        current = getattr(budget, key)
+        try:
+            if isinstance(current, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                changes[key] = value.lower() in ("true", "1")
+            elif isinstance(current, tuple):
+                items = value.split(",")
+                changes[key] = tuple(int(v) for v in items) if all(v.lstrip("-").isdigit() for v in items) else tuple(items)
+            else:
+                changes[key] = type(current)(value)
+        except ValueError as err:
+            raise ValueError(
+                f"--set {item!r}: {key} takes a {type(current).__name__}, got {value!r}"
+            ) from err
+    return dataclasses.replace(budget, **changes)
