@@ -116,6 +116,10 @@ def test_latent_shards_feed_latent_batches(data, latents):
     assert batch["pose_latents"].shape == (4, 16, 3, 4, 4)
     assert batch["ref_mask_code"].shape == (4, 28, 1, 8, 8) and batch["driving_mask_code"].shape == (4, 28, 3, 4, 4)
     assert batch["clip_emb"].shape == (4, 257, 1280)
+    # the characters' latent cells (from target_mask.mp4), for loss weighting: coverage in [0, 1], some cells on
+    region = batch["target_region"]
+    assert region.shape == (4, 1, 3, 8, 8) and 0 <= region.min() and region.max() <= 1 and (region > 0.5).any()
+    assert (region == 0).float().mean() > 0.5  # the characters are a minority of the frame
     lengths = batch["text_emb_lengths"]
     assert batch["text_emb"].shape == (4, int(lengths.max()), 8)
     for i, caption in enumerate(batch["caption"]):

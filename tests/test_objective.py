@@ -78,3 +78,44 @@ def test_loss_mask_and_an_all_masked_batch():
     with pytest.raises(ValueError, match="excludes every"):
         FlowMatchingObjective()(lambda i: torch.zeros_like(i.latents), conditions_for(x0), x0,
                                 loss_mask=torch.zeros_like(mask))  # fmt: skip
+
+
+def test_region_weighting_scales_the_characters_cells_and_keeps_the_normaliser():
+    """loss = sum((1 + w * region) * err) / #kept: exact, by hand, with the history frame still excluded."""
+    x0, noise = torch.randn(1, 16, 3, 4, 4), torch.randn(1, 16, 3, 4, 4)
+    region = torch.zeros(1, 1, 3, 4, 4)
+    region[..., 1:3, 1:3] = 1.0  # the character covers 4 cells of each frame
+    region[..., 0, 0] = 0.5  # and half of one more
+    zero_model = lambda i: torch.zeros_like(i.latents)  # noqa: E731
+    sigma = torch.tensor([0.6])
+    out = FlowMatchingObjective(region_weight=3.0)(zero_model, conditions_for(x0), x0, num_history=torch.tensor([1]),
+                                                   sigma=sigma, noise=noise, region=region)  # fmt: skip
+    err = (noise - x0)[:, :, 1:] ** 2  # frame 0 is history
+    expected = ((1 + 3.0 * region[:, :, 1:]) * err).sum() / err.numel()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    plain = FlowMatchingObjective()(zero_model, conditions_for(x0), x0, num_history=torch.tensor([1]), sigma=sigma,
+                                    noise=noise, region=region)  # fmt: skip
+    assert plain.loss.item() == pytest.approx(err.mean().item(), rel=1e-6)  # weight 0: the region is ignored
+    with pytest.raises(ValueError, match="region must be"):
+        FlowMatchingObjective(region_weight=1.0)(zero_model, conditions_for(x0), x0, sigma=sigma, noise=noise,
+                                                 region=region[..., :2, :])  # fmt: skip
+    with pytest.raises(ValueError, match="region_weight"):
+        FlowMatchingObjective(region_weight=-1.0)
+
+
+def test_target_region_is_the_latent_cells_coverage_packed_like_the_vae():
+    from scail_lab.conditioning import ConditionEncoder
+    from scail_lab.model.masks import ColourMaskScheme
+
+    class Factor4:
+        spatial_factor = 4
+
+    mask = torch.zeros(1, 3, 9, 8, 8, dtype=torch.uint8)
+    mask[:, :, 0, :2, :2] = 255  # frame 0: a quarter of cell (0, 0)
+    mask[:, :, 6, 4:, 4:] = 255  # frame 6 (latent frame 2 packs frames 5-8): all of cell (1, 1)
+    region = ConditionEncoder(Factor4(), ColourMaskScheme()).target_region(mask)
+    assert region.shape == (1, 1, 3, 2, 2)
+    expected = torch.zeros(1, 1, 3, 2, 2)
+    expected[0, 0, 0, 0, 0] = 0.25
+    expected[0, 0, 2, 1, 1] = 1.0
+    assert torch.equal(region, expected)

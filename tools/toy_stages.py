@@ -68,6 +68,7 @@ class Budget:
     warmup_steps: int = 20
     val_every: int = 100
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed (CPU autocast)
+    region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
     # sampling
     sampler: str = "euler"
     shift: float = 5.0
@@ -109,7 +110,8 @@ class Budget:
 
     def train_args(self) -> dict:
         return {k: getattr(self, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers", "patch", "train_steps",
-                                               "batch_size", "lr", "warmup_steps", "val_every", "precision")}  # fmt: skip
+                                               "batch_size", "lr", "warmup_steps", "val_every", "precision",
+                                               "region_weight")}  # fmt: skip
 
 
 BUDGETS = {
@@ -327,6 +329,7 @@ def train_overrides(
         f"trainer.max_steps={b.train_steps}", f"trainer.val_check_interval={b.val_every}",
         "trainer.limit_val_batches=4", f"trainer.log_every_n_steps={max(1, min(10, b.train_steps // 4))}",
         f"optimizer.lr={b.lr}", f"optimizer.warmup_steps={b.warmup_steps}", f"trainer.precision={b.precision}",
+        f"objective.region_weight={b.region_weight}",
         f"checkpointing.every_n_steps={max(1, b.val_every)}", "checkpointing.keep=1",
         f"seed={seed}", f"+output_dir={run_dir}", "logging.wandb.enabled=false",
     ]  # fmt: skip

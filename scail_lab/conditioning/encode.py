@@ -91,6 +91,18 @@ class ConditionEncoder:
         """Driving mask video [B, 3, N, H, W] -> [B, Cm, T, H/2f, W/2f] (None for the `none` scheme)."""
         return self.mask_scheme.encode_driving(driving_mask, self.spatial_factor)
 
+    @torch.no_grad()
+    def target_region(self, target_mask: Tensor) -> Tensor:
+        """Target foreground video [B, 3, N, H, W] (white on black) -> [B, 1, T, H/f, W/f]: the share of each latent
+        cell covered in any of the 4 pixel frames it packs (frame 0 alone), for loss weighting on the characters."""
+        on = (target_mask.amax(dim=1, keepdim=True) > (127 if target_mask.dtype == torch.uint8 else 0)).float()
+        b, _, n, h, w = on.shape
+        f = self.spatial_factor
+        pooled = F.interpolate(on.transpose(1, 2).reshape(b * n, 1, h, w), size=(h // f, w // f), mode="area")
+        pooled = pooled.view(b, n, h // f, w // f)  # [B, N, h, w]
+        groups = [pooled[:, :1]] + [pooled[:, i : i + 4] for i in range(1, n, 4)]
+        return torch.stack([g.amax(dim=1) for g in groups], dim=1).unsqueeze(1)  # [B, 1, T, h, w]
+
     def mask_codes(
         self, ref_mask: Tensor | None, driving_mask: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None]:

@@ -194,6 +194,11 @@ class LatentCacher:
         out: dict = {}
         arrays = decode_fields(raw, stream_fields(raw, Decisions(), self.uses_masks), indices, bucket)
         self._variant(arrays, "", out, with_target=True)
+        if schema.F_TARGET_MASK in raw:  # the characters' latent cells, for loss weighting (objective.region_weight)
+            mask = decode_fields(raw, {schema.TARGET_MASK: schema.F_TARGET_MASK}, indices, bucket)[schema.TARGET_MASK]
+            with torch.inference_mode():
+                region = self.encoder.target_region(video_tensor(mask)[None])[0]
+            out[schema.F_TARGET_REGION] = npy_bytes(region, np.float16)
         out[schema.F_POSE_LATENTS_NULL] = npy_bytes(self._null_pose_latents(arrays[schema.DRIVING].shape), self.dtype)
         if self.include_variants and has_aug:
             aug = decode_fields(raw, stream_fields(raw, Decisions(driving_aug=True), self.uses_masks), indices, bucket)
@@ -303,7 +308,10 @@ def latent_sample(
         sample[schema.POSE_LATENTS] = npy_tensor(raw[schema.F_POSE_LATENTS_NULL])
         if use_masks:
             sample[schema.DRIVING_MASK_CODE] = torch.zeros_like(sample[schema.DRIVING_MASK_CODE])
-    for k in (schema.TARGET_LATENTS, schema.POSE_LATENTS, schema.DRIVING_MASK_CODE):
+    if schema.F_TARGET_REGION in raw:  # the reverse variant's target is the driving video: no region known
+        region = npy_tensor(raw[schema.F_TARGET_REGION])
+        sample[schema.TARGET_REGION] = torch.zeros_like(region) if d.reverse else region
+    for k in (schema.TARGET_LATENTS, schema.POSE_LATENTS, schema.DRIVING_MASK_CODE, schema.TARGET_REGION):
         if k in sample:
             sample[k] = sample[k][:, :t_keep]
     if use_masks and mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:

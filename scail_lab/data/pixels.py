@@ -23,7 +23,7 @@ from scail_lab.data.transforms import FrameSampling, ResolutionBuckets, resize_c
 # roles are the batch keys they fill
 IMAGE_ROLES = (schema.REF_IMAGE, schema.REF_MASK)
 VIDEO_ROLES = (schema.DRIVING, schema.DRIVING_MASK, schema.TARGET)
-MASK_ROLES = (schema.REF_MASK, schema.DRIVING_MASK)
+MASK_ROLES = (schema.REF_MASK, schema.DRIVING_MASK, schema.TARGET_MASK)
 
 
 def clip_info(raw: Mapping) -> tuple[dict, int, float, int, int]:

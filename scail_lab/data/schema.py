@@ -132,6 +132,7 @@ F_DRIVING_MASK_CODE_AUG = "driving_mask_code_aug.npy"
 F_TEXT_EMB = "text_emb.npy"  # [L, D]
 F_TEXT_EMB_NULL = "text_emb_null.npy"  # [L0, D] embedding of "" (text dropout)
 F_CLIP_EMB = "clip_emb.npy"  # [257, 1280]
+F_TARGET_REGION = "target_region.npy"  # [1, T, h, w] share of each latent cell the target's characters cover
 F_REVERSE_PREFIX = "reverse_"  # reverse-driving variants: reverse_target_latents.npy, ...
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,6 +153,8 @@ DRIVING_MASK_CODE = "driving_mask_code"  # [B, Cm, T, h/2, w/2]; absent for the 
 TEXT_EMB = "text_emb"  # [B, L, D] zero-padded
 TEXT_EMB_LENGTHS = "text_emb_lengths"  # LongTensor [B]
 CLIP_EMB = "clip_emb"  # [B, 257, 1280]
+TARGET_REGION = "target_region"  # [B, 1, T, h, w] in [0, 1]: the characters' latent cells (loss weighting)
+TARGET_MASK = "target_mask"  # [B, 3, N, H, W] uint8 (only while latent caching)
 # both
 CAPTION = "caption"  # list[str]
 MODE = "mode"  # list[str]

@@ -5,6 +5,10 @@
     target = eps - x0; loss = weighted MSE over the video latents, history frames and masked regions excluded,
     as a TRUE masked mean (sum over kept elements / number of kept elements), not one diluted by masked ones.
 
+Region weighting (`region_weight` w, off by default as in SCAIL-2): each element's squared error is multiplied by
+1 + w * region, region in [0, 1] the share of its latent cell the target's characters cover (SCAIL's unused
+`RFLossAmp` weighted hands and faces the same way). The normaliser stays the count of kept elements.
+
 Shift (SCAIL-2 `schedule_shift`): mu = 0.5 + (L - 256) * 0.65 / 3840 with L = tokens per latent frame
 (H * W / 4 for a 2x2 patch); sigma <- e^mu / (e^mu + 1 / sigma - 1).
 """
@@ -76,7 +80,11 @@ class LossOutput:
 
 
 class FlowMatchingObjective:
-    def __init__(self, sigma_sampler=None, shift: ResolutionShift | None = None, weighting=None, patch_area: int = 4):
+    def __init__(self, sigma_sampler=None, shift: ResolutionShift | None = None, weighting=None, patch_area: int = 4,
+                 region_weight: float = 0.0) -> None:  # fmt: skip
+        if region_weight < 0:
+            raise ValueError(f"region_weight must be >= 0, got {region_weight}")
+        self.region_weight = float(region_weight)
         self.sigma_sampler = sigma_sampler if sigma_sampler is not None else LogitNormalSigma()
         self.shift = shift if shift is not None else ResolutionShift()
         self.weighting = weighting if weighting is not None else UniformWeighting()
@@ -99,8 +107,10 @@ class FlowMatchingObjective:
         sigma: Tensor | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        region: Tensor | None = None,
     ) -> LossOutput:
-        """x0: clean target latents [B, C, T, H, W]; loss_mask: optional [B, 1 or C, T, H, W] in [0, 1]."""
+        """x0: clean target latents [B, C, T, H, W]; loss_mask: optional [B, 1 or C, T, H, W] in [0, 1];
+        region: optional [B, 1, T, H, W] in [0, 1] (the characters' cells), weighted by `region_weight`."""
         b = x0.shape[0]
         sigma = self.sample_sigma(x0, generator) if sigma is None else sigma.to(x0)
         eps = torch.randn(x0.shape, generator=generator).to(x0) if noise is None else noise.to(x0)
@@ -118,6 +128,10 @@ class FlowMatchingObjective:
         velocity = model(inputs).float()
         error = (velocity - (eps - x0).float()).square()  # [B, C, T, H, W]
         weights = keep.expand_as(error) * self.weighting(sigma).view(b, 1, 1, 1, 1).to(error)
+        if self.region_weight and region is not None:
+            if region.shape != keep.shape:
+                raise ValueError(f"region must be {tuple(keep.shape)} like the latents' frames, got {tuple(region.shape)}")
+            weights = weights * (1.0 + self.region_weight * region.to(error))
         per_sample_kept = keep.expand_as(error).sum(dim=(1, 2, 3, 4)).clamp_min(1.0)
         per_sample = (error * weights).sum(dim=(1, 2, 3, 4)) / per_sample_kept
         total_kept = keep.expand_as(error).sum()

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from scail_lab.conditioning import ConditionEncoder
+from scail_lab.data import schema
 from scail_lab.diffusion.objective import FlowMatchingObjective
 from scail_lab.model.dit import SCAILDiT
 from scail_lab.model.sequence_parallel import new_groups
@@ -55,6 +56,7 @@ class SCAILModule(L.LightningModule):
             check_lora_base(self.model)
         self.optimizer_config = optimizer
         self.objective = objective or FlowMatchingObjective()
+        self._warned_region = False
         self.encoder = encoder  # plain object: frozen encoders are not part of checkpoints
         self.seed = int(seed)
         if any(not 0.0 < s < 1.0 for s in val_sigmas):
@@ -85,7 +87,14 @@ class SCAILModule(L.LightningModule):
     # --- steps -------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
         conditions, x0, num_history = self._conditions(batch)
-        out = self.objective(self.model, conditions, x0, num_history, generator=self._generator(self.global_step, 0))
+        region = batch.get(schema.TARGET_REGION)
+        if self.objective.region_weight and region is None and not self._warned_region:
+            log.warning("objective.region_weight=%g has no effect: these batches carry no target region (latent "
+                        "shards cached from folders with target_mask.mp4 do)", self.objective.region_weight)  # fmt: skip
+            self._warned_region = True
+        region = None if region is None else region.to(x0)
+        out = self.objective(self.model, conditions, x0, num_history, generator=self._generator(self.global_step, 0),
+                             region=region)  # fmt: skip
         if not torch.isfinite(out.loss):
             raise NonFiniteLossError(
                 f"non-finite loss {out.loss.item()} at step {self.global_step} (batch keys {batch.get('key')}); "
