@@ -128,6 +128,20 @@ def test_latent_shards_feed_latent_batches(data, latents):
     assert set(batch["mode"]) <= {"animate", "replace"} and batch["num_history_frames"].dtype == torch.long
 
 
+def test_colour_coded_shards_feed_the_binary_scheme(latents):
+    """color28 shards serve binary4 training: each code is the per-sub-frame sum of the colour classes."""
+    out, _ = latents
+    colour = {b["key"][0]: b for b in build_dataloader(shards=str(out), kind="latent", augment=AugmentConfig.off())}
+    batches = list(build_dataloader(shards=str(out), kind="latent", augment=AugmentConfig.off(), mask_scheme="binary"))
+    assert len(batches) == len(colour)
+    for batch in batches:
+        key = batch["key"][0]
+        for name in ("ref_mask_code", "driving_mask_code"):
+            want = colour[key][name].view(1, 4, 7, *colour[key][name].shape[2:]).sum(dim=2).clamp(max=1.0)
+            assert batch[name].shape[1] == 4
+            torch.testing.assert_close(batch[name], want)
+
+
 def test_latent_augmentation_switches_variants(latents):
     out, _ = latents
     plain = {b["key"][0]: b for b in build_dataloader(shards=str(out), kind="latent", augment=AugmentConfig.off())}

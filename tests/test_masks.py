@@ -120,3 +120,22 @@ def test_bad_inputs_name_the_problem():
         ColourMaskScheme(pooling="max")
     with pytest.raises(ValueError, match="threshold"):
         BinaryMaskScheme(threshold=300)
+
+
+def test_binary_code_is_the_sum_of_the_colour_classes():
+    """Shards cached with color28 serve the binary4 scheme: the conversion equals encoding with binary4 directly."""
+    from scail_lab.data.latents import binary_from_colour_code
+    from scail_lab.model.masks import BinaryMaskScheme, ColourMaskScheme
+
+    g = torch.Generator().manual_seed(0)
+    palette = torch.tensor([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]])
+    pixels = palette[torch.randint(0, len(palette), (1, 9, 32, 32), generator=g)]  # [1, N, H, W, 3]
+    video = pixels.permute(0, 4, 1, 2, 3).to(torch.uint8).contiguous()  # [1, 3, N, H, W]
+    colour, binary = ColourMaskScheme(), BinaryMaskScheme()
+    for spatial_factor in (4, 8):
+        for encode in ("encode_ref", "encode_driving"):
+            x = video[:, :, :1] if encode == "encode_ref" else video
+            want = getattr(binary, encode)(x, spatial_factor)[0]
+            got = binary_from_colour_code(getattr(colour, encode)(x, spatial_factor)[0], binary.temporal_stride)
+            assert got.shape == want.shape == (4, *want.shape[1:])
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

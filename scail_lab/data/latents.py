@@ -241,6 +241,16 @@ class LatentCacher:
 
 
 # ------------------------------------------------------------------------------ latent sample (training)
+def binary_from_colour_code(code: Tensor, temporal_stride: int) -> Tensor:
+    """A colour scheme's code [S*K, T, h, w] (channel = sub-frame s * K + colour c) -> the binary scheme's [S, T, h, w].
+
+    Exact: the K colour classes are the non-black 3-bit patterns, so every "on" pixel is in exactly one class and the
+    area-pooled binary coverage is the sum of the class coverages (shards cached once serve both schemes)."""
+    s = temporal_stride
+    return code.view(s, code.shape[0] // s, *code.shape[1:]).sum(dim=1).clamp_(max=1.0)
+
+
+
 def _kept_latent_frames(raw: Mapping, sampling: FrameSampling, key: str) -> int:
     """Latent frames to keep: from the largest frame bucket that fits the cached clip."""
     available = 4 * (npy_shape(raw[schema.F_TARGET_LATENTS])[1] - 1) + 1
@@ -314,6 +324,11 @@ def latent_sample(
     for k in (schema.TARGET_LATENTS, schema.POSE_LATENTS, schema.DRIVING_MASK_CODE, schema.TARGET_REGION):
         if k in sample:
             sample[k] = sample[k][:, :t_keep]
+    if use_masks and mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:
+        cached = sample[schema.REF_MASK_CODE].shape[0]
+        if meta.get(schema.META_MASK_SCHEME) == "colour" and cached % mask_width == 0 and mask_width == 4:
+            for k in (schema.REF_MASK_CODE, schema.DRIVING_MASK_CODE):  # binary4 from color28, exactly
+                sample[k] = binary_from_colour_code(sample[k], mask_width)
     if use_masks and mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:
         raise ValueError(
             f"latent sample {key} has {sample[schema.REF_MASK_CODE].shape[0]} mask channels, "
