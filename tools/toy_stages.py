@@ -124,6 +124,10 @@ BUDGETS = {
     "medium": Budget("medium", num_train=1024, num_val=16, num_test=64, vae_steps=2500, vae_lr=3e-3,
                      vae_widths=(32, 64, 96), dim=128, ffn_dim=256, num_layers=4, patch=1, train_steps=3000,
                      lr=2e-3, val_every=500),
+    # one arm of tools/ablate.py (VAE and frame size from the shipped bundle)
+    "ablation": Budget("ablation", num_train=1024, num_val=16, num_test=96, dim=256, ffn_dim=1024, num_heads=4,
+                       num_layers=6, train_steps=3000, batch_size=8, lr=1e-3, warmup_steps=100, val_every=1000,
+                       precision="bf16-mixed"),
     # the shipped base (tools/pretrain_toy.py): the recipe docs/TOY_WORLD.md arrived at, run long
     "base": Budget("base", num_train=2048, num_val=16, num_test=64, vae_steps=2000, vae_lr=3e-3,
                    vae_widths=(64, 128), dim=256, ffn_dim=1024, num_heads=4, num_layers=6, train_steps=20000,
@@ -374,10 +378,10 @@ def read_loss_curve(run_dir: Path) -> list[dict]:
 
 def stage_sample(
     folder: Path, world: Path, budget: Budget, vae_path: Path, weights: Path | None, seed: int,
-    lora: Path | None = None,
+    lora: Path | None = None, arm_overrides: Sequence[str] = (),
 ) -> dict:
     """Sample every test folder of `world` (skipping finished ones) with `weights` (None: the untrained init),
-    plus a LoRA merged at strength 1."""
+    plus a LoRA merged at strength 1; `arm_overrides` change config groups (interface, rope, mask)."""
     import sample
 
     tests = sorted(p for p in (world / "folders" / "test").iterdir() if p.is_dir())
@@ -385,7 +389,7 @@ def stage_sample(
     overrides = [*model_overrides(budget, vae_path), f"sampler={budget.sampler}", f"sampler.shift={budget.shift}",
                  f"pipeline.num_steps={budget.sample_steps}", f"pipeline.height={budget.size}",
                  f"pipeline.width={budget.size}", "pipeline.progress=false", f"seed={seed}",
-                 f"weights={weights if weights is not None else 'null'}"]  # fmt: skip
+                 f"weights={weights if weights is not None else 'null'}", *arm_overrides]  # fmt: skip
     if lora is not None:
         overrides.append(f"loras=[{{path: '{lora}', strength: 1.0}}]")
     seconds = 0.0
