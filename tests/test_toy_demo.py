@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from tools import toy_demo
 
-STAGES = ("world", "vae", "latents", "train", "samples_model", "samples_untrained", "report")
+STAGES = ("world", "vae", "latents", "train", "heldout_loss", "samples_model", "samples_untrained", "report")
 RUNS = ("model", "untrained", "copy_ref", "driving", "copy_source", "vae_recon")
 METRICS = ("psnr", "ssim", "l1", "mask_iou", "identity_color_hist", "identity_color_dist")
 
@@ -57,3 +59,14 @@ def test_toy_demo_micro_budget(tmp_path):
     before = {s: (out / s / "stage.json").read_text() for s in STAGES}
     assert toy_demo.main(["--out", str(out), "--budget", "micro", "--threads", "1"]) == 0
     assert {s: (out / s / "stage.json").read_text() for s in STAGES} == before
+
+
+@pytest.mark.slow
+def test_the_micro_chain_learns(tmp_path):
+    """A test of learning, not of time: the micro budget with enough steps to learn something must bring the held-out
+    flow loss (val latents, fixed sigmas and noise) of the trained model below its own seeded untrained init's."""
+    out = tmp_path / "toy"
+    assert toy_demo.main(["--out", str(out), "--budget", "micro", "--threads", "1",
+                          "--set", "train_steps=150", "lr=2e-3", "warmup_steps=10", "val_every=150"]) == 0  # fmt: skip
+    losses = json.loads((out / "heldout_loss" / "stage.json").read_text())["result"]
+    assert losses["trained"] < 0.9 * losses["untrained"], losses

@@ -38,6 +38,7 @@ from tools.toy_stages import (  # noqa: E402
     Budget,
     Finetune,
     budget_from_dict,
+    heldout_flow_loss,
     run_stage,
     stage_latents,
     stage_sample,
@@ -76,6 +77,11 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, data_kind, seed))  # fmt: skip
     weights = out / "train" / "export" / "denoiser.safetensors"
+    if data_kind == "latent":
+        val = out / "latents" / "val"
+        records["heldout_loss"] = run_stage(out, "heldout_loss", sig["train"], lambda f: {
+            "trained": heldout_flow_loss(budget, vae_path, val, weights, seed),
+            "untrained": heldout_flow_loss(budget, vae_path, val, None, seed)})  # fmt: skip
     sig["sample"] = {**sig["train"], "sampler": budget.sampler, "shift": budget.shift, "sample_steps": budget.sample_steps}
     for run, w in (("model", weights), ("untrained", None)):
         records[f"sample_{run}"] = run_stage(out, f"samples_{run}", sig["sample"],

@@ -400,6 +400,9 @@ def render_markdown(
               f"{budget.batch_size}, lr {budget.lr}; {train['seconds_per_step']:.2f} s/step",
               f"- val flow loss: {val[0]['val/loss']:.4f} (step {val[0]['step']}) -> {val[-1]['val/loss']:.4f} "
               f"(step {val[-1]['step']})" if len(val) >= 2 else "- val flow loss: fewer than two evaluations",
+              *([f"- held-out flow loss (val latents, fixed sigmas and noise): untrained "
+                 f"{records['heldout_loss']['result']['untrained']:.4f} -> trained "
+                 f"{records['heldout_loss']['result']['trained']:.4f}"] if "heldout_loss" in records else []),
               f"- sampler: {budget.sampler}, {budget.sample_steps} steps",
               f"- foreground masks of generated videos: difference > {FOREGROUND_THRESHOLD:.0f} from the background "
               f"plate (target_background.mp4); its IoU on the ground truth itself (ceiling): {ceiling:.3f}", "",

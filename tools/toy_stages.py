@@ -360,6 +360,34 @@ def stage_train(
             "seconds_per_step": seconds / max(1, budget.train_steps), "loss_curve": read_loss_curve(folder)}  # fmt: skip
 
 
+@torch.no_grad()
+def heldout_flow_loss(budget: Budget, vae_path: Path, latents: Path, weights: Path | None, seed: int,
+                      sigmas: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9)) -> float:  # fmt: skip
+    """Flow loss of `weights` (None: the seeded untrained init) on the cached val latents at fixed sigmas and fixed
+    noise: the same number for any two models, so trained vs untrained is a paired comparison."""
+    from scail_lab.build import build_model
+    from scail_lab.data import AugmentConfig, FrameSampling, build_dataloader
+    from scail_lab.diffusion.objective import FlowMatchingObjective
+    from scail_lab.training.batches import conditions_from_batch
+
+    torch.manual_seed(seed)  # the untrained init: the same draw as training's
+    cfg = compose_config("train", [*model_overrides(budget, vae_path), f"weights={weights or 'null'}"])
+    model = build_model(cfg).eval()
+    loader = build_dataloader(shards=str(latents), kind="latent", batch_size=2, shuffle=False,
+                              sampling=FrameSampling(frame_buckets=(budget.frames,), random_start=False),
+                              augment=AugmentConfig.off(), mask_scheme=model.mask_scheme if model.mask_width else "none")  # fmt: skip
+    objective, losses = FlowMatchingObjective(), []
+    for index, batch in enumerate(loader):
+        conditions, x0, history = conditions_from_batch(batch, None, torch.device("cpu"), model.mask_width > 0)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed * 1009 + index))
+        for s in sigmas:
+            sigma = torch.full((x0.shape[0],), s)
+            losses.append(objective(model, conditions, x0, history, sigma=sigma, noise=noise).loss.item())
+    if not losses:
+        raise ValueError(f"no validation latents under {latents}")
+    return float(sum(losses) / len(losses))
+
+
 def read_loss_curve(run_dir: Path) -> list[dict]:
     """(step, train/loss, val/loss) rows from the CSV logger's metrics.csv."""
     import csv

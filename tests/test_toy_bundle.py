@@ -1,0 +1,91 @@
+"""The shipped toy base (data/toy_base): its manifest pins every file, the default sample config rebuilds the
+denoiser it holds and loads it strictly, and a missing, truncated, replaced or mismatched file stops before any
+model work with an error that names the file and what differs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from scail_lab.build import build_encoder, build_model, model_signature
+from scail_lab.checkpoints.bundle import MANIFEST, sha256_file, verify_bundle
+from scail_lab.encoders.light_vae import LightVAE
+from scail_lab.metrics.joint_estimator import JointHeatmapEstimator
+from tests.conftest import CONFIGS
+from tools.toy_stages import BASE_WEIGHTS, BUNDLE, JOINT_FILE, VAE_FILE, budget_from_dict
+
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def sample_cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("sample", overrides=list(overrides))
+
+
+def test_manifest_pins_every_shipped_file():
+    manifest = json.loads((BUNDLE / MANIFEST).read_text())
+    assert set(manifest["files"]) == {BASE_WEIGHTS, VAE_FILE, "light_vae.json", JOINT_FILE}
+    assert set(p.name for p in BUNDLE.iterdir()) == {*manifest["files"], MANIFEST}
+    for name, record in manifest["files"].items():
+        assert (BUNDLE / name).stat().st_size == record["bytes"] <= MAX_BYTES, name
+        assert sha256_file(BUNDLE / name) == record["sha256"], name
+    assert manifest["held_out_family"] not in manifest["budget"]["families"]
+    for key in ("command", "seeds", "train", "test_metrics", "model_config", "budget"):
+        assert manifest[key], key
+
+
+def test_the_default_sample_config_rebuilds_the_base_and_loads_it_strictly():
+    cfg = sample_cfg()
+    model = build_model(cfg)  # checks the bundle, then strict loading (every key, every shape)
+    manifest = verify_bundle(BUNDLE)
+    assert model_signature(model) == manifest["model_config"]
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(BUNDLE / BASE_WEIGHTS))
+    assert set(shipped) == set(model.state_dict())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, shipped[name].to(value.dtype)), name
+    encoder = build_encoder(cfg, model)
+    assert isinstance(encoder.vae, LightVAE) and encoder.spatial_factor == 4
+    budget = budget_from_dict(manifest["budget"])
+    assert (cfg.pipeline.height, cfg.pipeline.width) == (budget.size, budget.size)
+    assert cfg.pipeline.num_steps == budget.sample_steps and cfg.sampler.shift == budget.shift
+    joints = JointHeatmapEstimator.load(BUNDLE / JOINT_FILE)
+    assert joints.heldout["test"]["mean_px"] < 2.0
+
+
+@pytest.fixture
+def bundle_copy(tmp_path):
+    folder = tmp_path / "toy_base"
+    shutil.copytree(BUNDLE, folder)
+    return folder
+
+
+def test_a_truncated_weight_file_is_named_before_any_model_is_built(bundle_copy):
+    path = bundle_copy / BASE_WEIGHTS
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{BASE_WEIGHTS}: \d+ bytes, the manifest says \d+ \(truncated"):
+        build_model(sample_cfg(f"weights={path}"))
+
+
+def test_a_replaced_file_of_the_same_size_is_caught_by_its_hash(bundle_copy):
+    path = bundle_copy / VAE_FILE
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    cfg = sample_cfg(f"weights={bundle_copy / BASE_WEIGHTS}", f"vae.path={path}")
+    with pytest.raises(ValueError, match=rf"{VAE_FILE}: sha256 .* differs from the manifest"):
+        build_model(cfg)
+
+
+def test_a_missing_file_and_a_mismatched_config_are_named(bundle_copy):
+    (bundle_copy / JOINT_FILE).unlink()
+    with pytest.raises(ValueError, match=rf"{JOINT_FILE}: listed in MANIFEST.json but missing"):
+        build_model(sample_cfg(f"weights={bundle_copy / BASE_WEIGHTS}"))
+    shutil.copyfile(BUNDLE / JOINT_FILE, bundle_copy / JOINT_FILE)
+    with pytest.raises(ValueError, match=r"model config differs .*rope: 'shared' here vs 'scail2' in the bundle"):
+        build_model(sample_cfg(f"weights={bundle_copy / BASE_WEIGHTS}", "rope=shared"))
