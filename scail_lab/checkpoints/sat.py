@@ -82,10 +82,6 @@ class SatPart:
     parts: int = 1
 
 
-def is_sat_key(key: str) -> bool:
-    return key.startswith(SAT_PREFIX)
-
-
 def sat_to_wan_keys(sat_key: str) -> tuple[str, ...]:
     """Wan key(s) of one SAT key (several when the SAT tensor is fused). Unknown keys raise ValueError."""
     if not sat_key.startswith(SAT_PREFIX):

@@ -38,11 +38,6 @@ class Conditions:
                    if isinstance(getattr(self, f.name), Tensor)}  # fmt: skip
         return self.replace(**changes)
 
-    def frames(self, start: int, stop: int) -> Conditions:
-        """The driving-side conditions of latent frames [start, stop) (for long-video segments)."""
-        dm = None if self.driving_mask is None else self.driving_mask[:, :, start:stop]
-        return self.replace(pose_latents=self.pose_latents[:, :, start:stop], driving_mask=dm)
-
 
 class ConditionBuilder:
     """Assemble DiTInputs; owns the history mask convention."""

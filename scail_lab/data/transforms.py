@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,8 +177,3 @@ def resize_cover_crop(frames: np.ndarray, size: tuple[int, int], nearest: bool =
         out[start : start + RESIZE_CHUNK] = x[:, :, top : top + th, left : left + tw]
     return out.permute(0, 2, 3, 1).reshape(*lead, th, tw, c).numpy()
 
-
-def frame_buckets_for(num_frames: Sequence[int] | int) -> tuple[int, ...]:
-    """Normalise an int or a list of frame counts into validated frame buckets."""
-    values = [num_frames] if isinstance(num_frames, int) else list(num_frames)
-    return tuple(check_frame_count(int(n), "frame bucket") for n in values)
