@@ -240,15 +240,27 @@ def test_every_training_config_group_composes():
             assert cfg.trainer.max_steps > 0, (group, option)
 
 
-def test_sweep_summary_table_and_plot(tmp_path):
-    for i, (loss, override) in enumerate([(0.5, "interface=scail2"), (0.7, "interface=channel_concat")]):
+def test_sweep_summary_labels_arms_by_what_differs_and_aggregates_seeds(tmp_path):
+    """Arms are labelled by their own overrides (not the shared ones, not the seed); seeds of an arm aggregate to a
+    mean with a 95% t-interval; differences to the baseline arm are paired by seed."""
+    common = ["trainer.max_steps=3", "optimizer.lr=1e-3"]
+    runs = [("interface=scail2", 0, 0.50), ("interface=scail2", 1, 0.60),
+            ("interface=channel_concat", 0, 0.70), ("interface=channel_concat", 1, 0.90)]  # fmt: skip
+    for i, (arm, seed, loss) in enumerate(runs):
         run = tmp_path / str(i)
         run.mkdir()
-        (run / "metrics.json").write_text(json.dumps({"metrics": {"train/loss": loss}, "overrides": [override]}))
-    rows = write_summary(tmp_path, ["train/loss"])
-    assert [r["train/loss"] for r in rows] == [0.5, 0.7]
-    assert "interface=channel_concat" in (tmp_path / "sweep_summary.md").read_text()
-    assert (tmp_path / "sweep_summary.csv").read_text().count("\n") == 3
+        overrides = [*common, arm, f"seed={seed}"]
+        (run / "metrics.json").write_text(json.dumps({"metrics": {"train/loss": loss}, "overrides": overrides}))
+    rows = write_summary(tmp_path, ["train/loss"], baseline="interface=scail2")
+    assert [r["arm"] for r in rows] == ["interface=scail2"] * 2 + ["interface=channel_concat"] * 2
+    table = (tmp_path / "sweep_summary.md").read_text()
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| interface")}
+    # scail2: mean 0.55, t-interval 12.706 * 0.0707 / sqrt(2) = 0.6353; channel_concat: diffs +0.2, +0.3 -> +0.25
+    assert "0.55 ± 0.6353 [0.5, 0.6]" in lines["interface=scail2"]
+    assert "0.8 ± 1.271 [0.7, 0.9]" in lines["interface=channel_concat"]
+    assert "+0.25 ± 0.635" in lines["interface=channel_concat"]
+    assert "max_steps" not in table and "seed" not in table.split("Baseline")[1].split("|")[1]
+    assert (tmp_path / "sweep_summary.csv").read_text().count("\n") == 5
     assert (tmp_path / "sweep_summary.png").stat().st_size > 1000
 
 
