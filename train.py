@@ -96,7 +96,7 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg)
     needs_encoder = cfg.data.kind == "pixel" or bool(cfg.validation.examples)
     encoder = build_encoder(cfg, model) if needs_encoder else None
-    scheme = data_mask_scheme(model)
+    scheme = data_mask_scheme(model)  # the one source of the mask scheme: the model's (`mask` group); data configs have none
     train_loader = instantiate(cfg.data, _partial_=True, mask_scheme=scheme, seed=cfg.seed,
                                report_dir=str(out / "data_report"))  # fmt: skip
     val_loader = (
