@@ -67,6 +67,34 @@ def overfit(model: torch.nn.Module, lr: float, steps: int = 60) -> list[float]:
     return history
 
 
+@pytest.fixture(scope="module")
+def straight_14_steps(tmp_path_factory):
+    """An uninterrupted run over 6-batch epochs with a checkpoint after every step."""
+    run = tmp_path_factory.mktemp("straight")
+    train(config(run, *EPOCH_RUN))
+    return run
+
+
+EPOCH_RUN = ("data.num_batches=6", "trainer.max_steps=14", "optimizer.total_steps=14", "checkpointing.every_n_steps=1",
+             "trainer.val_check_interval=1000")  # fmt: skip
+
+
+@pytest.mark.parametrize("step", [3, 5, 6, 7, 12])
+def test_resume_is_exact_from_every_kind_of_point(step, straight_14_steps, tmp_path):
+    """Mid-epoch (3), the epoch's second-to-last (5) and last batch (6, 12), the next epoch's first batch (7): the
+    resumed losses equal the uninterrupted run's bit for bit. A checkpoint on an epoch's last batch used to re-open
+    the finished epoch, skip all of it, and then skip the next epoch too (data epochs [0, 2, ...])."""
+    reference = losses(straight_14_steps)
+    checkpoint = straight_14_steps / "checkpoints" / f"step{step:07d}.ckpt"
+    state = torch.load(checkpoint, weights_only=False)["MotionPairDataModule"]
+    assert state == {"data_epoch": step // 6 - (step % 6 == 0), "consumed_in_epoch": (step - 1) % 6 + 1,
+                     "epoch_done": step % 6 == 0}  # fmt: skip
+    train(config(tmp_path, *EPOCH_RUN, f"resume={checkpoint}"))
+    after = losses(tmp_path)
+    assert sorted(after) == list(range(step, 14))
+    assert {s: after[s] for s in after} == {s: reference[s] for s in after}
+
+
 def test_overfitting_one_batch_drops_the_loss_tenfold():
     torch.manual_seed(0)
     history = overfit(SCAILDiT(tiny_config(dim=64, num_layers=2)), lr=5e-3)
@@ -465,3 +493,36 @@ def test_ema_under_a_sharding_strategy_is_refused_before_any_model_is_built(tmp_
     with pytest.raises(ValueError, match=f"strategy {strategy} shards them"):
         train(config(tmp_path, "ema.enabled=true", f"strategy={strategy}"))
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def pixel_shards(tmp_path_factory) -> str:
+    from scail_lab.data import make_shards
+    from tests.test_data_fixtures import write_synthetic
+
+    root = tmp_path_factory.mktemp("pixel_world")
+    write_synthetic(root / "folders", 8)
+    return make_shards(root / "folders", root / "shards", samples_per_shard=4, progress=False)["pattern"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers,resampled", [(0, False), (2, False), (2, True)])
+def test_resume_on_real_shards_at_an_epoch_end_and_mid_epoch(workers, resampled, pixel_shards, tmp_path):
+    """The real loader (pixel shards, augmentation on, 0 or 2 workers, resampled shards): resuming from the last batch
+    of an epoch (step 4 of 4-batch epochs) and from mid-epoch (step 6) gives the uninterrupted run's losses exactly."""
+    run = ["data._target_=scail_lab.data.build_dataloader", f"data.shards='{pixel_shards}'", "data.kind=pixel",
+           f"data.num_workers={workers}", f"data.resampled={str(resampled).lower()}", "data.samples_per_epoch=8",
+           "data.sampling.frame_buckets=[9]", "trainer.max_steps=9", "optimizer.total_steps=9",
+           "checkpointing.every_n_steps=1", "trainer.val_check_interval=1000"]  # fmt: skip
+    base = [f"+output_dir={tmp_path / 'straight'}", "~val_data", "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false", "checkpointing.keep=-1", "optimizer.warmup_steps=2"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        train(compose("train", overrides=[*base, *run]))
+        reference = losses(tmp_path / "straight")
+        for step in (4, 6):
+            checkpoint = tmp_path / "straight" / "checkpoints" / f"step{step:07d}.ckpt"
+            out = tmp_path / f"from{step}"
+            train(compose("train", overrides=[*base[1:], f"+output_dir={out}", *run, f"resume={checkpoint}"]))
+            after = losses(out)
+            assert sorted(after) == list(range(step, 9))
+            assert {s: after[s] for s in after} == {s: reference[s] for s in after}, step
