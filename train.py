@@ -6,6 +6,7 @@
         trainer.accelerator=gpu trainer.devices=8 trainer.precision=bf16-mixed strategy=deepspeed_zero2
     python train.py -m interface=scail2,channel_concat rope=scail2,shared      # an ablation sweep
     python train.py resume=outputs/<run>/checkpoints/last.ckpt                 # exact resume
+    python train.py +output_dir=outputs/<run> resume=auto                        # the run's newest complete checkpoint
 
 Each run directory holds checkpoints/ (Lightning, for resume), export/ (safetensors + config.json for
 sampling), csv/ metrics, val_videos/, metrics.json (final metrics, read by the sweep summary) and
@@ -28,8 +29,10 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from scail_lab.build import build_encoder, build_model, build_pipeline, data_mask_scheme, plain
+from scail_lab.data.media import atomic_write_bytes
 from scail_lab.data.report import write_data_report
 from scail_lab.training.callbacks import ExportWeights, Throughput, ValidationVideos
+from scail_lab.training.checkpoint_io import AtomicCheckpointIO, checkpoint_problem, find_resume
 from scail_lab.training.data import MotionPairDataModule, data_parallel_factory
 from scail_lab.training.ema import EMA
 from scail_lab.training.lora import LoraSettings
@@ -80,11 +83,30 @@ def check_data_sources(cfg: DictConfig) -> None:
                 )
 
 
+def resume_path(cfg: DictConfig, out: Path) -> str | None:
+    """`resume`: null (start), a checkpoint path (must be complete), or `auto`: the newest complete checkpoint of this
+    run's checkpoints/ (none: start from scratch), saying which newer ones were skipped and why."""
+    resume = cfg.get("resume")
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        found, skipped = find_resume(out / "checkpoints")
+        for path, reason in skipped:
+            log.warning("resume=auto: skipping %s: %s", path, reason)
+        log.info("resume=auto: %s", f"resuming from {found}" if found else "no complete checkpoint, starting fresh")
+        return None if found is None else str(found)
+    problem = checkpoint_problem(resume)
+    if problem is not None:
+        raise ValueError(f"resume={resume}: {problem}; resume=auto picks the newest complete checkpoint of the run")
+    return str(resume)
+
+
 def train(cfg: DictConfig) -> dict:
     """Build everything (config errors surface here, before any step), fit, export, return final metrics."""
     L.seed_everything(cfg.seed, workers=True)
     check_data_sources(cfg)
     out = output_dir(cfg)
+    resume = resume_path(cfg, out)
     optimizer = OptimizerConfig(**plain(cfg.optimizer))
     lora = LoraSettings(**plain(cfg.lora))
     if cfg.ema.enabled and cfg.strategy.name in ("deepspeed_zero3", "fsdp"):  # they shard what the average follows
@@ -127,14 +149,14 @@ def train(cfg: DictConfig) -> dict:
     if val_loader is None:
         trainer_options["limit_val_batches"] = 0
     trainer = L.Trainer(**trainer_options, strategy=strategy, logger=loggers(cfg, out), callbacks=callbacks,
-                        default_root_dir=str(out))  # fmt: skip
+                        default_root_dir=str(out), plugins=[AtomicCheckpointIO()])  # fmt: skip
     datamodule = MotionPairDataModule(train_loader, val_loader)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         record = {"metrics": metrics, "step": trainer.global_step, "overrides": overrides}
-        (out / "metrics.json").write_text(json.dumps(record, indent=2))
+        atomic_write_bytes(out / "metrics.json", json.dumps(record, indent=2).encode())
         if (out / "data_report").is_dir():
             report = write_data_report(out / "data_report", out)
             for warning in report["warnings"]:

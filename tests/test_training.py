@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ from safetensors.torch import load_file
 from scail_lab.conditioning import Conditions
 from scail_lab.diffusion.objective import FlowMatchingObjective
 from scail_lab.model.dit import SCAILDiT
+from scail_lab.training.checkpoint_io import checkpoint_problem, find_resume
 from scail_lab.training.module import NonFiniteLossError
 from scail_lab.training.sweeps import write_summary
 from tests.conftest import CONFIGS, REPO, randomize_, tiny_config
@@ -325,6 +330,8 @@ def test_two_process_deepspeed_on_cpu_completes_exports_and_its_checkpoint_reloa
     assert 0.0 < json.loads((out / "metrics.json").read_text())["metrics"]["val_video/psnr"] < 60.0
     checkpoint = out / "checkpoints" / "last.ckpt"
     assert checkpoint.is_dir()  # DeepSpeed writes a directory (renamed into place when complete)
+    assert checkpoint_problem(checkpoint) is None and (checkpoint / "SCAIL_COMPLETE").is_file()
+    assert not list((out / "checkpoints").glob("*.tmp")) and not list((out / "checkpoints").glob("*.old"))
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
@@ -387,24 +394,73 @@ def test_validation_videos_go_through_the_inference_pipeline_with_metrics(tmp_pa
     assert 0.0 < metrics["val_video/psnr"] < 60.0 and "val_video/ssim" in metrics
 
 
-def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
-    """Checkpoint writes go through a temporary file; a crash during the write never replaces a good file."""
-    from fsspec.implementations.local import LocalFileOpener
-    from lightning.fabric.utilities.cloud_io import _atomic_save
+KILL_IN_SAVE = """
+import os, signal, sys, torch
+sys.path.insert(0, {repo!r})
+real_save, saves = torch.save, []
 
-    path = tmp_path / "last.ckpt"
-    _atomic_save({"step": 1, "w": torch.ones(1000)}, path)
-    good = path.read_bytes()
+def dying_save(obj, handle, *args, **kwargs):  # the second save of last.ckpt writes half its bytes, then SIGKILL
+    name = getattr(handle, "name", "")
+    saves.append(name)
+    if "last.ckpt" in str(name) and sum("last.ckpt" in str(n) for n in saves) == 2:
+        import io
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, handle, *args, **kwargs)
 
-    def dying_write(self, data):
-        self.f.write(data[: len(data) // 2])
-        raise KeyboardInterrupt("killed while writing")
+torch.save = dying_save
+from tests.test_training import config
+from train import train
+train(config({out!r}, "trainer.max_steps=6", "optimizer.total_steps=6", "checkpointing.every_n_steps=2",
+             "checkpointing.keep=-1"))
+"""
 
-    monkeypatch.setattr(LocalFileOpener, "write", dying_write)
-    with pytest.raises(KeyboardInterrupt):
-        _atomic_save({"step": 2, "w": torch.zeros(1000)}, path)
-    assert path.read_bytes() == good
-    assert torch.load(path, weights_only=True)["step"] == 1
+
+def test_a_kill_inside_a_save_keeps_the_last_good_checkpoint_and_resume_auto_uses_it(tmp_path):
+    """A real SIGKILL halfway through writing last.ckpt, with $TMPDIR on another filesystem (/dev/shm): last.ckpt
+    is still the previous complete checkpoint (writes go to a temp file in the checkpoint folder, fsync, rename);
+    resume=auto picks the newest complete checkpoint, and the resumed losses equal the uninterrupted run's."""
+    straight = tmp_path / "straight"
+    train(config(straight, "trainer.max_steps=6", "optimizer.total_steps=6", "checkpointing.every_n_steps=2"))
+    reference = losses(straight)
+    out = tmp_path / "killed"
+    tmpdir = Path(tempfile.mkdtemp(dir="/dev/shm")) if Path("/dev/shm").is_dir() else tmp_path / "tmpdir"
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_SAVE.format(repo=str(REPO), out=str(out))], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    last = out / "checkpoints" / "last.ckpt"
+    assert checkpoint_problem(last) is None and torch.load(last, weights_only=False)["global_step"] == 2
+    assert list((out / "checkpoints").glob(".last.ckpt.tmp-*"))  # the half-written temp file, never renamed
+    found, skipped = find_resume(out / "checkpoints")  # step 4's own file was complete before last.ckpt's save
+    assert found.name == "step0000004.ckpt" and torch.load(found, weights_only=False)["global_step"] == 4
+    assert skipped == []
+    train(config(out, "trainer.max_steps=6", "optimizer.total_steps=6", "checkpointing.every_n_steps=2",
+                 "resume=auto"))  # fmt: skip
+    after = losses(out)
+    for step in range(4, 6):
+        assert after[step] == pytest.approx(reference[step], rel=1e-6), step
+    assert not list((out / "checkpoints").glob(".*.tmp-*"))  # the next save removed the stale temp file
+
+
+def test_truncated_checkpoints_are_refused_or_skipped_with_a_reason(tmp_path, caplog):
+    run = tmp_path / "run"
+    train(config(run, "trainer.max_steps=4", "optimizer.total_steps=4", "checkpointing.every_n_steps=2",
+                 "checkpointing.keep=-1"))  # fmt: skip
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100_000])
+    with pytest.raises(ValueError, match=r"resume=.*last.ckpt: not a complete checkpoint archive"):
+        train(config(run, f"resume={last}", "trainer.max_steps=6", "optimizer.total_steps=6"))
+    with caplog.at_level("WARNING", logger="train"):
+        found, skipped = find_resume(run / "checkpoints")
+    assert found.name == "step0000004.ckpt" and [p.name for p, _ in skipped] == ["last.ckpt"]
+    folder = run / "checkpoints" / "ds_like"
+    folder.mkdir()
+    (folder / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    assert "no SCAIL_COMPLETE marker" in checkpoint_problem(folder)
 
 
 @pytest.mark.slow

@@ -346,10 +346,8 @@ def stage_train(
     import train
 
     cfg = compose_config("train", [*train_overrides(budget, vae_path, out, data_kind, folder, seed), *extra])
-    last = folder / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        log.info("[train] resuming from %s", last)
-        cfg.resume = str(last)
+    if (folder / "checkpoints").is_dir():  # a killed run: its newest complete checkpoint
+        cfg.resume = "auto"
     start = time.perf_counter()
     metrics = train.train(cfg)
     seconds = time.perf_counter() - start

@@ -16,6 +16,9 @@ import torch
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
 
+from scail_lab.data.media import fsync_dir
+from scail_lab.training.checkpoint_io import COMPLETE_MARKER
+
 log = logging.getLogger(__name__)
 NAMES = ("auto", "single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp")
 
@@ -43,20 +46,31 @@ def deepspeed_config(
 
 
 class AtomicDeepSpeedMixin:
-    """Write DeepSpeed checkpoint directories under a temporary name and rename when complete."""
+    """Write DeepSpeed checkpoint directories under a temporary name, mark them complete, then swap them in.
+
+    A folder counts as a checkpoint only with its marker (`checkpoint_io.COMPLETE_MARKER`, written after every rank
+    finished); the previous folder is renamed aside before the new one takes its name, so at every moment one
+    complete checkpoint exists under the final or the `.old` name."""
 
     def save_checkpoint(self, checkpoint, filepath, storage_options=None):
         final = Path(filepath)
-        tmp = final.with_name(final.name + ".tmp")
+        tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
         if self.is_global_zero and tmp.exists():
             shutil.rmtree(tmp)
         self.barrier("atomic_ds_save_start")
         super().save_checkpoint(checkpoint, str(tmp), storage_options)
         self.barrier("atomic_ds_save_written")
         if self.is_global_zero:
+            (tmp / COMPLETE_MARKER).write_text("complete\n")
+            fsync_dir(tmp)
+            if old.exists():
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
             if final.exists():
-                shutil.rmtree(final) if final.is_dir() else final.unlink()
+                os.replace(final, old)
             os.replace(tmp, final)
+            fsync_dir(final.parent)
+            if old.exists():
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
         self.barrier("atomic_ds_save_done")
 
 
