@@ -41,7 +41,7 @@ def test_folder_epoch_counts_and_skips(world, tmp_path):
     keys = run_epoch(tmp_path / "rep", folders=folders, batch_size=4)
     assert sorted(keys) == sorted(p.name for p in world["good"])
     report = summarize(tmp_path / "rep")
-    assert report["epochs"] == {"0": {"sources": 8, "decoded": 6, "skipped": 2, "full": 1, "partial": 1}}
+    assert report["epochs"] == {"0": {"sources": 8, "decoded": 6, "skipped": 2, "shard_problems": 0, "full": 1, "partial": 1}}
     assert report["skipped_unique"] == 2
     skipped = {item["key"]: item for item in report["skipped"]}
     assert set(skipped) == {"train_000100", "train_000101"}

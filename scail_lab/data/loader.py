@@ -40,7 +40,7 @@ from scail_lab.data.folders import collect_folder, find_sample_folders, sample_k
 from scail_lab.data.latents import latent_sample
 from scail_lab.data.pixels import batch_signature, collate, pixel_sample
 from scail_lab.data.report import WorkerReport
-from scail_lab.data.shards import iter_shard, list_shards
+from scail_lab.data.shards import iter_shard, list_shards, shard_index, verify_sample_checksums
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets
 from scail_lab.model.masks import BinaryMaskScheme, ColourMaskScheme, MaskScheme, NoMaskScheme
 
@@ -106,6 +106,7 @@ class MotionPairStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         report_dir: str | os.PathLike | None = None,
+        verify_checksums: bool = True,
     ) -> None:
         super().__init__()
         if (shards is None) == (folders is None):
@@ -132,6 +133,7 @@ class MotionPairStream(IterableDataset):
         self.drop_last, self.seed = drop_last, int(seed)
         self.rank, self.world_size = rank, world_size
         self.report_dir = report_dir
+        self.verify_checksums = bool(verify_checksums)
         self.report: WorkerReport | None = None  # set per worker and epoch in __iter__
         self.epoch = 0
 
@@ -194,10 +196,33 @@ class MotionPairStream(IterableDataset):
                     self._skipped(Path(source).name, source, "folder", exc)
                     continue
             else:
-                raws = iter_shard(source, lambda exc, s=source: self._skipped(Path(s).name, s, "shard", exc))
+                raws = self._shard_samples(source)
             for raw in raws:
                 raw.setdefault(schema.URL, source)
                 yield raw
+
+    def _shard_problem(self, source: str, problem: str) -> None:
+        logger.warning("shard %s: %s", source, problem)
+        if self.report is not None:
+            self.report.shard_problem(source, problem)
+
+    def _shard_samples(self, source: str) -> Iterator[dict]:
+        """The samples of one shard; a read error, an empty tar and every sample its index promised but the tar no
+        longer holds (cut off with a truncated end) are reported, each once."""
+        errors: list[str] = []
+        seen: set[str] = set()
+        for raw in iter_shard(source, lambda exc: errors.append(f"{type(exc).__name__}: {exc}")):
+            seen.add(str(raw.get(schema.KEY)))
+            yield raw
+        if errors:
+            self._shard_problem(source, f"read error after {len(seen)} samples ({errors[0]})")
+        elif not seen:
+            self._shard_problem(source, "a valid tar with no samples")
+        promised = shard_index(source)
+        for key in (promised or []):
+            if key not in seen:
+                self._skipped(key, source, "missing", ValueError(f"listed in {Path(source).with_suffix('.json').name} "
+                                                                 "but not found in the tar (truncated or damaged)"))  # fmt: skip
 
     def _shuffled(self, samples: Iterator[dict], rng: np.random.Generator) -> Iterator[dict]:
         if not self.shuffle or self.shuffle_buffer <= 1:
@@ -226,6 +251,14 @@ class MotionPairStream(IterableDataset):
 
     def _decoded(self, raws: Iterator[dict]) -> Iterator[dict]:
         for raw in raws:
+            if self.verify_checksums and not self.from_folders:
+                try:
+                    verified = verify_sample_checksums(raw)
+                except ValueError as exc:
+                    self._skipped(str(raw.get(schema.KEY, "?")), raw.get(schema.URL), "checksum", exc)
+                    continue
+                if not verified and self.report is not None:
+                    self.report.unverified()
             try:
                 sample = self.decode(raw)
             except (ValueError, KeyError) as exc:
@@ -316,6 +349,7 @@ def build_dataloader(
     pin_memory: bool = False,
     start_epoch: int = 0,
     report_dir: str | os.PathLike | None = None,
+    verify_checksums: bool = True,
 ) -> EpochDataLoader:
     """The motion-pair training loader (an iterable of batch dicts; see the module docstring).
 
@@ -328,7 +362,7 @@ def build_dataloader(
         shards=shards, folders=folders, kind=kind, batch_size=batch_size, sampling=sampling, buckets=buckets,
         augment=augment, mask_scheme=mask_scheme, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
         resampled=resampled, samples_per_epoch=samples_per_epoch, drop_last=drop_last, seed=seed, rank=rank,
-        world_size=world_size, report_dir=report_dir,
+        world_size=world_size, report_dir=report_dir, verify_checksums=verify_checksums,
     )  # fmt: skip
     extra = {"prefetch_factor": 2, "persistent_workers": False} if num_workers > 0 else {}
     return EpochDataLoader(

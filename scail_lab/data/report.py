@@ -56,7 +56,8 @@ class WorkerReport:
         self._last_flush = -float("inf")
         self.data: dict[str, Any] = {
             "epoch": int(epoch), "rank": int(rank), "worker": int(worker), "kind": kind,
-            "sources": 0, "decoded": 0, "skipped": [], "batches": {"full": 0, "partial": 0},
+            "sources": 0, "decoded": 0, "skipped": [], "shard_problems": [], "unverified": 0,
+            "batches": {"full": 0, "partial": 0},
             "counters": {name: {} for name in ("mode", "shape", "fps", "resize", "history", "caption")},
             "kept_area_sum": 0.0, "kept_area_n": 0,
         }  # fmt: skip
@@ -74,8 +75,19 @@ class WorkerReport:
         self.data["sources"] += 1
 
     def skipped(self, key: str, source: str | None, stage: str, reason: str) -> None:
+        """A sample that was not trained on (stage: folder, decode, checksum, missing)."""
         self.data["skipped"].append({"key": key, "source": source, "stage": stage, "reason": reason})
         self.flush(force=True)
+
+    def shard_problem(self, source: str, problem: str) -> None:
+        """A shard-level problem (read error, empty tar), counted once per shard and epoch."""
+        if not any(p["source"] == source for p in self.data["shard_problems"]):
+            self.data["shard_problems"].append({"source": source, "problem": problem})
+            self.flush(force=True)
+
+    def unverified(self) -> None:
+        """A sample without checksums (made before shards recorded them): read, but not verified."""
+        self.data["unverified"] += 1
 
     def decoded(self, sample: Mapping) -> None:
         """Count one training sample (pixel or latent, see schema's batch keys)."""
@@ -123,15 +135,21 @@ def summarize(root: str | Path) -> dict:
     counters: dict[str, dict[str, int]] = {}
     skipped: dict[str, dict] = {}
     reasons: Counter = Counter()
+    shard_problems: dict[str, dict] = {}
+    unverified = 0
     kept_sum = kept_n = 0.0
     for path in files:
         part = json.loads(path.read_text())
         e = epochs.setdefault(
-            part["epoch"], {"sources": 0, "decoded": 0, "skipped": 0, "full": 0, "partial": 0}
+            part["epoch"], {"sources": 0, "decoded": 0, "skipped": 0, "shard_problems": 0, "full": 0, "partial": 0}
         )
         e["sources"] += part["sources"]
         e["decoded"] += part["decoded"]
         e["skipped"] += len(part["skipped"])
+        e["shard_problems"] += len(part.get("shard_problems", []))
+        unverified += part.get("unverified", 0)
+        for item in part.get("shard_problems", []):
+            shard_problems.setdefault(item["source"], item)
         e["full"] += part["batches"]["full"]
         e["partial"] += part["batches"]["partial"]
         for name, table in part["counters"].items():
@@ -150,14 +168,21 @@ def summarize(root: str | Path) -> dict:
         "skipped_unique": len(skipped),
         "skip_reasons": dict(reasons.most_common()),
         "skipped": sorted(skipped.values(), key=lambda item: item["key"]),
-        "warnings": _warnings(counters, len(skipped)),
+        "shard_problems": sorted(shard_problems.values(), key=lambda item: item["source"]),
+        "unverified_samples": unverified,
+        "warnings": _warnings(counters, len(skipped), len(shard_problems), unverified),
     }
 
 
-def _warnings(counters: Mapping[str, Mapping[str, int]], skipped: int) -> list[str]:
+def _warnings(counters: Mapping[str, Mapping[str, int]], skipped: int, shards: int = 0, unverified: int = 0) -> list[str]:
     out = []
     if skipped:
         out.append(f"{skipped} samples were skipped (see the skip table)")
+    if shards:
+        out.append(f"{shards} shards had problems (see the shard table)")
+    if unverified:
+        out.append(f"{unverified} samples carried no checksums and were not verified (shards made before "
+                   "checksums were recorded: rebuild them to protect against silent corruption)")  # fmt: skip
     if counters.get("resize", {}).get("upscale"):
         out.append(f"{counters['resize']['upscale']} samples were upscaled to fit their bucket")
     retimed = sum(n for k, n in counters.get("fps", {}).items() if k.split(" -> ")[0] != k.split(" -> ")[-1])
@@ -176,12 +201,11 @@ def _table(title: str, table: Mapping[str, int]) -> list[str]:
 def to_markdown(report: Mapping) -> str:
     lines = ["# Data report", ""]
     lines += [f"- warning: {w}" for w in report["warnings"]] or ["- no warnings"]
-    lines += ["", "| epoch | sources | samples decoded | skipped | full batches | partial batches |",
-              "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| epoch | sources | samples decoded | samples skipped | shards with problems | full batches | "
+              "partial batches |", "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for epoch, e in report["epochs"].items():
-        lines.append(
-            f"| {epoch} | {e['sources']} | {e['decoded']} | {e['skipped']} | {e['full']} | {e['partial']} |"
-        )
+        lines.append(f"| {epoch} | {e['sources']} | {e['decoded']} | {e['skipped']} | {e.get('shard_problems', 0)} | "
+                     f"{e['full']} | {e['partial']} |")  # fmt: skip
     lines.append("")
     titles = {"shape": "Shapes (frames x H x W)", "mode": "Modes", "fps": "fps (source -> sampled)",
               "resize": "Bucket fit", "history": "History latent frames", "caption": "Captions (text dropout)"}  # fmt: skip
@@ -190,6 +214,10 @@ def to_markdown(report: Mapping) -> str:
             lines += _table(title, report["counters"][name])
     if report["mean_kept_area"] is not None:
         lines += [f"Mean area kept by the cover crop: {report['mean_kept_area']:.1%}", ""]
+    if report.get("shard_problems"):
+        lines += ["### Shards with problems", "", "| shard | problem |", "|---|---|"]
+        lines += [f"| {p['source']} | {p['problem'].replace('|', '/')} |" for p in report["shard_problems"]]
+        lines.append("")
     if report["skipped"]:
         lines += ["### Skipped samples", "", "| key | stage | reason |", "|---|---|---|"]
         for item in report["skipped"][:MAX_LISTED_SKIPS]:

@@ -118,6 +118,7 @@ F_TARGET_MASK = "target_mask.mp4"
 F_CAPTION = "caption.txt"
 F_META = "meta.json"
 F_GT = "gt.json"
+F_CHECKSUMS = "checksums.json"  # {field: blake2b-128 hex} of every other member of the sample (make_shards)
 IMAGE_FIELD_EXTS = ("jpg", "png", "jpeg")
 
 # latent shards: float arrays stored as .npy (no pickle)

@@ -4,7 +4,8 @@ A shard set is planned up front: job i owns a fixed list of candidate samples (o
 For each job the writer loads every candidate (a loader raising ValueError/FileNotFoundError marks the
 sample bad, with the reason), writes the good ones to `<name>.tar.tmp`, reads the tar back to check the
 member count, then renames it to `<name>.tar` and writes a record `<name>.json` (candidates, written
-keys, skipped keys with reasons, bytes, the job's signature). A rerun skips every job whose tar and
+keys, skipped keys with reasons, bytes, the job's signature, a blake2b checksum of every member). Each sample also
+carries its checksums as a `checksums.json` member, which the loader verifies (`verify_checksums`). A rerun skips every job whose tar and
 record exist with the same signature, so it resumes after a crash without duplicating samples; jobs can
 be split across processes with `part`/`num_parts`. `report.json` aggregates the records of the plan.
 """
@@ -77,22 +78,54 @@ def is_finished(out_dir: Path, job: ShardJob) -> bool:
         return False
 
 
-def _add_sample(tar: tarfile.TarFile, sample: dict) -> int:
-    """Append one sample as members `<key>.<field>` (sorted fields); return the member count."""
-    key = sample[schema.KEY]
-    count = 0
+def checksum(data: bytes) -> str:
+    """blake2b-128 of a member's bytes (about 1 GB/s on one core: negligible next to decoding it)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def member_checksums(sample: dict) -> dict[str, str]:
+    """{field: checksum} of every member of a sample (its own checksum member and __keys__ left out)."""
+    out = {}
     for name in sorted(sample):
-        if name.startswith("__"):
+        if name.startswith("__") or name == schema.F_CHECKSUMS:
             continue
         data = sample[name]
+        out[name] = checksum(data.encode() if isinstance(data, str) else data)
+    return out
+
+
+def verify_sample_checksums(sample: dict) -> bool:
+    """ValueError naming the members whose bytes differ from the checksums written with the sample; False when the
+    sample carries no checksums (shards made before they were recorded), True when every member matches."""
+    record = sample.get(schema.F_CHECKSUMS)
+    if record is None:
+        return False
+    expected = json.loads(record)
+    got = member_checksums(sample)
+    absent = sorted(name for name in expected if name not in got)
+    if absent:
+        raise ValueError(f"incomplete sample: missing member(s) {', '.join(absent)} (a truncated or damaged shard)")
+    bad = sorted(name for name in expected if got[name] != expected[name])
+    if bad:
+        raise ValueError(f"checksum mismatch in {', '.join(bad)} (corrupted in storage or transfer)")
+    return True
+
+
+def _add_sample(tar: tarfile.TarFile, sample: dict) -> tuple[int, dict[str, str]]:
+    """Append one sample as members `<key>.<field>` (sorted fields) plus its checksums member; return the member
+    count and the checksums."""
+    key = sample[schema.KEY]
+    sums = member_checksums(sample)
+    members = {**{name: sample[name] for name in sums}, schema.F_CHECKSUMS: json.dumps(sums, sort_keys=True)}
+    for name in sorted(members):
+        data = members[name]
         if isinstance(data, str):
             data = data.encode()
         info = tarfile.TarInfo(f"{key}.{name}")
         info.size = len(data)
         info.mode = 0o444
         tar.addfile(info, io.BytesIO(data))
-        count += 1
-    return count
+    return len(members), sums
 
 
 def _count_members(path: Path) -> int:
@@ -104,7 +137,7 @@ def write_job(out_dir: Path, job: ShardJob) -> dict:
     """Load, validate and stream one shard to a temp file; check it; rename it into place; write its record."""
     final = out_dir / f"{job.name}.tar"
     tmp = out_dir / f".{job.name}.tar.tmp"
-    keys, skipped, members = [], {}, 0
+    keys, skipped, members, sums = [], {}, 0, {}
     try:
         with tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, load in job.units():
@@ -118,7 +151,8 @@ def write_job(out_dir: Path, job: ShardJob) -> dict:
                     if key + suffix in keys:
                         raise ValueError(f"duplicate sample key {key + suffix!r} in shard {job.name}")
                     sample[schema.KEY] = key + suffix
-                    members += _add_sample(tar, sample)
+                    count, sums[key + suffix] = _add_sample(tar, sample)
+                    members += count
                     keys.append(key + suffix)
         found = _count_members(tmp)
         if found != members:  # never publish a truncated shard
@@ -135,6 +169,7 @@ def write_job(out_dir: Path, job: ShardJob) -> dict:
         "samples": keys,
         "skipped": skipped,
         "bytes": size,
+        "checksums": sums,  # {key: {field: blake2b-128}}, also inside each sample as checksums.json
     }
     atomic_write_bytes(_record_path(out_dir, job.name), json.dumps(record, indent=1).encode())
     return record
@@ -312,6 +347,17 @@ def iter_shard(url: str, on_error: Callable[[Exception], None] | None = None) ->
         return True
 
     yield from wds.tariterators.tarfile_samples([{"url": url}], handler=warn)
+
+
+def shard_index(url: str) -> list[str] | None:
+    """The sample keys a local shard's record (`<name>.json` beside `<name>.tar`) promises, or None without one."""
+    record = Path(url).with_suffix(".json")
+    if not record.is_file():
+        return None
+    try:
+        return list(json.loads(record.read_text()).get("samples", []))
+    except (json.JSONDecodeError, OSError):
+        return None
 
 
 def list_shards(pattern: str | Sequence[str]) -> list[str]:
