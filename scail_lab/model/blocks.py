@@ -180,16 +180,17 @@ class Head(nn.Module):
 
 
 class ImageProjection(nn.Module):
-    """CLIP tokens -> model dim: LN, Linear, GELU, Linear, LN (keys img_emb.proj.{0,1,3,4})."""
+    """CLIP tokens -> model dim: LN, Linear, GELU, Linear, LN (keys img_emb.proj.{0,1,3,4}); the norms in fp32, so
+    resident bf16 weights work with fp32 CLIP tokens on any device."""
 
     def __init__(self, clip_dim: int, dim: int) -> None:
         super().__init__()
         self.proj = nn.Sequential(
-            nn.LayerNorm(clip_dim),
+            FP32LayerNorm(clip_dim),
             nn.Linear(clip_dim, clip_dim),
             nn.GELU(),
             nn.Linear(clip_dim, dim),
-            nn.LayerNorm(dim),
+            FP32LayerNorm(dim),
         )
 
     def forward(self, clip_emb: Tensor) -> Tensor:
