@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scail_lab.data import FrameSampling, LatentCacher, ResolutionBuckets, resolve_mask_scheme  # noqa: E402
 from scail_lab.data.caching import make_latent_shards  # noqa: E402
-from scail_lab.data.loader import MASK_SCHEME_NAMES  # noqa: E402
 from scail_lab.data.shards import summarize  # noqa: E402
+from scail_lab.model.masks import MASK_SCHEME_NAMES  # noqa: E402
 
 
 def parse_buckets(text: str) -> tuple[tuple[int, int], ...]:

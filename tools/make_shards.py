@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scail_lab.data.loader import MASK_SCHEME_NAMES  # noqa: E402
 from scail_lab.data.shards import make_shards, require_masks_for, summarize  # noqa: E402
+from scail_lab.model.masks import MASK_SCHEME_NAMES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,24 +42,11 @@ from scail_lab.data.pixels import batch_signature, collate, pixel_sample
 from scail_lab.data.report import WorkerReport
 from scail_lab.data.shards import iter_shard, list_shards, shard_index, verify_sample_checksums
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets
-from scail_lab.model.masks import BinaryMaskScheme, ColourMaskScheme, MaskScheme, NoMaskScheme
+from scail_lab.model.masks import MaskScheme, resolve_mask_scheme
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("pixel", "latent")
-MASK_SCHEME_NAMES = {"colour": ColourMaskScheme, "color28": ColourMaskScheme, "binary": BinaryMaskScheme,
-                     "binary4": BinaryMaskScheme, "none": NoMaskScheme}  # fmt: skip
-
-
-def resolve_mask_scheme(scheme: str | MaskScheme) -> MaskScheme:
-    """A MaskScheme instance, or a name: colour|color28, binary|binary4, none."""
-    if isinstance(scheme, MaskScheme):
-        return scheme
-    if scheme not in MASK_SCHEME_NAMES:
-        raise ValueError(
-            f"mask scheme must be a MaskScheme or one of {tuple(MASK_SCHEME_NAMES)}, got {scheme!r}"
-        )
-    return MASK_SCHEME_NAMES[scheme]()
 
 
 def _as(cls, value, name: str):

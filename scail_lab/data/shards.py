@@ -31,6 +31,7 @@ from scail_lab.data.folders import (
     with_validated_meta,
 )
 from scail_lab.data.media import atomic_write_bytes
+from scail_lab.model.masks import resolve_mask_scheme
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +331,6 @@ def make_shards(
 
 def require_masks_for(mask_scheme: str) -> bool:
     """Whether a mask-scheme name needs mask files ("none" does not)."""
-    from scail_lab.data.loader import resolve_mask_scheme
-
     return resolve_mask_scheme(mask_scheme).num_classes > 0
 
 

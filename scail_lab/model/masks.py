@@ -231,3 +231,16 @@ class NoMaskScheme(MaskScheme):
 
     def encode_driving(self, mask_video: Tensor, spatial_factor: int = 8) -> None:
         return None
+
+
+MASK_SCHEME_NAMES = {"colour": ColourMaskScheme, "color28": ColourMaskScheme, "binary": BinaryMaskScheme,
+                     "binary4": BinaryMaskScheme, "none": NoMaskScheme}  # fmt: skip
+
+
+def resolve_mask_scheme(scheme: str | MaskScheme) -> MaskScheme:
+    """A MaskScheme instance, or a name: colour|color28, binary|binary4, none."""
+    if isinstance(scheme, MaskScheme):
+        return scheme
+    if scheme not in MASK_SCHEME_NAMES:
+        raise ValueError(f"mask scheme must be a MaskScheme or one of {tuple(MASK_SCHEME_NAMES)}, got {scheme!r}")
+    return MASK_SCHEME_NAMES[scheme]()
