@@ -40,6 +40,7 @@ from tools.toy_stages import (  # noqa: E402
     Budget,
     budget_from_dict,
     compose_config,
+    flow_losses,
     model_overrides,
     run_stage,
     stage_latents,
@@ -60,7 +61,10 @@ ARMS = {
     "mask=binary4": ["mask=binary4"],
     "mask=none": ["mask=none"],
 }
-METRICS = ("psnr", "mask_iou", "joint_error_px", "identity_color_hist", "ssim")
+METRICS = ("flow_loss", "psnr", "mask_iou", "joint_error_px", "identity_color_hist", "ssim")
+HIGHER = {"flow_loss": False, "psnr": True, "mask_iou": True, "joint_error_px": False, "identity_color_hist": True,
+          "ssim": True}  # fmt: skip
+SHOWN = 5  # metrics in the markdown tables
 SUBSETS = {  # name -> predicate on gt.json
     "all": lambda gt: True,
     "two characters": lambda gt: gt.get("num_characters", 1) > 1,
@@ -107,6 +111,8 @@ def run_arm(out: Path, budget: Budget, bundle_vae: Path, arm: str, seed: int, da
     sample_sig = {**sig, "sampler": budget.sampler, "shift": budget.shift, "sample_steps": budget.sample_steps}
     run_stage(folder, "samples", sample_sig,
               lambda f: stage_sample(f, out / "world", budget, bundle_vae, weights, seed, arm_overrides=ARMS[arm]))  # fmt: skip
+    run_stage(folder, "flow_loss", sig, lambda f: {"per_sample": flow_losses(
+        budget, bundle_vae, out / "latents" / "test", weights, seed, overrides=ARMS[arm])})  # fmt: skip
     return {"init": init["result"], "train_seconds": train["seconds"]}
 
 
@@ -125,7 +131,15 @@ def evaluate(out: Path, arms: list[str], seeds: list[int], joint_weights: Path, 
     manifests, _ = write_manifests(out / "report", runs, tests)
     results = run_eval(out / "report", manifests, joint_weights, baseline="copy_source")
     modes = {t.name: json.loads((t / "gt.json").read_text())["mode"] for t in tests}
-    return collect(results, modes)
+    table = collect(results, modes)
+    for arm in arms:  # the held-out flow loss on the test latents, per sample (the most sensitive paired measure)
+        for s in seeds:
+            record = out / arm_dir(arm) / f"seed{s}" / "flow_loss" / "stage.json"
+            if record.is_file() and f"{arm_dir(arm)}__s{s}" in table:
+                per_sample = json.loads(record.read_text())["result"]["per_sample"]
+                table[f"{arm_dir(arm)}__s{s}"]["flow_loss"] = {"per_sample": per_sample, "higher": False,
+                                                               "mean": float(np.mean(list(per_sample.values())))}  # fmt: skip
+    return table
 
 
 def paired(a: dict, b: dict, keys: list[str]) -> dict | None:
@@ -188,7 +202,7 @@ def plot(path: Path, result: dict, arms: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [m for m in ("psnr", "mask_iou", "joint_error_px") if any(m in result["rows"].get(a, {}).get("all", {})
+    shown = [m for m in ("flow_loss", "psnr", "mask_iou", "joint_error_px") if any(m in result["rows"].get(a, {}).get("all", {})
                                                                        for a in arms)]  # fmt: skip
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], shown, strict=True):
@@ -216,7 +230,7 @@ def plot(path: Path, result: dict, arms: list[str]) -> None:
 
 
 def markdown(result: dict, arms: list[str], init_notes: dict, budget: Budget, seeds: list[int]) -> str:
-    higher = {"psnr": True, "mask_iou": True, "joint_error_px": False, "identity_color_hist": True, "ssim": True}
+    higher = HIGHER
     lines = [f"Budget `{budget.name}`: {budget.num_train} train pairs, dim {budget.dim}, {budget.num_layers} layers, "
              f"{budget.train_steps} steps, batch {budget.batch_size}, lr {budget.lr}, {budget.precision}; seeds "
              f"{seeds}; {budget.num_test} test pairs ({', '.join(f'{k}: {v}' for k, v in result['subset_sizes'].items())}).",
@@ -224,14 +238,14 @@ def markdown(result: dict, arms: list[str], init_notes: dict, budget: Budget, se
              "CI; verdict for the arm.", ""]  # fmt: skip
     for subset in SUBSETS:
         lines += [f"### {subset} (n={result['subset_sizes'][subset]})", "",
-                  "| arm | " + " | ".join(f"{m} | Δ {m} [95% CI]" for m in METRICS[:4]) + " |",
-                  "|---|" + "---|---|" * 4]  # fmt: skip
+                  "| arm | " + " | ".join(f"{m} | Δ {m} [95% CI]" for m in METRICS[:SHOWN]) + " |",
+                  "|---|" + "---|---|" * SHOWN]  # fmt: skip
         for arm in [*arms, "copy_source"]:
             row = result["rows"].get(arm, {}).get(subset)
             if row is None:
                 continue
             cells = []
-            for m in METRICS[:4]:
+            for m in METRICS[:SHOWN]:
                 e = row.get(m)
                 if e is None or e["mean"] is None:
                     cells += ["-", "-"]
@@ -274,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     world_sig = {**budget.world_args(), "seed": seed0}
     run_stage(out, "world", world_sig, lambda f: stage_world(f, budget, seed0))
     data_sig = {**world_sig, "vae": manifest["files"][VAE_FILE]["sha256"]}
-    run_stage(out, "latents", data_sig, lambda f: stage_latents(f, out / "world", budget, vae_path))
+    run_stage(out, "latents", data_sig,
+              lambda f: stage_latents(f, out / "world", budget, vae_path, splits=("train", "val", "test")))  # fmt: skip
     arms = [a for a in ARMS if a in args.arms]
     if "default" not in arms:
         arms.insert(0, "default")

@@ -125,8 +125,8 @@ BUDGETS = {
                      vae_widths=(32, 64, 96), dim=128, ffn_dim=256, num_layers=4, patch=1, train_steps=3000,
                      lr=2e-3, val_every=500),
     # one arm of tools/ablate.py (VAE and frame size from the shipped bundle)
-    "ablation": Budget("ablation", num_train=1024, num_val=16, num_test=96, dim=256, ffn_dim=1024, num_heads=4,
-                       num_layers=6, train_steps=3000, batch_size=8, lr=1e-3, warmup_steps=100, val_every=1000),
+    "ablation": Budget("ablation", num_train=1024, num_val=16, num_test=96, dim=128, ffn_dim=512, num_heads=4,
+                       num_layers=4, train_steps=2000, batch_size=4, lr=1e-3, warmup_steps=100, val_every=1000),
     # the shipped base (tools/pretrain_toy.py): the recipe docs/TOY_WORLD.md arrived at, run long
     "base": Budget("base", num_train=2048, num_val=16, num_test=64, vae_steps=2500, vae_lr=3e-3,
                    vae_widths=(64, 128), dim=192, ffn_dim=768, num_heads=4, num_layers=6, train_steps=10000,
@@ -293,7 +293,8 @@ def stage_vae(folder: Path, world: Path, budget: Budget, seed: int) -> dict:
             "fit_metrics": metrics}  # fmt: skip
 
 
-def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path) -> dict:
+def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path,
+                  splits: Sequence[str] = ("train", "val")) -> dict:  # fmt: skip
     from scail_lab.build import build_encoder, build_model, data_mask_scheme
     from scail_lab.data import FrameSampling, LatentCacher, ResolutionBuckets
     from scail_lab.data.caching import make_latent_shards
@@ -307,7 +308,7 @@ def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path) -> 
         buckets=ResolutionBuckets(sizes=((budget.size, budget.size),)),
     )  # fmt: skip
     counts = {}
-    for split in ("train", "val"):
+    for split in splits:
         report = make_latent_shards(cacher, folder / split, shards=str(world / "shards" / split))
         counts[split] = {"samples": report["num_samples"], "skipped": report["num_skipped"]}
     return counts
@@ -358,31 +359,41 @@ def stage_train(
 
 
 @torch.no_grad()
-def heldout_flow_loss(budget: Budget, vae_path: Path, latents: Path, weights: Path | None, seed: int,
-                      sigmas: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9)) -> float:  # fmt: skip
-    """Flow loss of `weights` (None: the seeded untrained init) on the cached val latents at fixed sigmas and fixed
-    noise: the same number for any two models, so trained vs untrained is a paired comparison."""
+def flow_losses(budget: Budget, vae_path: Path, latents: Path, weights: Path | None, seed: int,
+                overrides: Sequence[str] = (), sigmas: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9)) -> dict[str, float]:  # fmt: skip
+    """{sample key: flow loss} of `weights` (None: the seeded untrained init; `overrides`: config groups such as an
+    ablation arm's) on cached latents, averaged over fixed sigmas with noise seeded by the sample key: the same
+    inputs for any two models, so differences are paired per sample."""
+    import zlib
+
     from scail_lab.build import build_model
     from scail_lab.data import AugmentConfig, FrameSampling, build_dataloader
     from scail_lab.diffusion.objective import FlowMatchingObjective
     from scail_lab.training.batches import conditions_from_batch
 
     torch.manual_seed(seed)  # the untrained init: the same draw as training's
-    cfg = compose_config("train", [*model_overrides(budget, vae_path), f"weights={weights or 'null'}"])
+    cfg = compose_config("train", [*model_overrides(budget, vae_path), *overrides, f"weights={weights or 'null'}"])
     model = build_model(cfg).eval()
-    loader = build_dataloader(shards=str(latents), kind="latent", batch_size=2, shuffle=False,
+    loader = build_dataloader(shards=str(latents), kind="latent", batch_size=1, shuffle=False,
                               sampling=FrameSampling(frame_buckets=(budget.frames,), random_start=False),
                               augment=AugmentConfig.off(), mask_scheme=model.mask_scheme if model.mask_width else "none")  # fmt: skip
-    objective, losses = FlowMatchingObjective(), []
-    for index, batch in enumerate(loader):
+    objective, out = FlowMatchingObjective(), {}
+    for batch in loader:
+        key = batch["key"][0]
         conditions, x0, history = conditions_from_batch(batch, None, torch.device("cpu"), model.mask_width > 0)
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed * 1009 + index))
-        for s in sigmas:
-            sigma = torch.full((x0.shape[0],), s)
-            losses.append(objective(model, conditions, x0, history, sigma=sigma, noise=noise).loss.item())
-    if not losses:
-        raise ValueError(f"no validation latents under {latents}")
-    return float(sum(losses) / len(losses))
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed * 1009 + zlib.crc32(key.encode())))
+        losses = [objective(model, conditions, x0, history, sigma=torch.full((1,), s), noise=noise).loss.item()
+                  for s in sigmas]  # fmt: skip
+        out[key] = float(sum(losses) / len(losses))
+    if not out:
+        raise ValueError(f"no latents under {latents}")
+    return out
+
+
+def heldout_flow_loss(budget: Budget, vae_path: Path, latents: Path, weights: Path | None, seed: int) -> float:
+    """Mean of `flow_losses` over the samples (trained vs untrained in the scratch chain's report)."""
+    values = flow_losses(budget, vae_path, latents, weights, seed)
+    return float(sum(values.values()) / len(values))
 
 
 def read_loss_curve(run_dir: Path) -> list[dict]:
