@@ -72,8 +72,10 @@ def test_every_model_config_composes_for_every_entry_point():
 
 
 def test_unknown_keys_fail():
-    with pytest.raises(Exception, match="nonexistent"):
+    from hydra.errors import ConfigCompositionException, InstantiationException
+
+    with pytest.raises(ConfigCompositionException, match="Could not override 'model.nonexistent'"):
         compose_cfg("train", ["model.nonexistent=1"])
     cfg = compose_cfg("train", ["+model.config.bogus=1"])
-    with pytest.raises(Exception, match="bogus"):
+    with pytest.raises(InstantiationException, match="unexpected keyword argument 'bogus'"):
         instantiate(cfg.model)

@@ -182,6 +182,21 @@ def test_only_video_tokens_reach_the_output_and_mask_codes_matter():
     model = randomize_(SCAILDiT(tiny_config()), seed=7)
     inputs = make_inputs(batch=1)
     base = model(inputs)
+    _, _, t, h, w = inputs.latents.shape
+    ref, video = h * w // 4, t * h * w // 4  # [ref | video | pose] tokens of a 2x2 patch
+
+    def poison(module, args, out):  # after the last block, every token outside the video slice becomes NaN
+        out = out.clone()
+        out[:, :ref] = float("nan")
+        out[:, ref + video :] = float("nan")
+        return out
+
+    handle = model.blocks[-1].register_forward_hook(poison)
+    try:
+        poisoned = model(inputs)
+    finally:
+        handle.remove()
+    assert torch.equal(poisoned, base)  # no NaN arrives: the ref and pose tokens' outputs are dropped
     changed = model(inputs.replace(driving_mask=torch.zeros_like(inputs.driving_mask)))
     assert (base - changed).abs().max().item() > 1e-3
     assert base.shape == inputs.latents.shape

@@ -134,6 +134,13 @@ def test_rotation_preserves_norm_outside_pooled_tokens_and_is_the_pair_conventio
     )
     out = tables.rotate(torch.tensor([[[[1.0, 0.0, 2.0, 3.0]]]]))
     assert torch.allclose(out, torch.tensor([[[[math.cos(0.3), math.sin(0.3), 2.0, 3.0]]]]), atol=1e-7)
+    # the video and reference tokens' tables are unit phasors: rotating keeps every vector's norm
+    lay = layout()
+    tables = ScailRoPE().tables(lay, [ANIMATE], 16)
+    x = torch.randn(1, lay.num_tokens, 3, 16)
+    rotated = tables.rotate(x)
+    kept = slice(0, lay.slice("pose").start)  # everything before the pooled pose tokens
+    torch.testing.assert_close(rotated[:, kept].norm(dim=-1), x[:, kept].norm(dim=-1), rtol=1e-5, atol=1e-6)
 
 
 def test_positions_beyond_the_table_are_rejected():

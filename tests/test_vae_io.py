@@ -130,5 +130,7 @@ def test_hydra_nodes_instantiate(name: str, arch: dict) -> None:
     z = model.encode(torch.zeros(1, 3, 5, 16, 16))
     assert z.shape == (1, 16, 2, 2, 2)
     cfg.bogus = 1
-    with pytest.raises(Exception, match="bogus"):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="unexpected keyword argument 'bogus'"):
         instantiate(cfg)
