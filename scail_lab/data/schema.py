@@ -88,6 +88,7 @@ GT_SPLIT = "split"
 GT_SEED = "seed"
 GT_NUM_CHARACTERS = "num_characters"
 GT_DRIVING_JOINTS = "driving_joints"  # same layout as `joints`, for the driving character(s)
+GT_REF_JOINTS = "ref_joints"  # [1][joints][2] the reference image's character(s), by palette slot
 GT_MOTION_PARAMS = "motion_params"
 GT_SCENE = "scene"
 GT_INDEX = "index"

@@ -234,6 +234,7 @@ class SyntheticWorld:
             )[0]
             sample.target_driving_mask = _colour_mask(tgt.person, rev_slot, white_bg)
         sample.gt = self._ground_truth(plan, split, index, tgt, drv, tgt_ids, drv_slot)
+        sample.gt[schema.GT_REF_JOINTS] = _joint_lists([ref.joints[a] for a in sorted(range(num), key=lambda a: ref_slot[a])])
         return sample
 
     def _plan(self, split: str, index: int) -> _Plan:
