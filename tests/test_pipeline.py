@@ -295,3 +295,29 @@ def test_resident_bf16_weights_sample_on_a_cpu_close_to_fp32():
     assert video.shape == reference.shape
     assert (video - reference).abs().mean().item() < 0.5  # uint8 levels (measured 0.12); a dtype mix-up gives tens
     assert not torch.equal(video, reference)  # the weights really were bf16
+
+
+def test_step_cache_skips_steps_reuses_residuals_and_is_exact_when_off():
+    """threshold 0: identical to no caching; a large threshold skips every step after the first up to max_skips
+    (3), reusing the last residual; the counts reach the result."""
+    from scail_lab.model.step_cache import StepCache
+
+    model = randomize_(SCAILDiT(tiny_config()), seed=0, std=0.02)
+    plain = make_pipeline(model, num_steps=6)(make_example(), seed=0)
+    assert plain.step_cache == []
+    calls = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        cached = make_pipeline(model, num_steps=6, step_cache_threshold=1e9)(make_example(), seed=0)
+    finally:
+        handle.remove()
+    (stats,) = cached.step_cache
+    assert stats == {"steps": 6, "computed": 2, "skipped": 4, "threshold": 1e9}  # steps 1 and 5 computed
+    assert len(calls) == 2  # the block stack ran twice
+    assert not torch.equal(cached.video, plain.video)
+    cache = StepCache(0.05)
+    x, residual_steps = torch.randn(1, 4, 8), []
+    for step in range(4):  # the indicator changes by 1% a step: skipped until the sum reaches 5%
+        residual_steps.append(cache.should_compute(x * (1 + 0.01 * step)))
+        cache.store(x, x + 1)
+    assert residual_steps == [True, False, False, False] and cache.changes == pytest.approx([0.01, 0.0099, 0.0098], rel=0.02)

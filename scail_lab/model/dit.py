@@ -28,6 +28,7 @@ from scail_lab.model.interfaces import I2V_MASK_CHANNELS, InContextInterface, Mo
 from scail_lab.model.masks import ColourMaskScheme, MaskScheme
 from scail_lab.model.rope import RopeTables, ScailRoPE, axis_pairs
 from scail_lab.model.sequence_parallel import SequenceParallel
+from scail_lab.model.step_cache import StepCache, modulated_first_input
 from scail_lab.types import DiTInputs, MotionMode, TokenLayout
 
 DEFAULT_MODES = {
@@ -216,8 +217,9 @@ class SCAILDiT(nn.Module):
         self.interface.check(inputs)
 
     # --- forward ---------------------------------------------------------------------------------------
-    def forward(self, inputs: DiTInputs) -> Tensor:
-        """DiTInputs -> fp32 velocity [B, out_dim, T, H, W] for the video frames."""
+    def forward(self, inputs: DiTInputs, step_cache: StepCache | None = None) -> Tensor:
+        """DiTInputs -> fp32 velocity [B, out_dim, T, H, W] for the video frames; `step_cache` (sampling only) may
+        skip the block stack on this step (model/step_cache.py)."""
         self.check_inputs(inputs)
         cfg = self.config
         x, layout = self.interface.embed(self, inputs, self.mask_width)  # [B, L, D]
@@ -242,11 +244,19 @@ class SCAILDiT(nn.Module):
             sp.check(x.shape[1], cfg.num_heads)
             x, rope = sp.local(x), RopeTables(sp.local(rope.phasor))
 
-        for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, e0, text, image, rope, self.attention_backend, sp, use_reentrant=False)
-            else:
-                x = block(x, e0, text, image, rope, self.attention_backend, sp)
+        if step_cache is not None and sp is not None:
+            raise ValueError("step caching does not combine with sequence parallelism (ranks would decide apart)")
+        if step_cache is not None and not step_cache.should_compute(modulated_first_input(self.blocks[0], x, e0)):
+            x = step_cache.reuse(x)
+        else:
+            x_in = x
+            for block in self.blocks:
+                if self.gradient_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(block, x, e0, text, image, rope, self.attention_backend, sp, use_reentrant=False)
+                else:
+                    x = block(x, e0, text, image, rope, self.attention_backend, sp)
+            if step_cache is not None:
+                step_cache.store(x_in, x)
 
         if sp is not None:
             return self.unpatchify(sp.gather_tokens(self.head(x, e))[:, layout.slice("video")], layout)

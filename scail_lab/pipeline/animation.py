@@ -11,6 +11,7 @@ frames of segment k - 1, re-encodes them as clean history latents and drops them
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from scail_lab.diffusion.guidance import guided_velocity
 from scail_lab.diffusion.samplers import FlowSampler
 from scail_lab.model.dit import SCAILDiT
 from scail_lab.model.offload import BlockOffload
+from scail_lab.model.step_cache import StepCache
 from scail_lab.pipeline.inputs import MotionExample, prepare
 from scail_lab.pipeline.segments import SegmentPlan, plan_segments
 
@@ -39,6 +41,7 @@ class AnimationResult:
     seed: int
     seconds: float
     segments: list[SegmentPlan] = field(default_factory=list)
+    step_cache: list[dict] = field(default_factory=list)  # per segment: steps, computed, skipped (when caching)
 
 
 def _to_uint8(video: Tensor) -> Tensor:
@@ -64,6 +67,8 @@ class AnimationPipeline:
         precision: str = "fp32",
         device: str = "cpu",
         offload_blocks: int = 0,
+        step_cache_threshold: float = 0.0,
+        step_cache_coefficients: tuple[float, ...] = (1.0, 0.0),
         progress: bool = True,
     ) -> None:
         if num_steps < 1:
@@ -78,6 +83,10 @@ class AnimationPipeline:
             )
         if offload_blocks < 0:
             raise ValueError(f"offload_blocks must be >= 0, got {offload_blocks}")
+        if step_cache_threshold < 0:
+            raise ValueError(f"step_cache_threshold must be >= 0 (0: off), got {step_cache_threshold}")
+        self.step_cache_threshold = float(step_cache_threshold)
+        self.step_cache_coefficients = tuple(float(c) for c in step_cache_coefficients)
         # offload_blocks > 0: the last blocks stay in CPU memory and stream onto the device per forward
         self.block_offload = BlockOffload(model, device, offload_blocks) if offload_blocks else None
         self.model = model if offload_blocks else model.to(device)
@@ -175,14 +184,18 @@ class AnimationPipeline:
             return torch.cat([history.to(x), x[:, :, num_history:]], dim=2)
 
         self.sampler.set_timesteps(self.num_steps)
+        cache = StepCache(self.step_cache_threshold, self.step_cache_coefficients) if self.step_cache_threshold else None
+        model = self.model if cache is None else functools.partial(self.model, step_cache=cache)
         for i in range(self.num_steps):
             x = impose(x)
             inputs = self.builder.build(conditions, x, self.sampler.timesteps[i].view(1), history_mask)
             with self._autocast():
-                v = guided_velocity(self.model, inputs, negative, self.guide_scale)
+                v = guided_velocity(model, inputs, negative, self.guide_scale)
             x = impose(self.sampler.step(v, x))
             if bar is not None:
                 bar.update(1)
+        if cache is not None:
+            self.last_step_cache = cache.stats()
         return x
 
     def _vae_device(self) -> torch.device:
@@ -201,6 +214,7 @@ class AnimationPipeline:
         generator = torch.Generator().manual_seed(seed)
         pieces: list[Tensor] = []
         previous: Tensor | None = None
+        cache_stats = []
         bar = tqdm(total=len(plans) * self.num_steps, desc=example.name, disable=not self.progress)
         for plan in plans:
             conditions = self.segment_conditions(base, example, plan)
@@ -208,10 +222,12 @@ class AnimationPipeline:
             if plan.history:
                 history = self.encoder.video_latents(previous[:, :, -plan.history :])  # clean history latents
             latents = self.denoise(conditions, negative, history, generator, bar)
+            if self.step_cache_threshold:
+                cache_stats.append(self.last_step_cache)
             video = self.encoder.vae.decode(latents.float().to(self._vae_device()))  # [1, 3, length, H, W] in [-1, 1]
             previous = video[:, :, : plan.length - plan.padding]
             pieces.append(previous[0, :, plan.history :])
         bar.close()
         frames = _to_uint8(torch.cat(pieces, dim=1))
         assert frames.shape[1] == example.num_frames, (frames.shape, example.num_frames)
-        return AnimationResult(frames, example, seed, time.perf_counter() - start, plans)
+        return AnimationResult(frames, example, seed, time.perf_counter() - start, plans, cache_stats)

@@ -66,6 +66,7 @@ def write_result(
         "mode": result.example.mode,
         "prompt": result.example.prompt,
         "segments": [vars(p) for p in result.segments],
+        "step_cache": result.step_cache,  # per segment: steps, computed, skipped (empty when off)
         "config": config or {},
     }
     media.atomic_write_bytes(paths["meta"], json.dumps(meta, indent=2).encode())
