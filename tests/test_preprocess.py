@@ -267,8 +267,9 @@ def test_mediapipe_finds_the_synthetic_character(tmp_path):
     pytest.importorskip("mediapipe")
     from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
 
-    world = SyntheticWorld(WorldConfig(height=256, width=256, p_two_characters=0.0))
-    sample = next(s for s in (world.sample("test", i) for i in range(8)) if s.mode == "animate")
+    world = SyntheticWorld(WorldConfig(height=256, width=256, p_two_characters=0.3))
+    sample = world.sample("test", 8)  # a single-character animation clip of tools/measure_preprocess.py's set
+    assert sample.num_characters == 1
     (person,) = bind_slots(build_backend("mediapipe").people(sample.raw_driving))
     truth = np.abs(sample.driving_mask.astype(int) - DEFAULT_PALETTE[0]).max(-1) <= 60
     assert person.coverage().mean() > 0.8
@@ -276,4 +277,4 @@ def test_mediapipe_finds_the_synthetic_character(tmp_path):
     assert iou > 0.5
     joints = np.asarray(sample.gt["driving_joints"], np.float32)
     ok = person.confidence > 0.5
-    assert np.linalg.norm(person.joints[ok] - joints[ok], axis=-1).mean() < 12.0  # 256 px frames
+    assert np.linalg.norm(person.joints[ok] - joints[ok], axis=-1).mean() < 8.0  # 256 px frames (measured 5.0)

@@ -103,15 +103,22 @@ def _median_length(track: PersonTrack, a: str, b: str) -> float | None:
 def align_to_reference(driving: PersonTrack, reference: PersonTrack) -> tuple[PersonTrack, dict]:
     """The driving motion with the reference's bone lengths and placement (one person each).
 
-    Bone directions come from the driving frames; each bone gets the reference's length; the neck starts where the
-    reference's is and moves as the driving neck does, scaled by the ratio of the two torso lengths. A half-body
-    reference (knees or ankles not seen) keeps the driving legs scaled by that torso ratio: the legs keep their
-    proportion to the body instead of taking an unseen length. Returns the aligned track and notes."""
+    Bone directions come from the driving frames; each bone the reference shows gets the reference's length; the
+    neck starts where the reference's is and moves as the driving neck does, scaled by the body-size ratio (torso
+    lengths, or shoulder widths when the reference shows no hip). A half-body reference (knees or ankles, maybe hips,
+    not seen) keeps the unseen bones at the driving lengths times that ratio: the body keeps its proportions and
+    the legs run out of the frame below, as they do in the reference, instead of being squeezed into it (which is
+    what makes the pose drift). Returns the aligned track and notes."""
     torso_ref = _median_length(reference, "neck", "l_hip") or _median_length(reference, "neck", "r_hip")
     torso_drv = _median_length(driving, "neck", "l_hip") or _median_length(driving, "neck", "r_hip")
-    if not torso_ref or not torso_drv:
-        raise ValueError("alignment needs the neck and a hip in both the reference and the driving video")
-    ratio = torso_ref / torso_drv
+    shoulders_ref = _median_length(reference, "l_shoulder", "r_shoulder")
+    shoulders_drv = _median_length(driving, "l_shoulder", "r_shoulder")
+    if torso_ref and torso_drv:
+        ratio, basis = torso_ref / torso_drv, "torso length"
+    elif shoulders_ref and shoulders_drv:
+        ratio, basis = shoulders_ref / shoulders_drv, "shoulder width"
+    else:
+        raise ValueError("alignment needs the neck and a hip, or both shoulders, in the reference and the driving video")
     half_body = any(reference.confidence[:, J[j]].max() <= 0.5 for j in LEGS)
     lengths = {}
     for a, b in BONES:
@@ -127,6 +134,6 @@ def align_to_reference(driving: PersonTrack, reference: PersonTrack) -> tuple[Pe
             d = driving.joints[i, J[b]] - driving.joints[i, J[a]]
             norm = float(np.hypot(*d))
             out[i, J[b]] = out[i, J[a]] + (d / norm * lengths[(a, b)] if norm > 1e-6 else 0.0)
-    notes = {"torso_ratio": ratio, "half_body_reference": bool(half_body),
+    notes = {"torso_ratio": ratio, "scale_from": basis, "half_body_reference": bool(half_body),
              "legs": "driving legs scaled by the torso ratio" if half_body else "reference leg lengths"}  # fmt: skip
     return PersonTrack(out.astype(np.float32), driving.confidence.copy(), driving.masks.copy(), driving.depth), notes
