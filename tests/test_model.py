@@ -280,3 +280,40 @@ def test_model_code_imports_no_training_or_config_framework():
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+
+
+def test_compile_falls_back_to_eager_with_a_warning_when_the_backend_fails(caplog):
+    """model.compile=true on a setup whose backend cannot compile: a warning naming the failure, then eager
+    outputs, equal to the uncompiled model's."""
+    import torch._dynamo
+
+    from scail_lab.model.compile import compile_blocks
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    torch._dynamo.reset()
+    eager = randomize_(SCAILDiT(tiny_config()), seed=3)
+    model = randomize_(SCAILDiT(tiny_config()), seed=3)
+    assert compile_blocks(model, backend=broken_backend) == 2
+    inputs = make_inputs(batch=1)
+    with caplog.at_level("WARNING", logger="scail_lab.model.compile"):
+        out = model(inputs)
+    assert "torch.compile (backend" in caplog.text and "no C++ compiler here" in caplog.text
+    assert model.compile_state["failed"] is not None
+    assert torch.equal(out, eager(inputs))
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_on_cpu():
+    """Inductor on this CPU (gcc): the compiled model gives the eager outputs to float tolerance."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = randomize_(SCAILDiT(tiny_config()), seed=3)
+    compiled = randomize_(SCAILDiT(tiny_config(), compile=True), seed=3)
+    inputs = make_inputs(batch=1)
+    with torch.no_grad():
+        out = compiled(inputs)
+    assert compiled.compile_state["failed"] is None
+    torch.testing.assert_close(out, eager(inputs).detach(), rtol=1e-4, atol=1e-4)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scail_lab.model.attention import check_backend
 from scail_lab.model.blocks import DiTBlock, Head, ImageProjection, sequential_fp32, sinusoidal_embedding
+from scail_lab.model.compile import compile_blocks
 from scail_lab.model.interfaces import I2V_MASK_CHANNELS, InContextInterface, MotionInterface
 from scail_lab.model.masks import ColourMaskScheme, MaskScheme
 from scail_lab.model.rope import RopeTables, ScailRoPE, axis_pairs
@@ -98,6 +99,7 @@ class SCAILDiT(nn.Module):
         modes: Mapping[str, MotionMode] | None = None,
         attention_backend: str = "sdpa",
         gradient_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.config = config = config if config is not None else DiTConfig()
@@ -134,6 +136,8 @@ class SCAILDiT(nn.Module):
         if use_image:
             self.img_emb = ImageProjection(config.clip_dim, dim)
         self.init_weights()
+        if compile:  # regional compilation of the blocks (model/compile.py); eager fallback with a warning
+            compile_blocks(self)
 
     # --- init ----------------------------------------------------------------------------------------
     def init_weights(self) -> None:
