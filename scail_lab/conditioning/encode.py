@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from scail_lab.model.masks import MaskScheme
+from scail_lab.model.tokens import pad_tokens
 
 
 def unit_range(x: Tensor) -> Tensor:
@@ -30,15 +31,6 @@ def half_resolution(video: Tensor) -> Tensor:
     frames = video.transpose(1, 2).reshape(b * n, c, h, w)  # [B*N, 3, H, W]
     frames = F.interpolate(frames, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
     return frames.view(b, n, c, h // 2, w // 2).transpose(1, 2)
-
-
-def pad_sequences(embs: Sequence[Tensor]) -> Tensor:
-    """list of [L_i, D] -> zero-padded [B, max L, D] (the denoiser zero-pads to text_len anyway)."""
-    length = max(1, max(e.shape[0] for e in embs))
-    out = embs[0].new_zeros(len(embs), length, embs[0].shape[1])
-    for i, e in enumerate(embs):
-        out[i, : e.shape[0]] = e
-    return out
 
 
 def check_pixel_size(name: str, height: int, width: int, multiple: int = 32) -> None:
@@ -123,7 +115,7 @@ class ConditionEncoder:
 
     def text(self, captions: Sequence[str]) -> Tensor:
         """list of B captions -> [B, L, D] zero-padded."""
-        return pad_sequences(self.text_list(captions))
+        return pad_tokens(self.text_list(captions))
 
     @torch.no_grad()
     def clip(self, image: Tensor) -> Tensor | None:

@@ -19,6 +19,7 @@ from scail_lab.data.folders import has_variants, read_meta
 from scail_lab.data.media import decode_image, decode_video, probe_video
 from scail_lab.data.report import source_clip
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets, resize_cover_crop
+from scail_lab.model.tokens import pad_tokens
 
 # roles are the batch keys they fill
 IMAGE_ROLES = (schema.REF_IMAGE, schema.REF_MASK)
@@ -174,8 +175,4 @@ def collate(samples: Sequence[Mapping]) -> dict:
 
 def pad_text(embs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """[L_i, D] each -> zero-padded [B, max L, D] and lengths [B]."""
-    lengths = torch.tensor([e.shape[0] for e in embs], dtype=torch.long)
-    out = embs[0].new_zeros((len(embs), int(lengths.max()), embs[0].shape[-1]))
-    for i, e in enumerate(embs):
-        out[i, : e.shape[0]] = e
-    return out, lengths
+    return pad_tokens(embs), torch.tensor([e.shape[0] for e in embs], dtype=torch.long)

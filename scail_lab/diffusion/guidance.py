@@ -8,20 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
+from scail_lab.model.tokens import pad_tokens
 from scail_lab.types import DiTInputs
-
-
-def pad_text(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Zero-pad two [B, L, D] text embeddings to the same length (the model zero-pads to text_len anyway)."""
-    length = max(a.shape[1], b.shape[1])
-
-    def pad(x: Tensor) -> Tensor:
-        return torch.cat([x, x.new_zeros(x.shape[0], length - x.shape[1], x.shape[2])], dim=1)
-
-    return pad(a), pad(b)
 
 
 def guided_velocity(
@@ -30,7 +20,7 @@ def guided_velocity(
     """One guided velocity; conditional and unconditional branches run as one batch of 2B."""
     if scale <= 1.0 or negative_text is None:
         return model(inputs)
-    cond_text, uncond_text = pad_text(inputs.text_emb, negative_text)
+    cond_text, uncond_text = pad_tokens([*inputs.text_emb, *negative_text]).split(len(inputs.text_emb))
     both = DiTInputs.cat([inputs.replace(text_emb=cond_text), inputs.replace(text_emb=uncond_text)])
     cond, uncond = model(both).chunk(2, dim=0)
     return uncond + scale * (cond - uncond)

@@ -30,6 +30,7 @@ from scail_lab.model.masks import ColourMaskScheme, MaskScheme
 from scail_lab.model.rope import RopeTables, ScailRoPE, axis_pairs
 from scail_lab.model.sequence_parallel import SequenceParallel
 from scail_lab.model.step_cache import StepCache, modulated_first_input
+from scail_lab.model.tokens import pad_tokens
 from scail_lab.types import DiTInputs, MotionMode, TokenLayout
 
 DEFAULT_MODES = {
@@ -234,11 +235,7 @@ class SCAILDiT(nn.Module):
             )  # [B, D]
             e0 = sequential_fp32(self.time_projection, e).unflatten(1, (6, cfg.dim))  # [B, 6, D]
 
-        text = inputs.text_emb
-        text = torch.cat(
-            [text, text.new_zeros(text.shape[0], cfg.text_len - text.shape[1], text.shape[2])], dim=1
-        )
-        text = self.text_embedding(text)  # [B, Lt, D]; all padded tokens are attended, as in SCAIL-2
+        text = self.text_embedding(pad_tokens(inputs.text_emb, cfg.text_len))  # [B, Lt, D]; all padded tokens are attended, as in SCAIL-2
         image = self.img_emb(inputs.clip_emb) if cfg.clip_dim else None  # [B, Li, D]
 
         modes = [self.modes[m] for m in inputs.modes()]

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from scail_lab.conditioning import ConditionEncoder, Conditions
-from scail_lab.conditioning.encode import pad_sequences
 from scail_lab.data import schema
+from scail_lab.model.tokens import pad_tokens
 
 
 def _modes(batch: Mapping) -> str | tuple[str, ...]:
@@ -38,7 +38,7 @@ def conditions_from_batch(
                 raise ValueError("latent batch has no text_emb and no text encoder is configured")
             text = encoder.text(batch[schema.CAPTION])
         elif isinstance(text, (list, tuple)):
-            text = pad_sequences(text)
+            text = pad_tokens(text)
         conditions = Conditions(
             ref_latents=get(schema.REF_LATENTS),
             pose_latents=get(schema.POSE_LATENTS),
