@@ -64,12 +64,20 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
         folders = [default_example(out_dir, cfg.seed)]
     examples += [load_example(f, prompt=cfg.prompt, mode=cfg.mode) for f in folders]
 
+    parallel = bool(cfg.sequence_parallel or cfg.get("cfg_parallel"))
+    if parallel:
+        check_parallel_launch(bool(cfg.get("cfg_parallel")))  # before any model is built
     torch.manual_seed(cfg.seed)  # random-init weights (toy runs) are the same in every process and run
     model = build_model(cfg).eval()
     overrides = {}
     writer = True
-    if cfg.sequence_parallel:
-        overrides["device"], writer = setup_sequence_parallel(model, cfg.pipeline.device)
+    if parallel:
+        overrides["device"], writer, cfg_group = setup_parallel(model, cfg.pipeline.device, bool(cfg.sequence_parallel),
+                                                                bool(cfg.get("cfg_parallel")))  # fmt: skip
+        if cfg_group is not None:
+            overrides["cfg_parallel"] = cfg_group
+            if cfg.pipeline.guide_scale <= 1.0:
+                log.warning("cfg_parallel=true with pipeline.guide_scale <= 1 has no effect (one branch per step)")
     encoder = build_encoder(cfg, model)
     pipeline = build_pipeline(cfg, model, encoder, **overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -80,27 +88,52 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
             written.append(write_result(result, out_dir, config=resolved))
             log.info("%s: %d frames in %.1fs -> %s", example.name, result.video.shape[1], result.seconds,
                      written[-1]["video"])  # fmt: skip
-    if cfg.sequence_parallel:  # on an error the launcher stops the other ranks; no barrier that could hang
+    if parallel:  # on an error the launcher stops the other ranks; no barrier that could hang
         teardown_sequence_parallel()
     return written
 
 
-def setup_sequence_parallel(model, device: str) -> tuple[str, bool]:
-    """Under torchrun: one process group over all ranks, tokens split across them. -> (this rank's device, writes?)"""
+def check_parallel_launch(cfg_parallel: bool) -> None:
+    """A distributed launch, and for CFG-parallel an even world size (2 CFG branches x SP ranks)."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ:
+        raise ValueError("sequence_parallel / cfg_parallel need a distributed launch: torchrun --nproc-per-node N sample.py ...")
+    world = int(os.environ["WORLD_SIZE"])
+    if cfg_parallel and world % 2:
+        raise ValueError(f"cfg_parallel=true needs an even number of ranks (2 CFG branches x sequence-parallel ranks), "
+                         f"got {world}")  # fmt: skip
+
+
+def setup_parallel(model, device: str, sequence_parallel: bool, cfg_parallel: bool):
+    """Under torchrun. CFG-parallel splits the ranks into two halves, one per guidance branch (ranks [0, S) run the
+    conditional branch, [S, 2S) the unconditional one) and pairs rank i with rank i + S to swap velocities; sequence
+    parallelism splits the tokens within each half (S = world / 2), or over all ranks without CFG-parallel.
+    -> (this rank's device, writes outputs?, CfgParallel or None)."""
     import os
 
     import torch.distributed as dist
 
-    if "WORLD_SIZE" not in os.environ:
-        raise ValueError("sequence_parallel=true needs a distributed launch: torchrun --nproc-per-node N sample.py ...")
+    from scail_lab.diffusion.guidance import CfgParallel
+
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    model.enable_sequence_parallel()
-    return device, dist.get_rank() == 0
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cfg_group = None
+    if cfg_parallel:
+        half = world // 2
+        halves = [dist.new_group(list(range(b * half, (b + 1) * half))) for b in (0, 1)]  # every rank creates every group
+        pairs = [dist.new_group([i, i + half]) for i in range(half)]
+        cfg_group = CfgParallel(pairs[rank % half], rank // half)
+        if sequence_parallel and half > 1:
+            model.enable_sequence_parallel(halves[rank // half])
+    elif sequence_parallel:
+        model.enable_sequence_parallel()
+    return device, rank == 0, cfg_group
 
 
 def teardown_sequence_parallel() -> None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from scail_lab.conditioning import ConditionBuilder, ConditionEncoder, Conditions
 from scail_lab.conditioning.encode import check_pixel_size
-from scail_lab.diffusion.guidance import guided_velocity
+from scail_lab.diffusion.guidance import CfgParallel, guided_velocity
 from scail_lab.diffusion.samplers import FlowSampler
 from scail_lab.model.dit import SCAILDiT
 from scail_lab.model.offload import BlockOffload
@@ -70,6 +70,7 @@ class AnimationPipeline:
         step_cache_threshold: float = 0.0,
         step_cache_coefficients: tuple[float, ...] = (1.0, 0.0),
         progress: bool = True,
+        cfg_parallel: CfgParallel | None = None,
     ) -> None:
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -87,6 +88,7 @@ class AnimationPipeline:
             raise ValueError(f"step_cache_threshold must be >= 0 (0: off), got {step_cache_threshold}")
         self.step_cache_threshold = float(step_cache_threshold)
         self.step_cache_coefficients = tuple(float(c) for c in step_cache_coefficients)
+        self.cfg_parallel = cfg_parallel
         # offload_blocks > 0: the last blocks stay in CPU memory and stream onto the device per forward
         self.block_offload = BlockOffload(model, device, offload_blocks) if offload_blocks else None
         self.model = model if offload_blocks else model.to(device)
@@ -190,7 +192,7 @@ class AnimationPipeline:
             x = impose(x)
             inputs = self.builder.build(conditions, x, self.sampler.timesteps[i].view(1), history_mask)
             with self._autocast():
-                v = guided_velocity(model, inputs, negative, self.guide_scale)
+                v = guided_velocity(model, inputs, negative, self.guide_scale, self.cfg_parallel)
             x = impose(self.sampler.step(v, x))
             if bar is not None:
                 bar.update(1)
