@@ -275,9 +275,22 @@ def test_lpips_bundled_heads_missing_backbone_and_vgg_layout(tmp_path, monkeypat
     conv_keys = {k.split(".")[0] for k in vgg.features.state_dict()}
     assert conv_keys == {"0", "2", "5", "7", "10", "12", "14", "17", "19", "21", "24", "26", "28"}
     assert vgg.channels == [64, 128, 256, 512, 512]
-    out = vgg(torch.zeros(1, 3, 32, 32), torch.ones(1, 3, 32, 32) * 0.5)
-    assert out.shape == (1,)
-    assert isinstance(FeatureStats(), FeatureStats)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1, torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    out = vgg(x, y)
+    assert out.shape == (2,) and (out > 0).all()  # the VGG taps see a difference ...
+    torch.testing.assert_close(vgg(y, x), out)  # ... symmetrically
+    assert vgg(x, x).abs().max() < 1e-9  # and none between an image and itself
+
+
+def test_feature_stats_match_numpy_in_any_chunking() -> None:
+    rows = np.random.default_rng(0).normal(size=(37, 5))
+    stats = FeatureStats()
+    for chunk in np.array_split(rows, [3, 4, 20]):  # uneven chunks, one of a single row
+        stats.update(chunk)
+    mean, cov = stats.mean_cov()
+    np.testing.assert_allclose(mean.numpy(), rows.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov.numpy(), np.cov(rows, rowvar=False), rtol=1e-10)
 
 
 def test_fid_loads_pytorch_fid_inception_layout(tmp_path) -> None:
