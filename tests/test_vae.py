@@ -234,8 +234,10 @@ def test_tiling_is_exact_for_a_local_map() -> None:
 
 
 def test_tiled_encode_decode_close_to_untiled(tiny: WanVAE) -> None:
-    """Stated tolerance (random tiny weights, 32x48 frame, 24 px tiles with 8 px overlap): mean abs
-    latent difference < 0.35 latent std, decoded pixels < 0.35 mean abs; exact when one tile covers all."""
+    """Measured (random tiny weights, 32x48 frame): 24 px tiles with 8 px overlap give a mean abs latent difference
+    of 0.090 latent std and 0.139 on decoded pixels (whose own mean abs is 0.17); 40 px tiles with 16 px overlap
+    0.029 and 0.067. Tiling is not exact: the decoder's receptive field reaches past the overlap, so each tile sees
+    less context at its seams; larger tiles and overlaps shrink the error (tested). Exact when one tile covers all."""
     torch.manual_seed(4)
     video = torch.nn.functional.interpolate(
         torch.rand(1, 3, 5, 8, 12) * 2 - 1, size=(5, 32, 48), mode="trilinear"
@@ -251,8 +253,14 @@ def test_tiled_encode_decode_close_to_untiled(tiny: WanVAE) -> None:
         tiny.tile = None
     assert torch.equal(z_one_tile, z)
     assert z_tiled.shape == z.shape and decoded_tiled.shape == decoded.shape
-    assert (z_tiled - z).abs().mean() < 0.35 * z.std()
-    assert (decoded_tiled - decoded).abs().mean() < 0.35
+    assert (z_tiled - z).abs().mean() < 0.11 * z.std()
+    assert (decoded_tiled - decoded).abs().mean() < 0.16
+    with torch.no_grad():
+        tiny.tile = TileConfig(size=40, overlap=16)
+        z_large, decoded_large = tiny.encode(video), tiny.decode(z)
+        tiny.tile = None
+    assert (z_large - z).abs().mean() < 0.5 * (z_tiled - z).abs().mean()
+    assert (decoded_large - decoded).abs().mean() < 0.6 * (decoded_tiled - decoded).abs().mean()
 
 
 # ------------------------------------------------------------------ bad input
