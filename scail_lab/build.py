@@ -37,7 +37,9 @@ def plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
-WEIGHT_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                 "float8_e4m3fn": None}  # fp8: block Linear weights only (model/fp8.py), the rest as stored  # fmt: skip
+FP8 = "float8_e4m3fn"
 
 
 def load_weights(model: SCAILDiT, path: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -52,6 +54,30 @@ def load_weights(model: SCAILDiT, path: str | Path, dtype: torch.dtype | None = 
     state = load_denoiser_state_dict(path, dtype=dtype, expected_shapes=expected)
     model.load_state_dict(state, strict=True, assign=True)
     log.info("loaded denoiser weights from %s (%d tensors)", path, len(state))
+
+
+def load_weights_fp8(model: SCAILDiT, path: str | Path) -> None:
+    """Block Linear weights into float8 (model/fp8.py): an fp8 file (with `weight_scale` tensors, written by
+    tools/convert_checkpoint.py --dtype fp8) loads as it is; a bf16 / fp32 file is quantized tensor by tensor. The
+    other tensors (norms, embeddings, modulation, head, biases: ~4% of the 14B) are held in fp32."""
+    from scail_lab.checkpoints.denoiser import load_denoiser_state_dict, open_denoiser_checkpoint
+    from scail_lab.model.fp8 import fp8_transform, quantize_model
+
+    plain = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with open_denoiser_checkpoint(path) as source:
+        prequantized = any(k.endswith(".weight_scale") for k in source.keys())
+    quantize_model(model)  # structure only (meta)
+    quantized = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    quantize = fp8_transform()
+
+    def transform(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:  # the rest in fp32: any device
+        pieces = {key: tensor} if prequantized else quantize(key, tensor)
+        return {k: v.float() if v.is_floating_point() and v.element_size() > 1 else v for k, v in pieces.items()}
+
+    state = load_denoiser_state_dict(path, expected_shapes=quantized if prequantized else plain, transform=transform)
+    model.load_state_dict(state, strict=True, assign=True)
+    log.info("loaded denoiser weights from %s into fp8 block linears (%s)", path,
+             "fp8 file" if prequantized else "quantized while loading")  # fmt: skip
 
 
 def build_model(cfg: DictConfig) -> SCAILDiT:
@@ -73,10 +99,17 @@ def build_model(cfg: DictConfig) -> SCAILDiT:
         with torch.device("meta"):
             model = instantiate(cfg.model)
         check_shipped(weights, model)
-        load_weights(model, weights, WEIGHT_DTYPES[dtype_name])
+        if dtype_name == FP8:
+            load_weights_fp8(model, weights)
+        else:
+            load_weights(model, weights, WEIGHT_DTYPES[dtype_name])
     else:
         model = instantiate(cfg.model)
-        if WEIGHT_DTYPES[dtype_name] is not None:
+        if dtype_name == FP8:
+            from scail_lab.model.fp8 import quantize_model
+
+            quantize_model(model)
+        elif WEIGHT_DTYPES[dtype_name] is not None:
             model.to(WEIGHT_DTYPES[dtype_name])
     for lora in cfg.get("loras") or []:
         merge_lora(model, lora["path"], float(lora.get("strength", 1.0)))

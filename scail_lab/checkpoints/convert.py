@@ -27,10 +27,12 @@ from tqdm import tqdm
 
 from scail_lab.checkpoints.denoiser import open_denoiser_checkpoint
 from scail_lab.checkpoints.keys import DenoiserConfig, check_key_shapes, infer_denoiser_config
+from scail_lab.model.fp8 import QUANTIZED, fp8_transform
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "keep": None}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "keep": None,
+          "fp8": torch.bfloat16}  # fp8: block Linear weights in float8 + scales (model/fp8.py), the rest bf16  # fmt: skip
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 
@@ -111,7 +113,9 @@ def convert_checkpoint(
 ) -> DenoiserConfig:
     """Convert a denoiser checkpoint (SAT .pt, Wan .pt or safetensors) into `out_dir`; returns its config.
 
-    dtype: bf16 | fp16 | fp32 | keep (floating tensors only). num_heads defaults to dim / 128 (Wan 2.1).
+    dtype: bf16 | fp16 | fp32 | keep (floating tensors only) | fp8 (block Linear weights as float8 e4m3 with a
+    `weight_scale` per output channel, the rest bf16; loads with weights_dtype=float8_e4m3fn). num_heads defaults
+    to dim / 128 (Wan 2.1).
     The whole key layout is validated against the official table before anything is written.
     """
     if dtype not in DTYPES:
@@ -138,13 +142,18 @@ def convert_checkpoint(
             writer = _ShardWriter(
                 tmp, max_shard_bytes, {"format": "pt", "scail_source_format": source.format}
             )
+            quantize = fp8_transform() if dtype == "fp8" else None
             for key in tqdm(
                 list(expected), desc=f"convert {source.path.name}", unit="tensor", disable=not progress
             ):
                 tensor = source.get(key)
-                if target is not None and tensor.is_floating_point():
-                    tensor = tensor.to(target)
-                writer.add(key, tensor)
+                if quantize is not None:
+                    pieces = quantize(key, tensor.float())
+                    pieces = {k: (v if k != key or v.dtype != torch.float32 else v.to(target)) for k, v in pieces.items()}
+                else:
+                    pieces = {key: tensor.to(target) if target is not None and tensor.is_floating_point() else tensor}
+                for name, value in pieces.items():
+                    writer.add(name, value)
             names = writer.finish()
             config_text = json.dumps(config.to_json_dict(), indent=2) + "\n"
             (tmp / CONFIG_NAME).write_text(config_text, encoding="utf-8")
@@ -156,25 +165,43 @@ def convert_checkpoint(
     return config
 
 
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Bit equality (float8 compared as bytes: torch.equal has no float8 kernels on every device)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point() and a.element_size() == 1:
+        return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    return torch.equal(a, b)
+
+
 def verify_conversion(
     src: str | Path, out_dir: str | Path, *, dtype: str = "bf16", trust_pickle: bool = False
 ) -> int:
     """Re-read both checkpoints tensor by tensor and check the output equals the (cast) source bit for bit.
 
-    Returns the number of tensors compared; raises ValueError naming the first key that differs.
+    Returns the number of tensors compared; raises ValueError naming the first key that differs. For fp8 the
+    expected tensors are the source quantized the same way (scales included).
     """
     target = DTYPES[dtype]
+    quantize = fp8_transform() if dtype == "fp8" else None
     with (
         open_denoiser_checkpoint(src, trust_pickle=trust_pickle) as source,
         open_denoiser_checkpoint(out_dir) as converted,
     ):
-        if sorted(source.keys()) != sorted(converted.keys()):
+        names = set(source.keys())
+        if quantize is not None:
+            names |= {f"{k.rpartition('.')[0]}.weight_scale" for k in source.keys()
+                      if k.endswith(".weight") and QUANTIZED.match(k.rpartition(".")[0])}  # fmt: skip
+        if names != set(converted.keys()):
             raise ValueError(f"{out_dir}: key set differs from {src}")
-        for key in source.keys():
-            expected = source.get(key)
-            if target is not None and expected.is_floating_point():
-                expected = expected.to(target)
-            got = converted.get(key)
-            if got.dtype != expected.dtype or not torch.equal(got, expected):
-                raise ValueError(f"{out_dir}: tensor {key!r} differs from the source")
-        return len(source.keys())
+        for key in source.keys():  # tensor by tensor: never the whole model in memory
+            tensor = source.get(key)
+            if quantize is not None:
+                pieces = {n: (v.to(target) if n == key and v.dtype == torch.float32 else v)
+                          for n, v in quantize(key, tensor.float()).items()}  # fmt: skip
+            else:
+                pieces = {key: tensor.to(target) if target is not None and tensor.is_floating_point() else tensor}
+            for name, value in pieces.items():
+                if not _same(converted.get(name), value):
+                    raise ValueError(f"{out_dir}: tensor {name!r} differs from the source")
+        return len(names)

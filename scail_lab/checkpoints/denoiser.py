@@ -11,7 +11,7 @@ A directory is searched with `folder.find_denoiser`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -148,12 +148,14 @@ def load_denoiser_state_dict(
     device: torch.device | str = "cpu",
     expected_shapes: Mapping[str, Shape] | None = None,
     trust_pickle: bool = False,
+    transform: Callable[[str, Tensor], Mapping[str, Tensor]] | None = None,
 ) -> dict[str, Tensor]:
     """Load a denoiser checkpoint in any official format as a Wan-layout state dict.
 
     The key layout is checked against `expected_shapes` (e.g. `DenoiserConfig.key_shapes()`) before any
     tensor is read. `dtype` casts floating tensors one at a time, so an fp32 file loads as bf16 without
-    an fp32 copy of the whole model in memory.
+    an fp32 copy of the whole model in memory; `transform(key, tensor) -> {key: tensor}` runs on each tensor after
+    that (e.g. fp8 quantisation, which adds a scale per weight), also one at a time.
     """
     with open_denoiser_checkpoint(path, trust_pickle=trust_pickle) as source:
         if expected_shapes is not None:
@@ -163,6 +165,7 @@ def load_denoiser_state_dict(
             tensor = source.get(key)
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
-            state[key] = tensor.to(device)
+            for name, value in (transform(key, tensor) if transform is not None else {key: tensor}).items():
+                state[name] = value.to(device)
         logger.info("loaded %d tensors from %s (%s)", len(state), source.path, source.format)
         return state
