@@ -29,7 +29,8 @@ class StepCache:
         self.accumulated = 0.0
         self.steps = self.computed = self.skipped = 0
         self._run_of_skips = 0
-        self.changes: list[float] = []  # the relative change of every step (calibration data)
+        self.changes: list[float] = []  # the indicator's relative change of every step (calibration data)
+        self.residual_changes: list[float] = []  # the residual's, between consecutive computed steps
 
     def _rescale(self, change: float) -> float:
         value = 0.0
@@ -58,14 +59,20 @@ class StepCache:
         return compute
 
     def store(self, x_in: Tensor, x_out: Tensor) -> None:
-        self.residual = (x_out - x_in).detach()
+        residual = (x_out - x_in).detach()
+        if self.residual is not None and self.residual.shape == residual.shape:
+            previous = self.residual.float()
+            change = (residual.float() - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)
+            self.residual_changes.append(change.item())
+        self.residual = residual
 
     def reuse(self, x_in: Tensor) -> Tensor:
         return x_in + self.residual.to(x_in.dtype)
 
     def stats(self) -> dict:
-        return {"steps": self.steps, "computed": self.computed, "skipped": self.skipped,
-                "threshold": self.threshold}  # fmt: skip
+        return {"steps": self.steps, "computed": self.computed, "skipped": self.skipped, "threshold": self.threshold,
+                "changes": [round(c, 5) for c in self.changes],
+                "residual_changes": [round(c, 5) for c in self.residual_changes]}  # fmt: skip
 
 
 def modulated_first_input(block, x: Tensor, e0: Tensor) -> Tensor:
