@@ -234,6 +234,22 @@ def test_load_example_reads_a_scail2_folder_and_infers_the_mode(tmp_path):
     assert load_example(write_folder(tmp_path / "b", mask_name="replace_mask.mp4")).mode == "replace"
 
 
+def test_sampling_takes_the_mode_by_the_loaders_rule(tmp_path):
+    """One folder reader for training and sampling: a meta.json mode wins over the mask file name in both."""
+    import json
+
+    from scail_lab.data.folders import collect_folder, read_meta
+
+    folder = write_folder(tmp_path / "a")  # rendered_mask_v2.mp4: animate by name
+    (folder / "meta.json").write_text(json.dumps({"mode": "replace"}))
+    assert read_meta(collect_folder(folder))["mode"] == "replace"  # what training reads
+    assert load_example(folder).mode == "replace"  # and sampling
+    assert load_example(folder, mode="animate").mode == "animate"  # an explicit mode still wins
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match="meta.json is not valid JSON"):
+        load_example(folder)
+
+
 def test_bad_inputs_fail_before_any_model_work(tmp_path):
     model = CountingModel(SCAILDiT(tiny_config()))
     pipe = make_pipeline(model)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from scail_lab.data import media, schema
+from scail_lab.data.folders import collect_folder, read_meta
 from scail_lab.data.transforms import resize_cover_crop
 
 
@@ -46,30 +47,25 @@ class MotionExample:
         return dataclasses.replace(self, **changes)
 
 
-def _find(folder: Path, names: Sequence[str]) -> Path | None:
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _image(path: Path) -> Tensor:
+def _read(path: Path, what: str) -> bytes:
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        return torch.from_numpy(media.decode_image(path.read_bytes())).permute(2, 0, 1).contiguous()
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path.read_bytes()
 
 
-def _video(path: Path) -> tuple[Tensor, float]:
-    if not path.is_file():
-        raise FileNotFoundError(f"video not found: {path}")
+def _image(data: bytes, label: str) -> Tensor:
     try:
-        info = media.probe_video(path)
-        frames = media.decode_video(path)
+        return torch.from_numpy(media.decode_image(data)).permute(2, 0, 1).contiguous()
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise ValueError(f"{label}: {exc}") from exc
+
+
+def _video(data: bytes, label: str) -> tuple[Tensor, float]:
+    try:
+        info = media.probe_video(data)
+        frames = media.decode_video(data)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from exc
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous(), info.fps
 
 
@@ -84,49 +80,59 @@ def load_example(
     mode: str | None = None,
     extra_refs: Sequence[tuple[str | Path, str | Path | None]] = (),
 ) -> MotionExample:
-    """Read a folder (explicit paths override its files). Mode: `replace` when the mask is replace_mask.mp4."""
+    """Read a folder (explicit paths override its files) through the training loader's folder reader
+    (`data.folders.collect_folder`), so sampling finds the same files and takes the same mode: the folder's
+    meta.json if it says, else `replace` when the mask is replace_mask.mp4; an explicit `mode` wins."""
     root = Path(folder) if folder is not None else None
     if root is not None and not root.is_dir():
         raise FileNotFoundError(f"example folder not found: {root}")
+    raw: dict = collect_folder(root) if root is not None else {}
+    meta = read_meta(raw) if raw else {}
+    if "__bad_meta__" in raw:
+        raise ValueError(f"{root}: {raw['__bad_meta__']}")
 
-    def pick(explicit, names, what, required=True) -> Path | None:
+    def pick(explicit, field: str | None, names, what, required=True) -> tuple[bytes, str] | None:
         if explicit is not None:
-            return Path(explicit)
-        found = _find(root, names) if root is not None else None
-        if found is None and required:
+            path = Path(explicit)
+            return _read(path, what), str(path)
+        if field is not None and field in raw:
+            return raw[field], str(root / meta[schema.META_FILES][field])
+        if required:
             where = f" in {root}" if root is not None else ""
             raise FileNotFoundError(f"no {what}{where}; expected one of {list(names)}")
-        return found
+        return None
 
-    ref_path = pick(image, schema.REF_IMAGE_FILES, "reference image")
-    driving_path = pick(pose, schema.DRIVING_FILES, "driving / pose video")
-    ref_mask_path = pick(mask_image, schema.REF_MASK_FILES, "reference mask", required=False)
-    mask_path = pick(
-        mask_video, schema.REPLACE_MASK_FILES + schema.ANIMATE_MASK_FILES, "mask video", required=False
-    )
+    ref_field, mask_field = schema.image_field(schema.F_REF, raw), schema.image_field(schema.F_REF_MASK, raw)
+    ref_data = pick(image, ref_field, schema.REF_IMAGE_FILES, "reference image")
+    driving_data = pick(pose, schema.F_DRIVING, schema.DRIVING_FILES, "driving / pose video")
+    ref_mask_data = pick(mask_image, mask_field, schema.REF_MASK_FILES, "reference mask", required=False)
+    mask_data = pick(mask_video, schema.F_DRIVING_MASK, schema.REPLACE_MASK_FILES + schema.ANIMATE_MASK_FILES,
+                     "mask video", required=False)  # fmt: skip
     if mode is None:
-        mode = (
-            "replace" if mask_path is not None and mask_path.name in schema.REPLACE_MASK_FILES else "animate"
-        )
+        if mask_video is not None or root is None:
+            mode = "replace" if mask_data is not None and Path(mask_data[1]).name in schema.REPLACE_MASK_FILES else "animate"
+        else:
+            mode = meta.get(schema.META_MODE, "animate")
     if mode not in schema.MODES:
         raise ValueError(f"mode must be one of {schema.MODES}, got {mode!r}")
     if prompt is None:
-        caption = _find(root, schema.CAPTION_FILES) if root is not None else None
-        prompt = caption.read_text().strip() if caption is not None else ""
+        prompt = raw[schema.F_CAPTION].decode("utf-8").strip() if schema.F_CAPTION in raw else ""
 
-    ref = _image(ref_path)
-    driving, fps = _video(driving_path)
-    ref_mask = _image(ref_mask_path) if ref_mask_path is not None else None
+    ref = _image(*ref_data)
+    driving, fps = _video(*driving_data)
+    ref_mask = _image(*ref_mask_data) if ref_mask_data is not None else None
     driving_mask = None
-    if mask_path is not None:
-        driving_mask, _ = _video(mask_path)
+    if mask_data is not None:
+        driving_mask, _ = _video(*mask_data)
         if driving_mask.shape[1] != driving.shape[1]:
             raise ValueError(
-                f"mask video {mask_path.name} has {driving_mask.shape[1]} frames but the driving video "
-                f"{driving_path.name} has {driving.shape[1]}"
+                f"mask video {Path(mask_data[1]).name} has {driving_mask.shape[1]} frames but the driving video "
+                f"{Path(driving_data[1]).name} has {driving.shape[1]}"
             )
-    extras = tuple((_image(Path(i)), _image(Path(m)) if m is not None else None) for i, m in extra_refs)
-    name = root.name if root is not None else ref_path.stem
+    extras = tuple((_image(_read(Path(i), "extra reference"), str(i)),
+                    _image(_read(Path(m), "extra reference mask"), str(m)) if m is not None else None)
+                   for i, m in extra_refs)  # fmt: skip
+    name = root.name if root is not None else Path(ref_data[1]).stem
     return MotionExample(ref, driving, ref_mask, driving_mask, prompt, fps, mode, name, extras)
 
 
