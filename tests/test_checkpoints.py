@@ -315,3 +315,36 @@ def test_numpy1_pickled_rng_state_loads_weights_only(tmp_path):
             dst.writestr(info.filename, data)
     loaded = load_denoiser_state_dict(old)
     assert all(torch.equal(loaded[k], wan[k]) for k in wan)
+
+
+def test_the_real_scail_preview_sat_layout_maps_onto_the_official_wan_layout():
+    """An independent fixture (tests/data/sat_scail_preview_14b_keys.json): the SAT key names and shapes of
+    SCAIL-Preview's 14B DiT as zai-org/SCAIL's own model code builds them (read from its source, checked by building
+    that code on the meta device), not made by our inverse. Every one of the 985 keys maps, fused tensors split
+    evenly, and the result is exactly the official Wan layout without the mask conv (1305 keys, 40 layers), which
+    our SCAIL-Preview denoiser loads strictly."""
+    import json
+    from pathlib import Path
+
+    from scail_lab.checkpoints.sat import plan_sat_to_wan, sat_part_shape, sat_to_wan_state_dict
+    from scail_lab.model.dit import DiTConfig, SCAILDiT
+    from scail_lab.model.interfaces import InContextInterface
+    from scail_lab.model.masks import NoMaskScheme
+
+    fixture = json.loads((Path(__file__).parent / "data" / "sat_scail_preview_14b_keys.json").read_text())
+    layers = fixture["config"]["num_layers"]
+    sat = dict(fixture["non_block"])
+    for i in range(layers):
+        sat.update({k.replace("layers.0.", f"layers.{i}.").replace("_list.0", f"_list.{i}")
+                    .replace("adaLN_modulations.0", f"adaLN_modulations.{i}"): v
+                    for k, v in fixture["layer0"].items()})  # fmt: skip
+    assert len(sat) == fixture["config"]["total_keys_40_layers"] == 985
+    plan = plan_sat_to_wan(sat)
+    wan = {key: sat_part_shape(tuple(sat[where.sat_key]), where.parts, key=where.sat_key) for key, where in plan.items()}
+    official = official_key_shapes(dim=5120, ffn_dim=13824, num_layers=layers, mask_dim=0)
+    assert wan == dict(official)  # same keys, same shapes
+    with torch.device("meta"):
+        state = sat_to_wan_state_dict({k: torch.empty(v) for k, v in sat.items()})
+        model = SCAILDiT(DiTConfig(), interface=InContextInterface("scail1", False, False), mask_scheme=NoMaskScheme())
+    model.load_state_dict(state, strict=True, assign=True)
+    assert sum(t.numel() for t in state.values()) == fixture["config"]["total_params_40_layers"]

@@ -65,7 +65,7 @@ def test_history_frames_enter_clean_and_are_excluded_by_a_true_masked_mean():
     kept = torch.cat([err[0, :, 2:].flatten(), err[1].flatten()])
     assert out.loss.item() == pytest.approx(kept.mean().item(), rel=1e-6)  # not diluted by the history frames
     assert out.per_sample[0].item() == pytest.approx(err[0, :, 2:].mean().item(), rel=1e-6)
-    assert out.kept_fraction == pytest.approx((2 * 16 * 16 + 4 * 16 * 16) / x0.numel())
+    assert out.kept_fraction.item() == pytest.approx((2 * 16 * 16 + 4 * 16 * 16) / x0.numel())
 
 
 def test_loss_mask_and_an_all_masked_batch():

@@ -76,7 +76,7 @@ class LossOutput:
     loss: Tensor  # scalar
     per_sample: Tensor  # [B] masked mean per sample (detached)
     sigma: Tensor  # [B]
-    kept_fraction: float  # fraction of latent elements that count
+    kept_fraction: Tensor  # scalar: fraction of latent elements that count (a tensor: no host sync per step)
 
 
 class FlowMatchingObjective:
@@ -135,7 +135,7 @@ class FlowMatchingObjective:
         per_sample_kept = keep.expand_as(error).sum(dim=(1, 2, 3, 4)).clamp_min(1.0)
         per_sample = (error * weights).sum(dim=(1, 2, 3, 4)) / per_sample_kept
         total_kept = keep.expand_as(error).sum()
-        if total_kept.item() == 0:
+        if loss_mask is not None and total_kept.item() == 0:  # history alone never covers every frame (checked)
             raise ValueError("the loss mask excludes every latent element (all history or masked)")
         loss = (error * weights).sum() / total_kept
-        return LossOutput(loss, per_sample.detach(), sigma.detach(), (total_kept / error.numel()).item())
+        return LossOutput(loss, per_sample.detach(), sigma.detach(), (total_kept / error.numel()).detach())
