@@ -164,3 +164,14 @@ def test_in_place_rotation_matches_and_backpropagates_like_the_out_of_place_one(
     assert torch.allclose(a.grad, b.grad, atol=1e-6)
     half = base.to(torch.bfloat16)
     assert torch.equal(tables.rotate_(half.clone()), tables.rotate(half))  # non-fp32 inputs are copied first
+
+
+def test_tables_are_cached_per_layout_mode_and_device():
+    rope = ScailRoPE()
+    lay = layout()
+    first = rope.tables(lay, [ANIMATE], 16)
+    assert rope.tables(lay, [ANIMATE], 16) is first  # the same layout again: no float64 rebuild
+    other = rope.tables(layout(t=4), [ANIMATE], 16)
+    assert other is not first and other.phasor.shape[1] != first.phasor.shape[1]
+    fresh = ScailRoPE()._build_tables(lay, [ANIMATE], 16, None)
+    assert torch.equal(fresh.phasor, first.phasor)

@@ -147,7 +147,21 @@ class ScailRoPE:
         head_dim: int,
         device: torch.device | None = None,
     ) -> RopeTables:
-        """Tables for a batch: one mode per sample; [1, L, ...] when every sample shares the mode."""
+        """Tables for a batch: one mode per sample; [1, L, ...] when every sample shares the mode. Cached per
+        (layout, modes, head_dim, device): a sampling run asks for the same tables at every step and layer, a
+        training run for a handful of bucket layouts, so the float64 host work runs once per layout."""
+        key = (layout, tuple(modes), int(head_dim), str(device))
+        cache = self.__dict__.setdefault("_table_cache", {})
+        if key in cache:
+            return cache[key]
+        tables = self._build_tables(layout, modes, head_dim, device)
+        if len(cache) >= 16:  # a bounded cache: the oldest layout goes
+            cache.pop(next(iter(cache)))
+        cache[key] = tables
+        return tables
+
+    def _build_tables(self, layout: TokenLayout, modes: Sequence[MotionMode], head_dim: int,
+                      device: torch.device | None) -> RopeTables:  # fmt: skip
         unique = list(dict.fromkeys(modes))
         per_mode = [self.phasors(layout, m, head_dim) for m in unique]
         re = torch.stack([p[0] for p in per_mode])  # [M, L, D/2]
