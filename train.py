@@ -131,7 +131,7 @@ def train(cfg: DictConfig) -> dict:
     module = SCAILModule(model, optimizer, instantiate(cfg.objective), encoder, lora, cfg.seed,
                          tuple(cfg.validation.val_sigmas), sequence_parallel=sp)  # fmt: skip
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    ema = EMA(cfg.ema.decay) if cfg.ema.enabled else None
+    ema = EMA(cfg.ema.decay, cfg.ema.get("device")) if cfg.ema.enabled else None
     callbacks = [
         ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=cfg.checkpointing.every_n_steps,
                         save_last=cfg.checkpointing.save_last, save_top_k=cfg.checkpointing.keep,

@@ -582,3 +582,19 @@ def test_resume_on_real_shards_at_an_epoch_end_and_mid_epoch(workers, resampled,
             after = losses(out)
             assert sorted(after) == list(range(step, 9))
             assert {s: after[s] for s in after} == {s: reference[s] for s in after}, step
+
+
+def test_ema_in_host_memory_gives_the_same_average(tmp_path):
+    """ema.device=cpu keeps the fp32 averages in host memory (the GPU keeps only the model): same export here."""
+    from safetensors.torch import load_file
+
+    from scail_lab.training.ema import EMA
+
+    common = ("ema.enabled=true", "ema.decay=0.5", "trainer.max_steps=3", "optimizer.total_steps=3")
+    train(config(tmp_path / "device", *common))
+    train(config(tmp_path / "host", *common, "ema.device=cpu"))
+    a = load_file(str(tmp_path / "device" / "export" / "denoiser_ema.safetensors"))
+    b = load_file(str(tmp_path / "host" / "export" / "denoiser_ema.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="EMA device must be null .* or cpu, got 'cuda'"):
+        EMA(0.9, device="cuda")
