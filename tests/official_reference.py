@@ -31,18 +31,20 @@ def _ln(x, sd=None, name=None, eps=1e-6):
     return F.layer_norm(x, x.shape[-1:], w, b, eps)
 
 
-def _attn(q, k, v, heads):
+def _attn(q, k, v, heads, fused=False):
     b, lq, d = q.shape
     q = q.view(b, lq, heads, -1).transpose(1, 2)
     k = k.view(b, k.shape[1], heads, -1).transpose(1, 2)
     v = v.view(b, v.shape[1], heads, -1).transpose(1, 2)
+    if fused:  # what the released code calls where flash-attn is absent
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, lq, d)
     w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
     return (w @ v).transpose(1, 2).reshape(b, lq, d)
 
 
-def _rope(x, phasors, heads):
+def _rope(x, phasors, heads):  # in complex128, as released; back to the working dtype
     b, length, d = x.shape
-    return rope_reference.apply(x.view(b, length, heads, -1), phasors).reshape(b, length, d)
+    return rope_reference.apply(x.view(b, length, heads, -1), phasors).reshape(b, length, d).to(x.dtype)
 
 
 def reference_forward(
@@ -63,17 +65,19 @@ def reference_forward(
     extra_latents=None,
     extra_masks=None,
     patch=(1, 2, 2),
+    dtype=torch.float64,
+    fused_attention=False,
 ):
-    """All tensors batched; ref_mask is the single-frame code [B, 28, 1, H, W]. Returns float64 [B, 16, T, H, W]."""
-    sd = {k: v.double() for k, v in state_dict.items()}
-    x, ref_latents, pose_latents = x.double(), ref_latents.double(), pose_latents.double()
+    """All tensors batched; ref_mask is the single-frame code [B, 28, 1, H, W]. Returns [B, 16, T, H, W] in `dtype`
+    (float64 for parity tests; float32 with fused attention is the released forward's CPU arithmetic, which
+    tools/bench_model.py times against ours). RoPE and the sinusoidal time embedding stay in float64 as released."""
+    sd = {k: v.to(dtype) for k, v in state_dict.items()}
+    x, ref_latents, pose_latents = x.to(dtype), ref_latents.to(dtype), pose_latents.to(dtype)
     B, C, T, H, W = x.shape
     ones = lambda u: torch.cat([u, torch.ones_like(u[:, :4])], 1)  # noqa: E731
-    conv = lambda u, n: F.conv3d(u.double(), sd[n + ".weight"], sd[n + ".bias"], stride=patch)  # noqa: E731
-    hist = torch.zeros_like(x[:, :4]) if history_mask is None else history_mask.double()
-    ref_masks = torch.cat(
-        [ref_mask.double(), torch.zeros(B, ref_mask.shape[1], T, H, W, dtype=torch.float64)], 2
-    )
+    conv = lambda u, n: F.conv3d(u.to(dtype), sd[n + ".weight"], sd[n + ".bias"], stride=patch)  # noqa: E731
+    hist = torch.zeros_like(x[:, :4]) if history_mask is None else history_mask.to(dtype)
+    ref_masks = torch.cat([ref_mask.to(dtype), torch.zeros(B, ref_mask.shape[1], T, H, W, dtype=dtype)], 2)
 
     xx = conv(torch.cat([ones(ref_latents), torch.cat([x, hist], 1)], 2), "patch_embedding")
     xx = xx + conv(ref_masks, "patch_embedding_mask")
@@ -81,7 +85,7 @@ def reference_forward(
     seq = torch.cat([xx.flatten(2).transpose(1, 2), pose.flatten(2).transpose(1, 2)], 1)
     n_extra, extra_len = 0, 0
     if extra_latents is not None:
-        extra = conv(ones(extra_latents.double()), "patch_embedding") + conv(
+        extra = conv(ones(extra_latents.to(dtype)), "patch_embedding") + conv(
             extra_masks, "patch_embedding_mask"
         )
         n_extra, extra_len = extra.shape[2], extra.shape[2] * extra.shape[3] * extra.shape[4]
@@ -89,20 +93,19 @@ def reference_forward(
 
     half = sd["time_embedding.0.weight"].shape[1] // 2
     ang = torch.outer(t.double(), torch.pow(10000.0, -torch.arange(half, dtype=torch.float64) / half))
-    e = _lin(
-        sd, "time_embedding.2", F.silu(_lin(sd, "time_embedding.0", torch.cat([ang.cos(), ang.sin()], 1)))
-    )
+    sinusoid = torch.cat([ang.cos(), ang.sin()], 1).to(dtype)
+    e = _lin(sd, "time_embedding.2", F.silu(_lin(sd, "time_embedding.0", sinusoid)))
     e0 = _lin(sd, "time_projection.1", F.silu(e)).unflatten(1, (6, -1))
 
     ctx = torch.cat(
         [
-            context.double(),
-            torch.zeros(B, text_len - context.shape[1], context.shape[2], dtype=torch.float64),
+            context.to(dtype),
+            torch.zeros(B, text_len - context.shape[1], context.shape[2], dtype=dtype),
         ],
         1,
     )
     ctx = _lin(sd, "text_embedding.2", F.gelu(_lin(sd, "text_embedding.0", ctx), approximate="tanh"))
-    img = clip_fea.double()
+    img = clip_fea.to(dtype)
     img = F.layer_norm(img, img.shape[-1:], sd["img_emb.proj.0.weight"], sd["img_emb.proj.0.bias"], 1e-5)
     img = _lin(sd, "img_emb.proj.3", F.gelu(_lin(sd, "img_emb.proj.1", img)))
     img = F.layer_norm(img, img.shape[-1:], sd["img_emb.proj.4.weight"], sd["img_emb.proj.4.bias"], 1e-5)
@@ -121,15 +124,15 @@ def reference_forward(
         u = _ln(h) * (1 + m[1]) + m[0]
         q = _rope(_rms(sd, p + "self_attn.norm_q", _lin(sd, p + "self_attn.q", u)), phasors, heads)
         k = _rope(_rms(sd, p + "self_attn.norm_k", _lin(sd, p + "self_attn.k", u)), phasors, heads)
-        y = _lin(sd, p + "self_attn.o", _attn(q, k, _lin(sd, p + "self_attn.v", u), heads))
+        y = _lin(sd, p + "self_attn.o", _attn(q, k, _lin(sd, p + "self_attn.v", u), heads, fused_attention))
         h = h + y * m[2]
         u = _ln(h, sd, p + "norm3")
         q = _rms(sd, p + "cross_attn.norm_q", _lin(sd, p + "cross_attn.q", u))
         ci, ct = context[:, :n_img], context[:, n_img:]
         k_txt = _rms(sd, p + "cross_attn.norm_k", _lin(sd, p + "cross_attn.k", ct))
         k_img = _rms(sd, p + "cross_attn.norm_k_img", _lin(sd, p + "cross_attn.k_img", ci))
-        y = _attn(q, k_txt, _lin(sd, p + "cross_attn.v", ct), heads) + _attn(
-            q, k_img, _lin(sd, p + "cross_attn.v_img", ci), heads
+        y = _attn(q, k_txt, _lin(sd, p + "cross_attn.v", ct), heads, fused_attention) + _attn(
+            q, k_img, _lin(sd, p + "cross_attn.v_img", ci), heads, fused_attention
         )
         h = h + _lin(sd, p + "cross_attn.o", y)
         u = _ln(h) * (1 + m[4]) + m[3]

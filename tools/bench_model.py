@@ -1,6 +1,14 @@
-"""Benchmarks for the denoiser: RoPE vs the float64 complex reference, and tiny/small forward+backward.
+"""Benchmarks for the denoiser: RoPE vs the float64 complex reference, tiny/small forward+backward, and ours vs the
+released forward side by side.
 
     python tools/bench_model.py            # writes the `model` section of docs/PERFORMANCE.md
+    python tools/bench_model.py --only released --rounds 7    # the side-by-side alone (prints; --write to keep)
+
+The side-by-side runs the released forward's arithmetic as tests/official_reference.py restates it (written from the
+spec, sharing no code with scail_lab.model) in float32 with fused attention, RoPE and the time sinusoid in float64 as
+released, against ours on the same weights and inputs, at dim 512, 128-dim heads, 2 layers and a 5 x 64 x 64 latent
+(7,424 tokens). Variants are interleaved over rounds; medians and ratios are reported, with the fp32 matmul rate
+measured in the same rounds (percent of peak = the forward's matmul FLOPs / time / that rate).
 
 RoPE is measured on the 14B head layout (40 heads x 128) at ~10k tokens (a 448x768 px, 17-frame clip:
 1,344 ref + 6,720 video + 1,680 pose tokens). The reference does what the released model does on every call:
@@ -127,16 +135,93 @@ def bench_forward_backward(repeats: int) -> list[str]:
     return rows
 
 
+def forward_flops(model: SCAILDiT, tokens: int, context: int) -> float:
+    """Matmul FLOPs of one forward: every Linear over its rows, self-attention over the tokens, cross-attention
+    over the context (QK^T and AV: 2 x 2 x L x L' x dim each)."""
+    cfg = model.config
+    blocks = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
+    kv = sum(m.weight.numel() for n, m in model.blocks.named_modules()
+             if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in ("k", "v", "k_img", "v_img")
+             and "cross_attn" in n)  # fmt: skip
+    linear = 2.0 * (blocks - kv) * tokens + 2.0 * kv * context
+    return linear + cfg.num_layers * 4.0 * cfg.dim * (tokens * tokens + tokens * context)
+
+
+def bench_vs_released(rounds: int) -> list[str]:
+    from tests.conftest import randomize_
+    from tests.official_reference import reference_forward
+
+    cfg = tiny_config(dim=512, ffn_dim=2048, num_heads=4, num_layers=2, text_dim=4096, text_len=512, clip_dim=1280)
+    model = randomize_(SCAILDiT(cfg), seed=3, std=0.02).eval()
+    frames, size = 5, 64
+    inputs = make_inputs(batch=1, frames=frames, height=size, width=size, text_dim=4096, text_tokens=512,
+                         clip_dim=1280, clip_tokens=257)  # fmt: skip
+    pair = make_inputs(batch=2, frames=frames, height=size, width=size, text_dim=4096, text_tokens=512,
+                       clip_dim=1280, clip_tokens=257)  # fmt: skip
+    grid = (size // 2) ** 2
+    tokens = (1 + frames) * grid + frames * grid // 4
+    state = model.state_dict()
+
+    def released():
+        return reference_forward(state, heads=cfg.num_heads, text_len=cfg.text_len, x=inputs.latents,
+                                 t=inputs.timestep, context=inputs.text_emb, clip_fea=inputs.clip_emb,
+                                 ref_latents=inputs.ref_latents, ref_mask=inputs.ref_mask,
+                                 pose_latents=inputs.pose_latents, driving_mask=inputs.driving_mask,
+                                 dtype=torch.float32, fused_attention=True)  # fmt: skip
+
+    def ours(batch=inputs, bf16=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(batch)
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    variants = {"released fp32": released, "ours fp32": ours, "ours bf16 autocast": lambda: ours(bf16=True),
+                "ours fp32, batch 2 (CFG)": lambda: ours(pair), "matmul 2048^3 fp32": lambda: a @ b}  # fmt: skip
+    with torch.no_grad():
+        ref, out = released(), ours()
+        rel = ((out - ref).abs().max() / ref.abs().max()).item()
+        times = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    peak = 2.0 * 2048**3 / med["matmul 2048^3 fp32"]
+    flops = forward_flops(model, tokens, cfg.text_len + 257)
+    base = med["released fp32"]
+    rows = [
+        f"### Ours vs the released forward: dim 512, 4 heads x 128, 2 layers, latent {frames}x{size}x{size} "
+        f"({tokens} tokens), {torch.get_num_threads()} threads",
+        "",
+        f"Median of {rounds} interleaved rounds. fp32 matmul rate in the same rounds: {peak / 1e9:.0f} GFLOP/s. "
+        f"Ours vs released output: {rel:.1e} max abs relative to the largest value.",
+        "",
+        "| variant | ms | released fp32 / this | % of fp32 matmul rate |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in ("released fp32", "ours fp32", "ours bf16 autocast", "ours fp32, batch 2 (CFG)"):
+        work = flops * (2 if "batch 2" in name else 1)
+        rows.append(f"| {name} | {1000 * med[name]:.0f} | {base / med[name]:.2f}x | {100 * work / med[name] / peak:.0f}% |")
+    rows += ["", f"CFG batch of 2 / one forward: {med['ours fp32, batch 2 (CFG)'] / med['ours fp32']:.2f}x."]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the side-by-side")
+    parser.add_argument("--only", choices=("released",), help="run one part and print it")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.only == "released":
+        print("\n".join(bench_vs_released(args.rounds)))
+        return
     lines = ["## Denoiser (tools/bench_model.py)", "", f"Machine: {machine()}.", ""]
     # The model timings run first: the RoPE part allocates GBs, after which this VM reclaims memory for a while.
     model_rows = bench_forward_backward(args.repeats)
-    lines += bench_rope(args.repeats) + [""] + model_rows
+    released_rows = bench_vs_released(args.rounds)
+    lines += bench_rope(args.repeats) + [""] + model_rows + [""] + released_rows
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
