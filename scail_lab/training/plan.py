@@ -119,7 +119,8 @@ def _fake():
 def traced_activations(build, config: DiTConfig, work: Workload, dtype: torch.dtype,
                        weights_dtype: torch.dtype = torch.float32) -> float:
     """Peak activation + temporary bytes of one step of `build(config)` on FakeTensors, extrapolated in depth
-    from a 2- and a 3-layer trace: fixed + num_layers x per-layer."""
+    from a 2- and a 3-layer trace: fixed + num_layers x per-layer. `weights_dtype` is the resident one: fp8 traces
+    the quantized blocks (each Linear's weight dequantized into the compute dtype when it runs)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from scail_lab.conditioning import ConditionBuilder, Conditions
@@ -128,11 +129,18 @@ def traced_activations(build, config: DiTConfig, work: Workload, dtype: torch.dt
         with _fake():
             # inference: resident weights at their dtype (autocast would otherwise count cached casts of fp32 ones)
             default = torch.get_default_dtype()
-            torch.set_default_dtype(torch.float32 if work.train else weights_dtype)
+            fp8 = weights_dtype.itemsize == 1  # fp8 blocks dequantize each Linear into the compute dtype per call
+            torch.set_default_dtype(torch.float32 if work.train or fp8 else weights_dtype)
             try:
                 model = build(DiTConfig(**{**config.__dict__, "num_layers": layers}))
             finally:
                 torch.set_default_dtype(default)
+            if fp8:
+                from scail_lab.model.fp8 import quantize_model
+
+                quantize_model(model)
+                for param in model.parameters():  # MemTracker hooks every parameter (inference: no gradients)
+                    param.requires_grad_(True)
             model.gradient_checkpointing = work.checkpointing
             b, t, h, w = work.batch, work.frames, work.height, work.width
             mw = model.mask_width
@@ -167,11 +175,12 @@ def linear_flops(model: nn.Module, tokens: int) -> float:
 
 
 def plan_run(model: SCAILDiT, build, work: Workload, *, compute_dtype: torch.dtype, trainable: int = 0,
-             trainable_bytes: int = 4, strategy: str = "auto", data_parallel: int = 1, sequence_parallel: int = 1,
+             trainable_bytes: int = 4, strategy: str = "auto", shard_ranks: int = 1, sequence_parallel: int = 1,
              offload_optimizer: bool = False, offload_blocks: int = 0) -> Plan:  # fmt: skip
     """One rank's plan. `model` is on the meta device at its resident dtypes; `build(config)` makes a fresh one for
     tracing; `trainable` parameters of `trainable_bytes` each (0 when sampling; 2 for bf16 weights, whose AdamW
-    keeps an fp32 master copy)."""
+    keeps an fp32 master copy); `shard_ranks`: the ranks a sharding strategy spreads states over (every rank:
+    sequence-parallel groups are data-parallel replicas to ZeRO / FSDP)."""
     notes = []
     state = model.state_dict()
     params = float(sum(t.numel() * t.element_size() for t in state.values()))
@@ -186,17 +195,16 @@ def plan_run(model: SCAILDiT, build, work: Workload, *, compute_dtype: torch.dty
         grads = float(trainable * trainable_bytes)
         optimizer = float(trainable * (8 + (4 if trainable_bytes < 4 else 0)))  # AdamW moments (+ fp32 master)
         if strategy in ("deepspeed_zero2", "deepspeed_zero3", "fsdp", "fsdp2"):
-            grads, optimizer = grads / data_parallel, optimizer / data_parallel
+            grads, optimizer = grads / shard_ranks, optimizer / shard_ranks
         if strategy in ("deepspeed_zero3", "fsdp", "fsdp2"):
-            params /= data_parallel
+            params /= shard_ranks
         if offload_optimizer:
             offloaded += optimizer
             optimizer = 0.0
             notes.append("optimizer states in host memory")
     tokens = tokens_of(model, work)
     resident = max(model.blocks[0].state_dict().values(), key=torch.Tensor.numel).dtype  # the big weights'
-    weights = compute_dtype if resident not in (torch.float32, torch.bfloat16, torch.float16) else resident
-    activations = traced_activations(build, model.config, work, compute_dtype, weights) / sequence_parallel
+    activations = traced_activations(build, model.config, work, compute_dtype, resident) / sequence_parallel
     if sequence_parallel > 1:
         notes.append(f"activations divided by sequence_parallel={sequence_parallel} (token-proportional)")
     cfg = model.config
