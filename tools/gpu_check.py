@@ -4,8 +4,9 @@
     python tools/gpu_check.py --out OUT --device cpu --tiny    # the same logic on a CPU (tested)
 
 Checks, each recorded as ok / failed (with the error) / skipped, never stopping the kit halfway:
-    sample_{fp32, bf16_resident, fp8, offload}  sample.py's path on the built-in example; seconds and the PSNR of
-                                               each result against the fp32 one
+    sample_{fp32, bf16_resident, fp8, offload}  the default sample config's model, encoders and pipeline on an
+                                               in-memory example (no codecs needed); seconds and the PSNR of each
+                                               result against the fp32 one
     attention_flash_vs_sdpa                    the denoiser with the flash backend against SDPA (max abs diff)
     train_2_steps                              train.py for 2 steps on one device (bf16-mixed on a GPU)
     denoiser_step_1_3b                         one forward at the 1.3B width and 512x896x81 (tiny: a small model),
@@ -39,34 +40,60 @@ def compose(name: str, overrides: list[str]):
         return hydra_compose(name, overrides=overrides)
 
 
-def video_psnr(a: Path, b: Path) -> float:
-    from scail_lab.data.media import decode_video
-
-    x, y = torch.from_numpy(decode_video(a)).float(), torch.from_numpy(decode_video(b)).float()
-    mse = (x - y).square().mean().item()
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.float() - b.float()).square().mean().item()
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
 
 
-def sample_checks(out: Path, device: str) -> dict:
-    from sample import run
+def moving_square(size: int = 64, frames: int = 17) -> dict:
+    """An in-memory example (no image or video codecs: the kit's machine may lack OpenCV and PyAV): a coloured
+    square on a gradient, moving across the driving frames, with its colour masks."""
+    ramp = torch.linspace(40, 200, size)
+    background = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size),
+                              torch.full((size, size), 90.0)])  # fmt: skip
+    colour = torch.tensor([230.0, 60.0, 60.0])[:, None, None]
 
+    def frame(x: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.zeros(size, size, dtype=torch.bool)
+        mask[size // 4 : size // 2 + size // 8, x : x + size // 4] = True
+        image = torch.where(mask, colour, background)
+        return image.to(torch.uint8), (mask * 255).to(torch.uint8).expand(3, size, size)
+
+    ref, ref_mask = frame(size // 8)
+    moving = [frame(size // 8 + i * size // (2 * frames)) for i in range(frames)]
+    driving = torch.stack([f for f, _ in moving], 1)
+    return {"ref_image": ref, "ref_mask": ref_mask, "driving": driving,
+            "driving_mask": torch.stack([m for _, m in moving], 1), "prompt": "a red square moves right"}  # fmt: skip
+
+
+def sample_checks(device: str) -> dict:
     variants = {"sample_fp32": [], "sample_bf16_resident": ["weights_dtype=bfloat16", "pipeline.precision=bf16"],
                 "sample_fp8": ["weights_dtype=float8_e4m3fn", "pipeline.precision=bf16"],
                 "sample_offload": ["pipeline.offload_blocks=2"]}  # fmt: skip
     results, reference = {}, None
     for name, extra in variants.items():
-        def check(extra=extra, name=name):
-            cfg = compose("sample", [f"pipeline.device={device}", "pipeline.progress=false", *extra])
-            start = time.perf_counter()
-            records = run(cfg, out / name)
-            result = {"seconds": time.perf_counter() - start, "video": str(records[0]["video"])}
-            if reference is not None:
-                result["psnr_vs_fp32"] = video_psnr(Path(result["video"]), Path(reference))
-            return result
+        def check(extra=extra):
+            from scail_lab.build import build_encoder, build_model, build_pipeline
+            from scail_lab.pipeline.inputs import MotionExample
 
-        results[name] = guarded(check)
-        if name == "sample_fp32" and results[name]["status"] == "ok":
-            reference = results[name]["video"]
+            cfg = compose("sample", [f"pipeline.device={device}", "pipeline.progress=false", *extra])
+            torch.manual_seed(cfg.seed)
+            model = build_model(cfg).eval()
+            pipeline = build_pipeline(cfg, model, build_encoder(cfg, model))
+            start = time.perf_counter()
+            result = pipeline(MotionExample(**moving_square()), seed=cfg.seed)
+            out = {"seconds": time.perf_counter() - start, "frames": int(result.video.shape[1])}
+            if reference is not None:
+                out["psnr_vs_fp32"] = psnr(result.video, reference)
+            return out, result.video
+
+        record = guarded(check)
+        if isinstance(record.get("value"), tuple):
+            summary, video = record.pop("value")
+            record.update(summary)
+            if name == "sample_fp32":
+                reference = video
+        results[name] = record
     return results
 
 
@@ -146,7 +173,8 @@ def step_check(device: str, tiny: bool) -> dict:
 
 def guarded(fn) -> dict:
     try:
-        return {"status": "ok", **fn()}
+        value = fn()
+        return {"status": "ok", **value} if isinstance(value, dict) else {"status": "ok", "value": value}
     except Exception as err:  # noqa: BLE001 - a kit records every failure and goes on
         return {"status": "failed", "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]}
 
@@ -170,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: no CUDA device here (use --device cpu --tiny to check the kit)")
     args.out.mkdir(parents=True, exist_ok=True)
-    checks = sample_checks(args.out, args.device)
+    checks = sample_checks(args.device)
     checks["attention_flash_vs_sdpa"] = guarded(lambda: attention_check(args.device))
     checks["train_2_steps"] = guarded(lambda: train_check(args.out, args.device))
     checks["denoiser_step_1_3b"] = guarded(lambda: step_check(args.device, args.tiny))

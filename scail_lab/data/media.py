@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 LOSSLESS = "lossless"
@@ -107,6 +106,8 @@ def encode_image(image: np.ndarray, ext: str = ".png", jpeg_quality: int = 95) -
     """[H, W, 3] uint8 RGB -> encoded bytes (`.png` lossless or `.jpg`)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    import cv2  # imported where used: sampling from tensors runs without OpenCV (the GPU kit)
+
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext.lower() in (".jpg", ".jpeg") else []
     ok, buf = cv2.imencode(ext, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
     if not ok:
@@ -116,6 +117,8 @@ def encode_image(image: np.ndarray, ext: str = ".png", jpeg_quality: int = 95) -
 
 def decode_image(data: bytes) -> np.ndarray:
     """jpg/png bytes -> [H, W, 3] uint8 RGB (grey images are expanded to 3 channels)."""
+    import cv2
+
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if arr is None:
         raise ValueError("unreadable image")
