@@ -176,7 +176,8 @@ def guarded(fn) -> dict:
         value = fn()
         return {"status": "ok", **value} if isinstance(value, dict) else {"status": "ok", "value": value}
     except Exception as err:  # noqa: BLE001 - a kit records every failure and goes on
-        return {"status": "failed", "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]}
+        first = (str(err).strip().splitlines() or [""])[0]  # one line: the summary is a markdown table
+        return {"status": "failed", "error": f"{type(err).__name__}: {first}", "trace": traceback.format_exc()[-2000:]}
 
 
 def markdown(summary: dict) -> str:

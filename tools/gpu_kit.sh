@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 # pinned to what scail_lab is tested with (pip list of the CI environment)
 BINARY=(hydra-core==1.3.8 omegaconf==2.3.1 webdataset==1.0.2 braceexpand==0.1.7 decord==0.6.0 hjson==3.1.0
-        py-cpuinfo==9.0.0 ninja==1.13.2 msgpack==1.2.4 nvidia-ml-py)
+        py-cpuinfo==9.0.0 ninja==1.13.2 msgpack==1.2.4 nvidia-ml-py ftfy wcwidth)
 SOURCE=(antlr4-python3-runtime==4.9.3 deepspeed==0.19.8)  # no wheels published: pure-Python / JIT-built ops
 
 usage() { echo "usage: $0 prepare DIR | run OUT" >&2; exit 2; }
