@@ -129,7 +129,7 @@ BUDGETS = {
                        num_layers=4, train_steps=2000, batch_size=4, lr=1e-3, warmup_steps=100, val_every=1000),
     # the shipped base (tools/pretrain_toy.py): the recipe docs/TOY_WORLD.md arrived at, run long
     "base": Budget("base", num_train=2048, num_val=16, num_test=64, vae_steps=2500, vae_lr=3e-3,
-                   vae_widths=(64, 128), dim=192, ffn_dim=768, num_heads=4, num_layers=6, train_steps=10000,
+                   vae_widths=(64, 128), dim=192, ffn_dim=768, num_heads=4, num_layers=6, train_steps=5000,
                    batch_size=4, lr=1e-3, warmup_steps=200, val_every=1000),
 }  # fmt: skip
 
