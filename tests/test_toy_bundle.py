@@ -42,7 +42,7 @@ def test_the_default_sample_config_rebuilds_the_base_and_loads_it_strictly():
     cfg = sample_cfg()
     model = build_model(cfg)  # checks the bundle, then strict loading (every key, every shape)
     manifest = verify_bundle(BUNDLE)
-    assert model_signature(model) == manifest["model_config"]
+    assert json.loads(json.dumps(model_signature(model))) == manifest["model_config"]  # tuples as stored: lists
     from safetensors.torch import load_file
 
     shipped = load_file(str(BUNDLE / BASE_WEIGHTS))
