@@ -14,7 +14,10 @@ from tests.conftest import CONFIGS, randomize_, tiny_config
 
 def cfg_with(*overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("sample", overrides=list(overrides))
+        return compose("sample", overrides=[*TINY, *overrides])
+
+
+TINY = ["model=tiny", "weights=null", "vae.path=null"]  # not the shipped toy base sample.yaml defaults to
 
 
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])

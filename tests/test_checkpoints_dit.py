@@ -21,7 +21,7 @@ from tests.conftest import CONFIGS, make_inputs, randomize_
 def tiny_model(interface: str = "scail2", mask: str = "color28", seed: int = 0):
     """configs/model/tiny.yaml through Hydra, with every weight randomised (the zero head hides bugs)."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("sample", overrides=["model=tiny", f"interface={interface}", f"mask={mask}"])
+        cfg = compose("sample", overrides=["model=tiny", "weights=null", f"interface={interface}", f"mask={mask}"])
     return randomize_(instantiate(cfg.model), seed=seed).eval()
 
 
