@@ -2,7 +2,8 @@
 released forward side by side.
 
     python tools/bench_model.py            # writes the `model` section of docs/PERFORMANCE.md
-    python tools/bench_model.py --only released --rounds 7    # the side-by-side alone (prints; --write to keep)
+    python tools/bench_model.py --only released --rounds 7    # the side-by-side alone (prints)
+    python tools/bench_model.py --only compile --rounds 5     # regional compilation vs eager (prints)
 
 The side-by-side runs the released forward's arithmetic as tests/official_reference.py restates it (written from the
 spec, sharing no code with scail_lab.model) in float32 with fused attention, RoPE and the time sinusoid in float64 as
@@ -206,16 +207,73 @@ def bench_vs_released(rounds: int) -> list[str]:
     return rows
 
 
+def bench_compile(rounds: int) -> list[str]:
+    """Regional compilation (model.compile=true): eager vs inductor-compiled blocks, forward and forward+backward,
+    at the side-by-side config; compile time = the first compiled call minus an eager one."""
+    import copy
+
+    from scail_lab.model.compile import compile_blocks
+    from tests.conftest import randomize_
+
+    cfg = tiny_config(dim=512, ffn_dim=2048, num_heads=4, num_layers=2, text_dim=4096, text_len=512, clip_dim=1280)
+    eager = randomize_(SCAILDiT(cfg), seed=3, std=0.02)
+    compiled = copy.deepcopy(eager)
+    compile_blocks(compiled)
+    inputs = make_inputs(batch=1, frames=5, height=64, width=64, text_dim=4096, text_tokens=512, clip_dim=1280,
+                         clip_tokens=257)  # fmt: skip
+
+    def forward(model):
+        with torch.no_grad():
+            return model(inputs)
+
+    def train_step(model):
+        model.zero_grad(set_to_none=True)
+        model(inputs).square().mean().backward()
+
+    start = time.perf_counter()
+    reference = forward(eager)
+    eager_first = time.perf_counter() - start
+    start = time.perf_counter()
+    out = forward(compiled)
+    compile_seconds = time.perf_counter() - start - eager_first
+    diff = ((out - reference).abs().max() / reference.abs().max()).item()
+    start = time.perf_counter()
+    train_step(compiled)
+    compile_backward = time.perf_counter() - start
+    variants = {"eager forward": lambda: forward(eager), "compiled forward": lambda: forward(compiled),
+                "eager fwd+bwd": lambda: train_step(eager), "compiled fwd+bwd": lambda: train_step(compiled)}  # fmt: skip
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    return [
+        f"### Regional compilation (inductor), same config, {torch.get_num_threads()} threads, median of {rounds} rounds",
+        "",
+        f"First compiled forward: {compile_seconds:.0f} s of compilation; first compiled fwd+bwd: "
+        f"{compile_backward:.0f} s including the step (backward graphs). Compiled vs eager output: {diff:.1e} relative.",
+        "",
+        "| | eager ms | compiled ms | eager / compiled |",
+        "| --- | ---: | ---: | ---: |",
+        f"| forward | {1000 * med['eager forward']:.0f} | {1000 * med['compiled forward']:.0f} | "
+        f"{med['eager forward'] / med['compiled forward']:.2f}x |",
+        f"| forward + backward | {1000 * med['eager fwd+bwd']:.0f} | {1000 * med['compiled fwd+bwd']:.0f} | "
+        f"{med['eager fwd+bwd'] / med['compiled fwd+bwd']:.2f}x |",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the side-by-side")
-    parser.add_argument("--only", choices=("released",), help="run one part and print it")
+    parser.add_argument("--only", choices=("released", "compile"), help="run one part and print it")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.manual_seed(0)
-    if args.only == "released":
-        print("\n".join(bench_vs_released(args.rounds)))
+    if args.only:
+        print("\n".join({"released": bench_vs_released, "compile": bench_compile}[args.only](args.rounds)))
         return
     lines = ["## Denoiser (tools/bench_model.py)", "", f"Machine: {machine()}.", ""]
     # The model timings run first: the RoPE part allocates GBs, after which this VM reclaims memory for a while.
