@@ -84,7 +84,7 @@ def test_a_replaced_file_of_the_same_size_is_caught_by_its_hash(bundle_copy):
 
 def test_a_missing_file_and_a_mismatched_config_are_named(bundle_copy):
     (bundle_copy / JOINT_FILE).unlink()
-    with pytest.raises(ValueError, match=rf"{JOINT_FILE}: listed in MANIFEST.json but missing"):
+    with pytest.raises(ValueError, match=rf"{JOINT_FILE}: listed in manifest.json but missing"):
         build_model(sample_cfg(f"weights={bundle_copy / BASE_WEIGHTS}"))
     shutil.copyfile(BUNDLE / JOINT_FILE, bundle_copy / JOINT_FILE)
     with pytest.raises(ValueError, match=r"model config differs .*rope: 'shared' here vs 'scail2' in the bundle"):

@@ -9,7 +9,7 @@ Stages (resumable, each recorded like tools/toy_demo.py's): the joint estimator 
 rendered from the world's train split, every family: it is a measuring tool, not the model), then the whole
 toy-demo chain from scratch at the chosen budget (world without the held-out family, light VAE, latents,
 denoiser, sampling, report with joint error). Then the bundle: denoiser.safetensors, light_vae.safetensors (+.json),
-joint_estimator.safetensors and MANIFEST.json (sha256 and size of every file, the denoiser's model config, the
+joint_estimator.safetensors and manifest.json (sha256 and size of every file, the denoiser's model config, the
 budget, seeds, command, steps, wall time, test metrics), written to a temporary folder and renamed into place.
 """
 
@@ -79,7 +79,7 @@ def git_commit() -> str | None:
 
 
 def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: int, argv: list[str]) -> dict:
-    """Copy the artifacts and write MANIFEST.json into a temp folder next to `bundle`, then swap it in."""
+    """Copy the artifacts and write manifest.json into a temp folder next to `bundle`, then swap it in."""
     from scail_lab.checkpoints.bundle import MANIFEST, sha256_file
 
     tmp = bundle.with_name(bundle.name + ".tmp")

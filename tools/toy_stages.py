@@ -32,7 +32,7 @@ BASE_FAMILIES = ("walk", "wave", "squat", "turn", "dance")
 VAE_FILE = "light_vae.safetensors"
 JOINT_FILE = "joint_estimator.safetensors"
 BASE_WEIGHTS = "denoiser.safetensors"
-BUNDLE = REPO / "data" / "toy_base"  # the shipped toy base: denoiser, light VAE, joint estimator, MANIFEST.json
+BUNDLE = REPO / "data" / "toy_base"  # the shipped toy base: denoiser, light VAE, joint estimator, manifest.json
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class Finetune:
     """The fine-tune-on-new-motions demo: pairs of the motion family the shipped base never saw (HOLDOUT_FAMILY).
 
     World sizes, the VAE, the denoiser's shape and the sampler come from the shipped bundle's budget (its
-    MANIFEST.json); these fields set the new data and the fine-tuning run.
+    manifest.json); these fields set the new data and the fine-tuning run.
     """
 
     name: str

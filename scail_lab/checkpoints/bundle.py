@@ -1,11 +1,11 @@
-"""Shipped model bundles: a folder of weight files with a MANIFEST.json that pins every file and the configs.
+"""Shipped model bundles: a folder of weight files with a manifest.json that pins every file and the configs.
 
 A bundle (e.g. `data/toy_base/`, the toy world's base denoiser, light VAE and joint estimator) is only used after
 it is checked: every file the manifest lists exists with its recorded size and sha256, and the model config the
 caller is about to build equals the one the weights were trained with. A mismatch is a ValueError that names the
 file and what differs, raised before any model is built, trained or sampled.
 
-MANIFEST.json: {"files": {name: {"sha256": hex, "bytes": int}}, "model_config": {field: value}, ...free-form
+manifest.json: {"files": {name: {"sha256": hex, "bytes": int}}, "model_config": {field: value}, ...free-form
 provenance (command, seeds, steps, wall time, metrics)}.
 """
 
@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-MANIFEST = "MANIFEST.json"
+MANIFEST = "manifest.json"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -28,7 +28,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def bundle_of(path: str | Path) -> Path | None:
-    """The bundle folder holding `path` (its parent has a MANIFEST.json), else None."""
+    """The bundle folder holding `path` (its parent has a manifest.json), else None."""
     folder = Path(path).parent
     return folder if (folder / MANIFEST).is_file() else None
 
