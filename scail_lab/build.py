@@ -122,7 +122,7 @@ def model_signature(model: SCAILDiT) -> dict:
 
 
 def check_shipped(path: str | Path, model: SCAILDiT | None = None) -> None:
-    """A file inside a shipped bundle (a folder with MANIFEST.json): every file of the bundle must match its recorded
+    """A file inside a shipped bundle (a folder with manifest.json): every file of the bundle must match its recorded
     size and sha256 (the file itself must be listed), and the model about to load it must match the bundle's model
     config; ValueError naming the file and what differs otherwise."""
     from scail_lab.checkpoints.bundle import bundle_of, check_model_config, verify_bundle
