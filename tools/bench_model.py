@@ -136,6 +136,17 @@ def bench_forward_backward(repeats: int) -> list[str]:
     return rows
 
 
+def interleaved_medians(variants: dict, rounds: int) -> dict[str, float]:
+    """Each variant once per round, in turn (load drift hits them alike); the median seconds per variant."""
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+
+
 def forward_flops(model: SCAILDiT, tokens: int, context: int) -> float:
     """Matmul FLOPs of one forward: every Linear over its rows, self-attention over the tokens, cross-attention
     over the context (QK^T and AV: 2 x 2 x L x L' x dim each)."""
@@ -180,13 +191,7 @@ def bench_vs_released(rounds: int) -> list[str]:
     with torch.no_grad():
         ref, out = released(), ours()
         rel = ((out - ref).abs().max() / ref.abs().max()).item()
-        times = {name: [] for name in variants}
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+        med = interleaved_medians(variants, rounds)
     peak = 2.0 * 2048**3 / med["matmul 2048^3 fp32"]
     flops = forward_flops(model, tokens, cfg.text_len + 257)
     base = med["released fp32"]
@@ -242,13 +247,7 @@ def bench_compile(rounds: int) -> list[str]:
     compile_backward = time.perf_counter() - start
     variants = {"eager forward": lambda: forward(eager), "compiled forward": lambda: forward(compiled),
                 "eager fwd+bwd": lambda: train_step(eager), "compiled fwd+bwd": lambda: train_step(compiled)}  # fmt: skip
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    med = interleaved_medians(variants, rounds)
     return [
         f"### Regional compilation (inductor), same config, {torch.get_num_threads()} threads, median of {rounds} rounds",
         "",

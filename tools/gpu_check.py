@@ -72,7 +72,7 @@ def sample_checks(device: str) -> dict:
                 "sample_offload": ["pipeline.offload_blocks=2"]}  # fmt: skip
     results, reference = {}, None
     for name, extra in variants.items():
-        def check(extra=extra):
+        def check(extra=extra, reference=reference):
             from scail_lab.build import build_encoder, build_model, build_pipeline
             from scail_lab.pipeline.inputs import MotionExample
 
@@ -98,10 +98,10 @@ def sample_checks(device: str) -> dict:
 
 
 def attention_check(device: str) -> dict:
+    import importlib.util
+
     from scail_lab.model.dit import SCAILDiT
     from tests.conftest import make_inputs, randomize_, tiny_config
-
-    import importlib.util
 
     if device == "cpu" or importlib.util.find_spec("flash_attn") is None:
         return {"status": "skipped", "reason": "needs CUDA and flash-attn"}
@@ -115,9 +115,8 @@ def attention_check(device: str) -> dict:
 
 
 def train_check(out: Path, device: str) -> dict:
-    from train import train
-
     from tests.test_training import config
+    from train import train
 
     accelerator = ["trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed"] if device != "cpu" \
         else ["trainer.accelerator=cpu"]  # fmt: skip
@@ -128,7 +127,6 @@ def train_check(out: Path, device: str) -> dict:
 
 def step_check(device: str, tiny: bool) -> dict:
     from scail_lab.conditioning import ConditionBuilder, Conditions
-    from scail_lab.model.dit import SCAILDiT
     from tools.plan import plan_config
 
     if tiny:

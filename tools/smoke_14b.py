@@ -55,7 +55,7 @@ def write_random(folder: Path, layers: int, seed: int = 0) -> dict:
     tmp.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
     weight_map, total = {}, 0
-    for i, (group, keys) in enumerate(tqdm(groups.items(), desc="random shards", unit="shard")):
+    for i, keys in enumerate(tqdm(groups.values(), desc="random shards", unit="shard")):
         name = f"diffusion_pytorch_model-{i:05d}-of-{len(groups):05d}.safetensors"
         tensors = {k: (torch.randn(shapes[k], generator=g) * 0.02).to(torch.bfloat16) for k in keys}
         save_file(tensors, str(tmp / name))
