@@ -46,27 +46,12 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _inputs(model, batch, t, h, w):
-    import torch
-
-    from scail_lab.conditioning import ConditionBuilder, Conditions
-
-    cfg, mw = model.config, model.mask_width
-    conditions = Conditions(
-        torch.randn(batch, cfg.latent_dim, 1, h, w), torch.randn(batch, cfg.latent_dim, t, h // 2, w // 2),
-        torch.randn(batch, 8, cfg.text_dim), None,
-        torch.rand(batch, mw, 1, h, w) if mw else None, torch.rand(batch, mw, t, h // 2, w // 2) if mw else None,
-    )  # fmt: skip
-    x = torch.randn(batch, cfg.latent_dim, t, h, w)
-    return ConditionBuilder().build(conditions, x, torch.full((batch,), 500.0))
-
-
 def measure(name: str) -> dict:
     """One case, in this process: measured peak rise and the planner's numbers."""
     import torch
 
     from scail_lab.model.dit import DiTConfig, SCAILDiT
-    from scail_lab.training.plan import Workload, plan_run
+    from scail_lab.training.plan import Workload, plan_run, random_step_inputs
 
     overrides, (batch, t, h, w, train, ckpt) = CASES[name]
     config = DiTConfig(**{**BASE, **overrides})
@@ -77,7 +62,7 @@ def measure(name: str) -> dict:
     torch.manual_seed(0)
     model = SCAILDiT(config)
     model.gradient_checkpointing = ckpt
-    inputs = _inputs(model, batch, t, h, w)
+    inputs = random_step_inputs(model, work)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
     before = _status("VmRSS")

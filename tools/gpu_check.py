@@ -126,7 +126,7 @@ def train_check(out: Path, device: str) -> dict:
 
 
 def step_check(device: str, tiny: bool) -> dict:
-    from scail_lab.conditioning import ConditionBuilder, Conditions
+    from scail_lab.training.plan import random_step_inputs
     from tools.plan import plan_config
 
     if tiny:
@@ -141,15 +141,7 @@ def step_check(device: str, tiny: bool) -> dict:
     model = instantiate(cfg.model).eval()
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
     model.to(device, dtype)
-    c, (b, t, h, w) = model.config, (1, work.frames, work.height, work.width)
-    mw = model.mask_width
-    conditions = Conditions(
-        torch.randn(b, 16, 1, h, w), torch.randn(b, 16, t, h // 2, w // 2), torch.randn(b, 16, c.text_dim),
-        torch.randn(b, 257, c.clip_dim) if c.clip_dim else None,
-        torch.rand(b, mw, 1, h, w) if mw else None, torch.rand(b, mw, t, h // 2, w // 2) if mw else None,
-    )  # fmt: skip
-    inputs = ConditionBuilder().build(conditions, torch.randn(b, 16, t, h, w), torch.full((b,), 500.0))
-    inputs = inputs.to(device, dtype=dtype)
+    inputs = random_step_inputs(model, work, text_tokens=16).to(device, dtype=dtype)
     cuda = device != "cpu"
     with torch.no_grad():
         model(inputs)  # warm-up

@@ -82,7 +82,7 @@ def step(fp8: Path, layers: int) -> dict:
     from hydra import compose, initialize_config_dir
 
     from scail_lab.build import build_model
-    from scail_lab.conditioning import ConditionBuilder, Conditions
+    from scail_lab.training.plan import random_step_inputs
     from tools.plan import plan_config
 
     overrides = ["+preset=scail2_14b", f"checkpoint.dir={fp8}", f"weights={fp8}", "weights_dtype=float8_e4m3fn",
@@ -96,14 +96,7 @@ def step(fp8: Path, layers: int) -> dict:
     model = build_model(cfg).eval()
     load_seconds = time.perf_counter() - start
     loaded_peak, loaded = status("VmHWM"), status("VmRSS")
-    c = model.config
-    b, t, h, w = 1, work.frames, work.height, work.width
-    g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    conditions = Conditions(r(b, 16, 1, h, w), r(b, 16, t, h // 2, w // 2), r(b, 512, c.text_dim),
-                            r(b, 257, c.clip_dim), torch.rand(b, 28, 1, h, w, generator=g),
-                            torch.rand(b, 28, t, h // 2, w // 2, generator=g))  # fmt: skip
-    inputs = ConditionBuilder().build(conditions, r(b, 16, t, h, w), torch.full((b,), 500.0))
+    inputs = random_step_inputs(model, work, text_tokens=512, generator=torch.Generator().manual_seed(0))
     Path("/proc/self/clear_refs").write_text("5")  # the step's own peak
     before = status("VmRSS")
     start = time.perf_counter()

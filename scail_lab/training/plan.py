@@ -116,14 +116,30 @@ def _fake():
         blocks.attention = original
 
 
+def random_step_inputs(model: SCAILDiT, work: Workload, text_tokens: int = 8,
+                       generator: torch.Generator | None = None):
+    """Random DiTInputs of one step of `work` for `model` (planner traces, benchmarks, smoke runs): reference and
+    half-resolution pose latents, mask codes at the model's mask width, text and CLIP tokens, timestep 500."""
+    from scail_lab.conditioning import ConditionBuilder, Conditions
+
+    c, mw = model.config, model.mask_width
+    b, t, h, w = work.batch, work.frames, work.height, work.width
+    randn = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
+    rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    conditions = Conditions(
+        randn(b, c.latent_dim, 1, h, w), randn(b, c.latent_dim, t, h // 2, w // 2), randn(b, text_tokens, c.text_dim),
+        randn(b, 257, c.clip_dim) if c.clip_dim else None,
+        rand(b, mw, 1, h, w) if mw else None, rand(b, mw, t, h // 2, w // 2) if mw else None,
+    )  # fmt: skip
+    return ConditionBuilder().build(conditions, randn(b, c.latent_dim, t, h, w), torch.full((b,), 500.0))
+
+
 def traced_activations(build, config: DiTConfig, work: Workload, dtype: torch.dtype,
                        weights_dtype: torch.dtype = torch.float32) -> float:
     """Peak activation + temporary bytes of one step of `build(config)` on FakeTensors, extrapolated in depth
     from a 2- and a 3-layer trace: fixed + num_layers x per-layer. `weights_dtype` is the resident one: fp8 traces
     the quantized blocks (each Linear's weight dequantized into the compute dtype when it runs)."""
     from torch.distributed._tools.mem_tracker import MemTracker
-
-    from scail_lab.conditioning import ConditionBuilder, Conditions
 
     def trace(layers: int) -> float:
         with _fake():
@@ -142,14 +158,7 @@ def traced_activations(build, config: DiTConfig, work: Workload, dtype: torch.dt
                 for param in model.parameters():  # MemTracker hooks every parameter (inference: no gradients)
                     param.requires_grad_(True)
             model.gradient_checkpointing = work.checkpointing
-            b, t, h, w = work.batch, work.frames, work.height, work.width
-            mw = model.mask_width
-            conditions = Conditions(
-                torch.randn(b, config.latent_dim, 1, h, w), torch.randn(b, config.latent_dim, t, h // 2, w // 2),
-                torch.randn(b, 8, config.text_dim), torch.randn(b, 257, config.clip_dim) if config.clip_dim else None,
-                torch.rand(b, mw, 1, h, w) if mw else None, torch.rand(b, mw, t, h // 2, w // 2) if mw else None,
-            )  # fmt: skip
-            inputs = ConditionBuilder().build(conditions, torch.randn(b, config.latent_dim, t, h, w), torch.full((b,), 500.0))
+            inputs = random_step_inputs(model, work)
             tracker = MemTracker()
             tracker.track_external(model)
             autocast = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
