@@ -148,7 +148,7 @@ def build_encoder(cfg: DictConfig, model: SCAILDiT) -> ConditionEncoder:
     vae = instantiate(cfg.vae)
     text = instantiate(cfg.text_encoder)
     image = instantiate(cfg.image_encoder) if model.config.clip_dim else None
-    return ConditionEncoder(vae, data_mask_scheme(model), text, image)
+    return ConditionEncoder(vae, data_mask_scheme(model), text, image, model.interface.pose_downsample)
 
 
 def build_pipeline(cfg: DictConfig, model: SCAILDiT, encoder: ConditionEncoder, **overrides):

@@ -30,6 +30,7 @@ def make_inputs(
     history: bool = False,
     mode="animate",
     seed: int = 0,
+    pose_downsample: int = 2,
 ):
     """Random DiTInputs with consistent shapes (latent grid height x width, `frames` latent frames)."""
     from scail_lab.types import DiTInputs
@@ -47,10 +48,10 @@ def make_inputs(
         timestep=torch.linspace(100.0, 900.0, b),
         text_emb=r(b, text_tokens, text_dim),
         ref_latents=r(b, 16, 1, h, w),
-        pose_latents=r(b, 16, t, h // 2, w // 2),
+        pose_latents=r(b, 16, t, h // pose_downsample, w // pose_downsample),
         clip_emb=r(b, clip_tokens, clip_dim) if clip_dim else None,
         ref_mask=u(b, mask_width, 1, h, w) if mask_width else None,
-        driving_mask=u(b, mask_width, t, h // 2, w // 2) if mask_width else None,
+        driving_mask=u(b, mask_width, t, h // pose_downsample, w // pose_downsample) if mask_width else None,
         history_mask=history_mask,
         extra_ref_latents=r(b, 16, num_extra, h, w) if num_extra else None,
         extra_ref_masks=u(b, mask_width, num_extra, h, w) if (num_extra and mask_width) else None,

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scail_lab.conditioning.encode import half_resolution, unit_range
+from scail_lab.conditioning.encode import unit_range
 from scail_lab.data import (
     AugmentConfig,
     FolderDataset,
@@ -22,7 +22,7 @@ from scail_lab.data.caching import make_latent_shards
 from scail_lab.data.folders import collect_folder
 from scail_lab.data.latents import latent_sample, npy_tensor
 from scail_lab.data.shards import iter_shard
-from scail_lab.model.masks import ColourMaskScheme, NoMaskScheme
+from scail_lab.model.masks import ColourMaskScheme, NoMaskScheme, downsample_frames
 from tests.test_data_fixtures import write_synthetic
 
 SAMPLING = FrameSampling(frame_buckets=(9,), random_start=False)
@@ -80,7 +80,7 @@ def test_cached_latents_equal_the_encoder_on_the_loader_pixels(data):
     torch.testing.assert_close(target, vae.encode(unit_range(pixels["target"])[None])[0], rtol=0, atol=1e-6)
     pose = npy_tensor(out["pose_latents.npy"])
     assert pose.shape == (16, 3, 4, 4)
-    torch.testing.assert_close(pose, vae.encode(half_resolution(unit_range(pixels["driving"])[None]))[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(pose, vae.encode(downsample_frames(unit_range(pixels["driving"])[None]))[0], rtol=0, atol=1e-6)
     ref = npy_tensor(out["ref_latents.npy"])
     torch.testing.assert_close(ref, vae.encode(unit_range(pixels["ref_image"])[None, :, None])[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(npy_tensor(out["ref_mask_code.npy"]), scheme.encode_ref(pixels["ref_mask"][None, :, None])[0])
@@ -172,7 +172,7 @@ def test_pose_dropout_gives_the_same_condition_from_pixels_and_from_latents(tmp_
         modes.add(pixels["mode"])
         if pixels["mode"] == "animate":
             assert int(pixels["driving"].sum()) == 0 and int(pixels["driving_mask"].sum()) == 0
-            from_pixels = vae.encode(half_resolution(unit_range(pixels["driving"])[None]))[0]
+            from_pixels = vae.encode(downsample_frames(unit_range(pixels["driving"])[None]))[0]
             assert from_pixels.abs().max() > 0.5  # a black clip does not encode to zeros
             torch.testing.assert_close(latent["pose_latents"], from_pixels, rtol=0, atol=1e-6)
             assert torch.all(latent["driving_mask_code"] == 0)

@@ -41,6 +41,7 @@ from tools.toy_stages import (  # noqa: E402
     budget_from_dict,
     compose_config,
     flow_losses,
+    latents_name,
     model_overrides,
     run_stage,
     stage_latents,
@@ -60,7 +61,9 @@ ARMS = {
     "rope=midpoint": ["rope=midpoint"],
     "mask=binary4": ["mask=binary4"],
     "mask=none": ["mask=none"],
+    "pose=full": ["model.interface.pose_downsample=1"],
 }
+POSE_DOWNSAMPLE = {"pose=full": 1}  # arms whose driving latents differ get their own latent shards (default 2)
 METRICS = ("flow_loss", "psnr", "mask_iou", "joint_error_px", "identity_color_hist", "ssim")
 HIGHER = {"flow_loss": False, "psnr": True, "mask_iou": True, "joint_error_px": False, "identity_color_hist": True,
           "ssim": True}  # fmt: skip
@@ -76,6 +79,11 @@ SUBSETS = {  # name -> predicate on gt.json
 
 def arm_dir(arm: str) -> str:
     return arm.replace("=", "_")
+
+
+def arm_budget(budget: Budget, arm: str) -> Budget:
+    """The budget an arm trains with: its pose grid picks its latent shards (toy_stages.latents_name)."""
+    return dataclasses.replace(budget, pose_downsample=POSE_DOWNSAMPLE.get(arm, 2))
 
 
 def stage_init(folder: Path, budget: Budget, vae_path: Path, arm: str, seed: int) -> dict:
@@ -102,6 +110,7 @@ def stage_init(folder: Path, budget: Budget, vae_path: Path, arm: str, seed: int
 def run_arm(out: Path, budget: Budget, bundle_vae: Path, arm: str, seed: int, data_sig: dict) -> dict:
     folder = out / arm_dir(arm) / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
+    budget = arm_budget(budget, arm)
     sig = {**data_sig, "arm": arm, "seed": seed, **budget.train_args()}
     init = run_stage(folder, "init", sig, lambda f: stage_init(f, budget, bundle_vae, arm, seed))
     extra = [*ARMS[arm], f"weights={init['result']['path']}"]
@@ -112,7 +121,7 @@ def run_arm(out: Path, budget: Budget, bundle_vae: Path, arm: str, seed: int, da
     run_stage(folder, "samples", sample_sig,
               lambda f: stage_sample(f, out / "world", budget, bundle_vae, weights, seed, arm_overrides=ARMS[arm]))  # fmt: skip
     run_stage(folder, "flow_loss", sig, lambda f: {"per_sample": flow_losses(
-        budget, bundle_vae, out / "latents" / "test", weights, seed, overrides=ARMS[arm])})  # fmt: skip
+        budget, bundle_vae, out / latents_name(budget.pose_downsample) / "test", weights, seed, overrides=ARMS[arm])})  # fmt: skip
     return {"init": init["result"], "train_seconds": train["seconds"]}
 
 
@@ -288,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     world_sig = {**budget.world_args(), "seed": seed0}
     run_stage(out, "world", world_sig, lambda f: stage_world(f, budget, seed0))
     data_sig = {**world_sig, "vae": manifest["files"][VAE_FILE]["sha256"]}
-    run_stage(out, "latents", data_sig,
-              lambda f: stage_latents(f, out / "world", budget, vae_path, splits=("train", "val", "test")))  # fmt: skip
     arms = [a for a in ARMS if a in args.arms]
     if "default" not in arms:
         arms.insert(0, "default")
+    for d in sorted({arm_budget(budget, a).pose_downsample for a in arms}, reverse=True):  # SCAIL-2's grid first
+        variant = dataclasses.replace(budget, pose_downsample=d)
+        run_stage(out, latents_name(d), data_sig if d == 2 else {**data_sig, "pose_downsample": d},
+                  lambda f, v=variant: stage_latents(f, out / "world", v, vae_path, splits=("train", "val", "test")))  # fmt: skip
     init_notes = {}
     if not args.report:
         for arm in arms:

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="up to this many clips per long video (keys <key>, <key>_w001, ...); default: the first only")
     p.add_argument("--window-overlap", type=int, default=5,
                    help="frames each window shares with the previous one (5: SCAIL-2's segment overlap)")
+    p.add_argument("--pose-downsample", type=int, default=2, choices=(1, 2),
+                   help="the model interface's pose_downsample: 2 = SCAIL-2's half-resolution driving latents")
     p.add_argument("--samples-per-shard", type=int, default=100, help="with --folders")
     p.add_argument("--device", default="cpu")
     p.add_argument("--part", type=int, default=0)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                random_start=False),
         buckets=ResolutionBuckets(sizes=parse_buckets(args.buckets)), dtype=args.dtype,
         include_variants=not args.no_variants, device=args.device, windows=args.windows,
-        window_overlap=args.window_overlap,
+        window_overlap=args.window_overlap, pose_downsample=args.pose_downsample,
     )  # fmt: skip
     report = make_latent_shards(
         cacher, args.out, shards=args.shards, folders=args.folders, samples_per_shard=args.samples_per_shard,

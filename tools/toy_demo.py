@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from scail_lab.checkpoints.bundle import sha256_file  # noqa: E402
 from tools.toy_stages import (  # noqa: E402
     BASE_WEIGHTS,
     BUDGETS,
@@ -39,6 +41,7 @@ from tools.toy_stages import (  # noqa: E402
     Finetune,
     budget_from_dict,
     heldout_flow_loss,
+    latents_name,
     run_stage,
     stage_latents,
     stage_sample,
@@ -61,6 +64,8 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
 
     if data_kind not in ("latent", "pixel"):
         raise ValueError(f"data kind must be 'latent' or 'pixel', got {data_kind!r}")
+    if budget.init and not Path(budget.init).is_file():
+        raise FileNotFoundError(f"budget init: no denoiser weights at {budget.init}")
     out = out.resolve()  # manifests and stage records hold absolute paths
     out.mkdir(parents=True, exist_ok=True)
     sig = {"world": {**budget.world_args(), "seed": seed}}
@@ -70,15 +75,23 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     records["vae"] = run_stage(out, "vae", sig["vae"], lambda f: stage_vae(f, world, budget, seed))
     vae_path = out / "vae" / VAE_FILE
     if data_kind == "latent":
-        sig["latents"] = {**sig["vae"], "size": budget.size, "frames": budget.frames}
-        records["latents"] = run_stage(out, "latents", sig["latents"],
+        sig["latents"] = {**sig["vae"], "size": budget.size, "frames": budget.frames,
+                          "pose_downsample": budget.pose_downsample}  # fmt: skip
+        records["latents"] = run_stage(out, latents_name(budget.pose_downsample), sig["latents"],
                                        lambda f: stage_latents(f, world, budget, vae_path))  # fmt: skip
-    sig["train"] = {**sig["vae"], **budget.train_args(), "data": data_kind}
+    sig["train"] = {**sig["vae"], **budget.train_args(), "data": data_kind, "pose_downsample": budget.pose_downsample}
+    extra = []
+    if budget.init:  # a copy outside any bundle: the weights start the run, the bundle's model config does not bind
+        init = out / "init" / "denoiser.safetensors"
+        init.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(budget.init, init)
+        sig["train"]["init_sha256"] = sha256_file(init)
+        extra = [f"weights={init}"]
     records["train"] = run_stage(out, "train", sig["train"],
-                                 lambda f: stage_train(f, out, budget, vae_path, data_kind, seed))  # fmt: skip
+                                 lambda f: stage_train(f, out, budget, vae_path, data_kind, seed, extra))  # fmt: skip
     weights = out / "train" / "export" / "denoiser.safetensors"
     if data_kind == "latent":
-        val = out / "latents" / "val"
+        val = out / latents_name(budget.pose_downsample) / "val"
         records["heldout_loss"] = run_stage(out, "heldout_loss", sig["train"], lambda f: {
             "trained": heldout_flow_loss(budget, vae_path, val, weights, seed),
             "untrained": heldout_flow_loss(budget, vae_path, val, None, seed)})  # fmt: skip
@@ -114,7 +127,7 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0) 
     records["world_regular"] = run_stage(out, "world_regular", sig["world_regular"],
                                          lambda f: stage_world(f, regular, seed, test_only=True))  # fmt: skip
     sig["latents"] = {**sig["world"], "bundle": bundle_sig}
-    records["latents"] = run_stage(out, "latents", sig["latents"],
+    records["latents"] = run_stage(out, latents_name(budget.pose_downsample), sig["latents"],
                                    lambda f: stage_latents(f, out / "world", budget, vae_path))  # fmt: skip
     sig["train"] = {**sig["latents"], **budget.train_args(), "lora": ft.lora, "lora_rank": ft.lora_rank}
     extra = ft.train_extra(base_weights)

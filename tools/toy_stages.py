@@ -62,6 +62,7 @@ class Budget:
     num_heads: int = 4
     num_layers: int = 2
     patch: int = 2  # spatial patch of the denoiser (latent cells per token side)
+    pose_downsample: int = 2  # interface pose grid = latent grid / this (2: SCAIL-2; 1: full-resolution pose tokens)
     train_steps: int = 200
     batch_size: int = 4
     lr: float = 1e-3
@@ -69,6 +70,7 @@ class Budget:
     val_every: int = 100
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed (CPU autocast)
     region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
+    init: str = ""  # initial denoiser weights (safetensors; same sizes), e.g. a shipped base to continue; "" = scratch
     # sampling
     sampler: str = "euler"
     shift: float = 5.0
@@ -91,6 +93,9 @@ class Budget:
                 raise ValueError(f"budget field {name} must be >= 1, got {getattr(self, name)}")
         if self.patch not in (1, 2):
             raise ValueError(f"patch must be 1 or 2, got {self.patch}")
+        if self.pose_downsample not in (1, 2):
+            raise ValueError(f"pose_downsample must be 1 or 2, got {self.pose_downsample}")
+
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} must be a multiple of num_heads {self.num_heads}")
         if not (REPO / "configs" / "sampler" / f"{self.sampler}.yaml").is_file():
@@ -171,7 +176,7 @@ class Finetune:
         return dataclasses.replace(
             base, name=self.name, num_train=self.num_train, num_val=self.num_val, num_test=self.num_test,
             families=(HOLDOUT_FAMILY,), train_steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
-            warmup_steps=self.warmup_steps, val_every=self.val_every, precision=self.precision,
+            warmup_steps=self.warmup_steps, val_every=self.val_every, precision=self.precision, init="",
         )  # fmt: skip
 
     def train_extra(self, weights: Path) -> list[str]:
@@ -248,6 +253,7 @@ def model_overrides(budget: Budget, vae_path: Path) -> list[str]:
         f"model.config.num_heads={budget.num_heads}",
         f"model.config.num_layers={budget.num_layers}",
         f"model.config.patch_size=[1,{budget.patch},{budget.patch}]",
+        f"model.interface.pose_downsample={budget.pose_downsample}",
         f"vae.path={vae_path}",
     ]
 
@@ -305,7 +311,7 @@ def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path,
     cacher = LatentCacher(
         vae=encoder.vae, mask_scheme=data_mask_scheme(model), text_encoder=encoder.text_encoder,
         image_encoder=encoder.image_encoder, sampling=FrameSampling(frame_buckets=(budget.frames,), random_start=False),
-        buckets=ResolutionBuckets(sizes=((budget.size, budget.size),)),
+        buckets=ResolutionBuckets(sizes=((budget.size, budget.size),)), pose_downsample=budget.pose_downsample,
     )  # fmt: skip
     counts = {}
     for split in splits:
@@ -314,13 +320,19 @@ def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path,
     return counts
 
 
+def latents_name(pose_downsample: int) -> str:
+    """The latent-shard folder of a run: `latents` (SCAIL-2's half-resolution driving latents) or `latents_pose<d>`."""
+    return "latents" if pose_downsample == 2 else f"latents_pose{pose_downsample}"
+
+
 def train_overrides(
     budget: Budget, vae_path: Path, data: Path, data_kind: str, run_dir: Path, seed: int
 ) -> list[str]:
     b = budget
     if data_kind == "latent":
-        source = ["data=latent", f"data.shards={data / 'latents' / 'train'}", "data@val_data=latent",
-                  f"val_data.shards={data / 'latents' / 'val'}"]  # fmt: skip
+        latents = data / latents_name(b.pose_downsample)
+        source = ["data=latent", f"data.shards={latents / 'train'}", "data@val_data=latent",
+                  f"val_data.shards={latents / 'val'}"]  # fmt: skip
     else:
         source = [f"data.shards={data / 'world' / 'shards' / 'train'}", "data@val_data=synthetic",
                   f"val_data.shards={data / 'world' / 'shards' / 'val'}", f"data.buckets.sizes=[[{b.size},{b.size}]]"]  # fmt: skip

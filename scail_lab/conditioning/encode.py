@@ -2,7 +2,8 @@
 
 Shapes: images [B, 3, H, W], videos [B, 3, N, H, W] (uint8 [0, 255] or float [-1, 1]), N = 4k + 1,
 H and W multiples of 32. Latents [B, 16, T, H/f, W/f] with f the VAE's `spatial_factor` (8 for Wan, 4 for a
-two-level light VAE); driving latents at half resolution [B, 16, T, H/2f, W/2f]. Mask codes follow the same grids.
+two-level light VAE); driving latents at half resolution [B, 16, T, H/2f, W/2f] (the
+interface's pose_downsample d: 2 in SCAIL-2, 1 for full-resolution pose tokens). Mask codes follow the same grids.
 
 Encoders are duck-typed: `vae.encode(video [-1,1]) -> latents` / `vae.decode`, `text_encoder.encode(list[str])
 -> list[[L, D]]`, `image_encoder.encode(images [-1,1]) -> [B, tokens, D]` (see scail_lab.encoders).
@@ -16,21 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from scail_lab.model.masks import MaskScheme
+from scail_lab.model.interfaces import POSE_DOWNSAMPLES
+from scail_lab.model.masks import MaskScheme, downsample_frames
 from scail_lab.model.tokens import pad_tokens
 
 
 def unit_range(x: Tensor) -> Tensor:
     """uint8 [0, 255] -> float32 [-1, 1]; float input is assumed to be in [-1, 1] already."""
     return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
-
-
-def half_resolution(video: Tensor) -> Tensor:
-    """0.5x bilinear resize of every frame (SCAIL-2 encodes the driving video at half size). [B,3,N,H,W]."""
-    b, c, n, h, w = video.shape
-    frames = video.transpose(1, 2).reshape(b * n, c, h, w)  # [B*N, 3, H, W]
-    frames = F.interpolate(frames, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
-    return frames.view(b, n, c, h // 2, w // 2).transpose(1, 2)
 
 
 def check_pixel_size(name: str, height: int, width: int, multiple: int = 32) -> None:
@@ -44,7 +38,12 @@ def check_pixel_size(name: str, height: int, width: int, multiple: int = 32) -> 
 class ConditionEncoder:
     """Frozen encoders + the mask scheme. Every method runs under no_grad."""
 
-    def __init__(self, vae, mask_scheme: MaskScheme, text_encoder=None, image_encoder=None) -> None:
+    def __init__(
+        self, vae, mask_scheme: MaskScheme, text_encoder=None, image_encoder=None, pose_downsample: int = 2
+    ) -> None:
+        if pose_downsample not in POSE_DOWNSAMPLES:
+            raise ValueError(f"pose_downsample must be one of {POSE_DOWNSAMPLES}, got {pose_downsample!r}")
+        self.pose_downsample = int(pose_downsample)  # the model interface's: driving grid = latent grid / this
         self.vae = vae
         self.mask_scheme = mask_scheme
         self.text_encoder = text_encoder
@@ -70,8 +69,9 @@ class ConditionEncoder:
 
     @torch.no_grad()
     def pose_latents(self, driving: Tensor) -> Tensor:
-        """[B, 3, N, H, W] -> [B, 16, T, H/16, W/16]: 0.5x bilinear, then the VAE."""
-        return self.vae.encode(half_resolution(unit_range(driving)))
+        """[B, 3, N, H, W] -> [B, 16, T, H/(f*d), W/(f*d)]: 1/d bilinear (d = pose_downsample, 2 in SCAIL-2), then
+        the VAE (spatial factor f)."""
+        return self.vae.encode(downsample_frames(unit_range(driving), self.pose_downsample))
 
     @torch.no_grad()
     def ref_mask_code(self, ref_mask: Tensor) -> Tensor | None:
@@ -80,8 +80,8 @@ class ConditionEncoder:
 
     @torch.no_grad()
     def driving_mask_code(self, driving_mask: Tensor) -> Tensor | None:
-        """Driving mask video [B, 3, N, H, W] -> [B, Cm, T, H/2f, W/2f] (None for the `none` scheme)."""
-        return self.mask_scheme.encode_driving(driving_mask, self.spatial_factor)
+        """Driving mask video [B, 3, N, H, W] -> [B, Cm, T, H/(f*d), W/(f*d)] (None for the `none` scheme)."""
+        return self.mask_scheme.encode_driving(driving_mask, self.spatial_factor, self.pose_downsample)
 
     @torch.no_grad()
     def target_region(self, target_mask: Tensor) -> Tensor:

@@ -44,6 +44,7 @@ def _cacher_signature(cacher: LatentCacher) -> dict:
         "dtype": str(cacher.dtype.__name__),
         "vae": type(cacher.vae).__name__,
         "windows": [cacher.windows, cacher.window_overlap],
+        "pose_downsample": cacher.encoder.pose_downsample,
     }
 
 

@@ -96,6 +96,7 @@ class LatentCacher:
         device: str | torch.device = "cpu",
         windows: int = 1,
         window_overlap: int = 5,
+        pose_downsample: int = 2,
     ) -> None:
         if dtype not in LATENT_DTYPES:
             raise ValueError(f"latent dtype must be one of {tuple(LATENT_DTYPES)}, got {dtype!r}")
@@ -104,8 +105,8 @@ class LatentCacher:
         for name, enc in (("vae", vae), ("text_encoder", text_encoder), ("image_encoder", image_encoder)):
             if enc is not None and not callable(getattr(enc, "encode", None)):
                 raise ValueError(f"{name} must have an encode() method, got {type(enc).__name__}")
-        # The same encoding code as training and sampling (0.5x driving resize, mask codes, text, CLIP).
-        self.encoder = ConditionEncoder(vae, mask_scheme, text_encoder, image_encoder)
+        # The same encoding code as training and sampling (1/pose_downsample driving resize, mask codes, text, CLIP).
+        self.encoder = ConditionEncoder(vae, mask_scheme, text_encoder, image_encoder, pose_downsample)
         self.vae, self.scheme = vae, mask_scheme
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.sampling = sampling or FrameSampling(random_start=False)

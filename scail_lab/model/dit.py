@@ -179,7 +179,8 @@ class SCAILDiT(nn.Module):
 
         expect("timestep", inputs.timestep, (b,))
         expect("ref_latents", inputs.ref_latents, (b, c, 1, h, w))
-        expect("pose_latents", inputs.pose_latents, (b, c, t, h // 2, w // 2))
+        d = self.interface.pose_downsample
+        expect(f"pose_latents (interface pose_downsample={d})", inputs.pose_latents, (b, c, t, h // d, w // d))
         expect("history_mask", inputs.history_mask, (b, I2V_MASK_CHANNELS, t, h, w), required=False)
         text = inputs.text_emb
         if (
@@ -207,7 +208,7 @@ class SCAILDiT(nn.Module):
             m = self.mask_width
             scheme = type(self.mask_scheme).__name__
             expect(f"ref_mask (mask scheme {scheme})", inputs.ref_mask, (b, m, 1, h, w))
-            expect(f"driving_mask (mask scheme {scheme})", inputs.driving_mask, (b, m, t, h // 2, w // 2))
+            expect(f"driving_mask (mask scheme {scheme})", inputs.driving_mask, (b, m, t, h // d, w // d))
             if extra is not None:
                 if inputs.extra_ref_masks is None:
                     raise ValueError(
@@ -283,6 +284,7 @@ class SCAILDiT(nn.Module):
         return {
             "config": asdict(self.config),
             "interface": self.interface.name,
+            "pose_downsample": self.interface.pose_downsample,
             "rope": self.rope.name,
             "mask_scheme": repr(self.mask_scheme),
             "mask_width": self.mask_width,

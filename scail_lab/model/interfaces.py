@@ -4,14 +4,14 @@ An interface builds the patch-embedding modules (the DiT registers them under th
 state dict matches the released checkpoints) and turns DiTInputs into a token sequence plus its TokenLayout.
 
   InContextInterface `scail2`: [extra refs | ref | video | pose] tokens; pose at half spatial resolution with
-      its own embedding; mask codes embedded by `patch_embedding_mask` and added to ref/extra-ref/video and pose
+      its own embedding (`pose_downsample=1`: full resolution); mask codes embedded by `patch_embedding_mask` and added to ref/extra-ref/video and pose
       tokens (video frames carry an all-zero mask, i.e. they receive only that conv's bias).
   InContextInterface `scail1`: SCAIL-Preview, [ref | video | pose], no mask channels, no extra references.
   ChannelConcatInterface `channel_concat`: control-model baseline (Wan-Fun style): the driving latents (and
       mask codes) are resized to the video grid and concatenated on channels with the noisy latents; only
       [extra refs | ref | video] tokens; no pose tokens.
 
-Shapes: latents [B, C, T, H, W]; pose [B, C, T, H/2, W/2]; tokens [B, L, D]; Hp = H / p, Wp = W / p.
+Shapes: latents [B, C, T, H, W]; pose [B, C, T, H/d, W/d] (d = pose_downsample, 2 in SCAIL-2); tokens [B, L, D]; Hp = H / p, Wp = W / p.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ from torch import Tensor, nn
 from scail_lab.types import DiTInputs, Segment, TokenLayout
 
 I2V_MASK_CHANNELS = 4  # Wan I2V packs 4 pixel frames per latent frame into a 4-channel frame mask
+POSE_DOWNSAMPLES = (1, 2)  # driving grid = latent grid / this; 2 in SCAIL-2, 1 = full-resolution pose tokens
+
+
+def _check_pose_downsample(value: int) -> int:
+    if value not in POSE_DOWNSAMPLES:
+        raise ValueError(f"interface pose_downsample must be one of {POSE_DOWNSAMPLES}, got {value!r}")
+    return int(value)
 
 
 def _with_ones(x: Tensor) -> Tensor:
@@ -56,6 +63,7 @@ class MotionInterface:
     name = "base"
     uses_masks = False
     allow_extra_refs = False
+    pose_downsample = 2  # the driving latents' grid is the video latents' divided by this (both sides)
 
     def mask_width(self, scheme_width: int) -> int:
         """Mask channels this interface embeds, given the scheme's width."""
@@ -82,14 +90,18 @@ class MotionInterface:
             )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
+        return f"{type(self).__name__}(name={self.name!r}, pose_downsample={self.pose_downsample})"
 
 
 class InContextInterface(MotionInterface):
-    """SCAIL-style in-context tokens: reference, video and half-resolution pose tokens in one sequence."""
+    """SCAIL-style in-context tokens: reference, video and half-resolution pose tokens in one sequence
+    (`pose_downsample=1`: pose tokens on the video's grid, 4x as many)."""
 
-    def __init__(self, name: str = "scail2", use_masks: bool = True, allow_extra_refs: bool = True) -> None:
+    def __init__(
+        self, name: str = "scail2", use_masks: bool = True, allow_extra_refs: bool = True, pose_downsample: int = 2
+    ) -> None:
         self.name = name
+        self.pose_downsample = _check_pose_downsample(pose_downsample)
         self.uses_masks = bool(use_masks)
         self.allow_extra_refs = bool(allow_extra_refs)
 
@@ -108,7 +120,7 @@ class InContextInterface(MotionInterface):
         # Reference and video share one embedding; one conv over [ref | video] along time.
         main = torch.cat([_with_ones(inputs.ref_latents), _video_with_history(inputs)], dim=2)
         main = modules.patch_embedding(main)  # [B, D, 1 + T, Hp, Wp]
-        pose = modules.patch_embedding_pose(_with_ones(inputs.pose_latents))  # [B, D, T, Hp/2, Wp/2]
+        pose = modules.patch_embedding_pose(_with_ones(inputs.pose_latents))  # [B, D, T, Hp/d, Wp/d]
         extra = None
         if inputs.extra_ref_latents is not None:
             extra = modules.patch_embedding(_with_ones(inputs.extra_ref_latents))  # [B, D, N, Hp, Wp]
@@ -142,7 +154,8 @@ class ChannelConcatInterface(MotionInterface):
     uses_masks = True
     allow_extra_refs = True
 
-    def __init__(self, upsample_mode: str = "nearest") -> None:
+    def __init__(self, upsample_mode: str = "nearest", pose_downsample: int = 2) -> None:
+        self.pose_downsample = _check_pose_downsample(pose_downsample)
         if upsample_mode not in ("nearest", "bilinear"):
             raise ValueError(
                 f"channel_concat upsample_mode must be 'nearest' or 'bilinear', got {upsample_mode!r}"

@@ -34,6 +34,17 @@ POOLING_MODES = ("area", "nearest")
 DRIVING_DOWNSAMPLE_MODES = ("bilinear_pixels", "area_codes")
 
 
+def downsample_frames(video: Tensor, factor: int = 2) -> Tensor:
+    """1/factor bilinear resize of every frame (SCAIL-2 encodes the driving video at half size, factor 2; factor 1
+    returns the video unchanged). [B, C, N, H, W] -> [B, C, N, H/factor, W/factor]."""
+    if factor == 1:
+        return video
+    b, c, n, h, w = video.shape
+    frames = video.transpose(1, 2).reshape(b * n, c, h, w)  # [B*N, C, H, W]
+    frames = F.interpolate(frames, size=(h // factor, w // factor), mode="bilinear", align_corners=False)
+    return frames.view(b, n, c, h // factor, w // factor).transpose(1, 2)
+
+
 def latent_grid(pixel_hw: tuple[int, int], spatial_factor: int = 8) -> tuple[int, int]:
     """Latent grid of a pixel size: halve with ceil log2(factor) times, as the VAE's strided convs do."""
     h, w = pixel_hw
@@ -126,25 +137,22 @@ class MaskScheme:
         """Reference mask [B, 3, 1, H, W] -> [B, width, 1, H/f, W/f] (f: the VAE's spatial factor)."""
         return self.encode(mask_image, latent_grid(tuple(mask_image.shape[-2:]), spatial_factor))
 
-    def encode_driving(self, mask_video: Tensor, spatial_factor: int = 8) -> Tensor | None:
-        """Driving mask video [B, 3, N, H, W] -> [B, width, T, H/2f, W/2f] (the pose-token grid).
+    def encode_driving(self, mask_video: Tensor, spatial_factor: int = 8, downsample: int = 2) -> Tensor | None:
+        """Driving mask video [B, 3, N, H, W] -> [B, width, T, H/(d*f), W/(d*f)] (the pose-token grid; d = the
+        interface's pose_downsample, 2 in SCAIL-2).
 
-        `bilinear_pixels` (SCAIL-2): resize the pixels 0.5x bilinearly, then threshold; boundary
+        `bilinear_pixels` (SCAIL-2): resize the pixels 1/d bilinearly, then threshold; boundary
         colours blend and can be misclassified. `area_codes`: classify at full resolution and
-        area-pool straight to the /16 grid (no blending of colours).
+        area-pool straight to the pose grid (no blending of colours).
         """
         unbatched = mask_video.dim() == 4
         mask_video = self._check_pixels(mask_video.unsqueeze(0) if unbatched else mask_video)
         hpx, wpx = mask_video.shape[-2:]
-        half = latent_grid((hpx // 2, wpx // 2), spatial_factor)
+        grid = latent_grid((hpx // downsample, wpx // downsample), spatial_factor)
         if self.driving_downsample == "bilinear_pixels":
-            b, c, n = mask_video.shape[:3]
-            frames = _as_unit_range(mask_video).transpose(1, 2).reshape(b * n, c, hpx, wpx)
-            frames = F.interpolate(frames, size=(hpx // 2, wpx // 2), mode="bilinear", align_corners=False)
-            resized = frames.view(b, n, c, hpx // 2, wpx // 2).transpose(1, 2)
-            codes = self.encode(resized, half)
+            codes = self.encode(downsample_frames(_as_unit_range(mask_video), downsample), grid)
         else:
-            codes = self.encode(mask_video, half)
+            codes = self.encode(mask_video, grid)
         return codes[0] if (unbatched and codes is not None) else codes
 
     def _pack_time(self, frames: Tensor) -> Tensor:

@@ -79,7 +79,8 @@ class Plan:
 def tokens_of(model: SCAILDiT, work: Workload) -> int:
     p = model.config.patch_size[1]
     per = (work.height // p) * (work.width // p)
-    return (1 + work.frames) * per + work.frames * per // 4  # ref + video + half-resolution pose tokens
+    d = model.interface.pose_downsample
+    return (1 + work.frames) * per + work.frames * per // (d * d)  # ref + video + pose tokens (half resolution: d=2)
 
 
 class _FlashLike(torch.autograd.Function):
@@ -119,17 +120,18 @@ def _fake():
 def random_step_inputs(model: SCAILDiT, work: Workload, text_tokens: int = 8,
                        generator: torch.Generator | None = None):
     """Random DiTInputs of one step of `work` for `model` (planner traces, benchmarks, smoke runs): reference and
-    half-resolution pose latents, mask codes at the model's mask width, text and CLIP tokens, timestep 500."""
+    pose latents on the interface's pose grid, mask codes at the model's mask width, text and CLIP tokens, timestep 500."""
     from scail_lab.conditioning import ConditionBuilder, Conditions
 
     c, mw = model.config, model.mask_width
     b, t, h, w = work.batch, work.frames, work.height, work.width
+    d = model.interface.pose_downsample  # pose grid = latent grid / d
     randn = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731
     rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     conditions = Conditions(
-        randn(b, c.latent_dim, 1, h, w), randn(b, c.latent_dim, t, h // 2, w // 2), randn(b, text_tokens, c.text_dim),
+        randn(b, c.latent_dim, 1, h, w), randn(b, c.latent_dim, t, h // d, w // d), randn(b, text_tokens, c.text_dim),
         randn(b, 257, c.clip_dim) if c.clip_dim else None,
-        rand(b, mw, 1, h, w) if mw else None, rand(b, mw, t, h // 2, w // 2) if mw else None,
+        rand(b, mw, 1, h, w) if mw else None, rand(b, mw, t, h // d, w // d) if mw else None,
     )  # fmt: skip
     return ConditionBuilder().build(conditions, randn(b, c.latent_dim, t, h, w), torch.full((b,), 500.0))
 
