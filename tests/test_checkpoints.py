@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -11,23 +12,26 @@ import torch
 from safetensors import safe_open
 
 from scail_lab.checkpoints import (
-    DenoiserConfig,
     check_key_shapes,
     convert_checkpoint,
     infer_denoiser_config,
     load_denoiser_state_dict,
     official_key_shapes,
     open_denoiser_checkpoint,
+    read_config_json,
     sat_to_wan_state_dict,
     wan_to_sat_state_dict,
 )
 from scail_lab.checkpoints.sat import sat_to_wan_keys, split_fused
 from scail_lab.checkpoints.synthetic import FORMATS, random_wan_state_dict, write_denoiser_checkpoint
+from scail_lab.model.dit import DiTConfig, SCAILDiT
 
-TINY = DenoiserConfig(dim=16, ffn_dim=24, num_heads=2, num_layers=2, text_dim=8, freq_dim=8, clip_dim=12)
-TINY_PREVIEW = DenoiserConfig(
-    dim=16, ffn_dim=24, num_heads=2, num_layers=2, mask_dim=0, text_dim=8, freq_dim=8, clip_dim=12
-)
+TINY = DiTConfig(dim=16, ffn_dim=24, num_heads=2, num_layers=2, text_dim=8, freq_dim=8, clip_dim=12)
+WAN_14B = DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+
+
+def mask_dim_of(fmt: str) -> int:
+    return 0 if fmt == "sat_deepspeed" else 28  # SCAIL-Preview (the SAT DeepSpeed layout) has no mask conv
 
 
 def _meta(shapes):
@@ -38,7 +42,7 @@ def _meta(shapes):
 
 
 def test_official_table_matches_released_14b():
-    shapes = official_key_shapes(dim=5120, ffn_dim=13824, num_layers=40)
+    shapes = official_key_shapes(WAN_14B)
     assert len(shapes) == 1307
     assert sum(math.prod(s) for s in shapes.values()) == 16_395_544_384  # released SCAIL-2 parameter count
     assert sum(k.startswith("blocks.7.") for k in shapes) == 32
@@ -46,12 +50,12 @@ def test_official_table_matches_released_14b():
     assert shapes["patch_embedding_mask.weight"] == (5120, 28, 1, 2, 2)
     assert shapes["head.head.weight"] == (64, 5120)
     assert shapes["img_emb.proj.3.weight"] == (5120, 1280)
-    preview = official_key_shapes(dim=5120, ffn_dim=13824, num_layers=40, mask_dim=0)
+    preview = official_key_shapes(WAN_14B, mask_dim=0)
     assert len(preview) == 1305 and "patch_embedding_mask.weight" not in preview
 
 
 def test_sat_layout_has_987_keys_for_14b():
-    sat = wan_to_sat_state_dict(_meta(official_key_shapes(dim=5120, ffn_dim=13824, num_layers=40)))
+    sat = wan_to_sat_state_dict(_meta(official_key_shapes(WAN_14B)))
     assert len(sat) == 24 * 40 + 27 == 987
     assert all(k.startswith("model.diffusion_model.") for k in sat)
     qkv = sat["model.diffusion_model.transformer.layers.3.attention.query_key_value.weight"]
@@ -61,27 +65,27 @@ def test_sat_layout_has_987_keys_for_14b():
 
 
 def test_infer_config_from_shapes():
-    config = infer_denoiser_config(official_key_shapes(dim=5120, ffn_dim=13824, num_layers=40))
-    assert (config.dim, config.ffn_dim, config.num_heads, config.num_layers) == (5120, 13824, 40, 40)
-    assert (config.in_dim, config.mask_dim, config.out_dim, config.freq_dim, config.text_dim) == (
-        20,
-        28,
-        16,
-        256,
-        4096,
-    )
-    assert config.model_type == "i2v" and config.patch_size == (1, 2, 2)
-    assert infer_denoiser_config(TINY.key_shapes(), num_heads=2) == TINY
-    assert infer_denoiser_config(TINY_PREVIEW.key_shapes(), num_heads=2).mask_dim == 0
+    config, mask_dim = infer_denoiser_config(official_key_shapes(WAN_14B))
+    assert config == WAN_14B and mask_dim == 28
+    assert (config.latent_dim, config.out_dim, config.freq_dim, config.text_dim, config.clip_dim) == (
+        16, 16, 256, 4096, 1280)  # fmt: skip
+    assert infer_denoiser_config(official_key_shapes(TINY), num_heads=2) == (TINY, 28)
+    assert infer_denoiser_config(official_key_shapes(TINY, 0), num_heads=2) == (TINY, 0)
+    no_image = dataclasses.replace(TINY, clip_dim=0)  # a t2v model: no img_emb, no k_img / v_img
+    shapes = official_key_shapes(no_image)
+    assert len(shapes) == len(official_key_shapes(TINY)) - 8 - 5 * TINY.num_layers  # k_img, v_img, norm_k_img
+    model = SCAILDiT(no_image)  # the model builds exactly that table
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
+    assert infer_denoiser_config(shapes, num_heads=2) == (no_image, 28)
 
 
 def test_check_key_shapes_lists_every_problem():
-    shapes = dict(TINY.key_shapes())
+    shapes = dict(official_key_shapes(TINY))
     del shapes["blocks.1.cross_attn.k_img.weight"]
     shapes["blocks.0.ffn.0.weight"] = (99, 16)
     shapes["blocks.0.extra"] = (1,)
     with pytest.raises(ValueError) as info:
-        check_key_shapes(shapes, TINY.key_shapes())
+        check_key_shapes(shapes, official_key_shapes(TINY))
     message = str(info.value)
     assert "1 missing: blocks.1.cross_attn.k_img.weight" in message
     assert "1 unexpected: blocks.0.extra" in message
@@ -133,10 +137,9 @@ def test_sat_key_map_names():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_official_layout_loads_bit_identical(tmp_path, fmt):
-    config = TINY_PREVIEW if fmt == "sat_deepspeed" else TINY  # SCAIL-Preview has no mask conv
-    wan = random_wan_state_dict(config, seed=3)
+    wan = random_wan_state_dict(TINY, mask_dim_of(fmt), seed=3)
     path = write_denoiser_checkpoint(tmp_path, wan, fmt)
-    loaded = load_denoiser_state_dict(path, expected_shapes=config.key_shapes())
+    loaded = load_denoiser_state_dict(path, expected_shapes=official_key_shapes(TINY, mask_dim_of(fmt)))
     assert loaded.keys() == wan.keys()
     assert all(loaded[k].dtype == torch.float32 and torch.equal(loaded[k], wan[k]) for k in wan)
     folder_or_file = path if fmt == "wan_pt" else tmp_path  # folder search finds every official layout
@@ -155,11 +158,9 @@ def test_load_casts_one_tensor_at_a_time(tmp_path):
 
 def test_wrong_model_size_is_reported_before_loading(tmp_path):
     path = write_denoiser_checkpoint(tmp_path, random_wan_state_dict(TINY), "safetensors")
-    bigger = DenoiserConfig(
-        dim=16, ffn_dim=32, num_heads=2, num_layers=3, text_dim=8, freq_dim=8, clip_dim=12
-    )
+    bigger = dataclasses.replace(TINY, ffn_dim=32, num_layers=3)
     with pytest.raises(ValueError, match=r"32 missing: blocks\.2\..*mis-shaped: blocks\.0\.ffn\.0\.weight"):
-        load_denoiser_state_dict(path, expected_shapes=bigger.key_shapes())
+        load_denoiser_state_dict(path, expected_shapes=official_key_shapes(bigger))
 
 
 # ---------------------------------------------------------------- conversion
@@ -167,16 +168,15 @@ def test_wrong_model_size_is_reported_before_loading(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["scail2_fsdp2", "sat_deepspeed", "safetensors_sharded"])
 def test_convert_to_sharded_safetensors_is_bit_identical(tmp_path, fmt):
-    config = TINY_PREVIEW if fmt == "sat_deepspeed" else TINY
-    wan = random_wan_state_dict(config, seed=5)
+    wan = random_wan_state_dict(TINY, mask_dim_of(fmt), seed=5)
     src = write_denoiser_checkpoint(tmp_path / "src", wan, fmt)
     out = tmp_path / "converted"
     got = convert_checkpoint(src, out, dtype="fp32", max_shard_bytes=8 * 1024, num_heads=2, progress=False)
-    assert got == config
+    assert got == (TINY, mask_dim_of(fmt))
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 2 and all((out / s).is_file() for s in shards)
-    assert list(index["weight_map"]) == list(config.key_shapes())  # official order: globals, then blocks
+    assert list(index["weight_map"]) == list(official_key_shapes(TINY, mask_dim_of(fmt)))  # official order: globals, then blocks
     assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in wan.values())
     for shard in shards:  # bounded shards (a shard only exceeds the limit when one tensor does)
         with safe_open(str(out / shard), "pt") as handle:
@@ -197,9 +197,7 @@ def test_convert_writes_official_config_and_bf16(tmp_path):
     expected = {"dim": 16, "ffn_dim": 24, "freq_dim": 8, "in_dim": 20, "mask_dim": 28, "model_type": "i2v"}
     expected |= {"num_heads": 2, "num_layers": 2, "out_dim": 16, "text_len": 64, "eps": 1e-6}
     assert {k: config[k] for k in expected} == expected
-    assert DenoiserConfig.from_json_file(out / "config.json") == DenoiserConfig(
-        **{**TINY.__dict__, "text_len": 64}
-    )
+    assert read_config_json(out / "config.json") == (dataclasses.replace(TINY, text_len=64), 28)
     loaded = load_denoiser_state_dict(out)
     assert all(loaded[k].dtype == torch.bfloat16 and torch.equal(loaded[k], wan[k].bfloat16()) for k in wan)
 
@@ -253,7 +251,7 @@ def test_foreign_pickle_objects_need_trust(tmp_path):
     torch.save({"module": sat, "saved_on": datetime.date(2024, 1, 1)}, path)
     with pytest.raises(ValueError, match="trust_pickle=True"):
         load_denoiser_state_dict(path)
-    assert len(load_denoiser_state_dict(path, trust_pickle=True)) == len(TINY.key_shapes())
+    assert len(load_denoiser_state_dict(path, trust_pickle=True)) == len(official_key_shapes(TINY))
     torch.save({"optimizer": {"lr": torch.ones(1)}}, path)
     with pytest.raises(ValueError, match="no 'module' entry"):
         load_denoiser_state_dict(path)
@@ -267,7 +265,7 @@ def test_foreign_pickle_objects_need_trust(tmp_path):
     engine = {**sat_ok, "first_stage_model.encoder.conv_in.weight": torch.ones(1)}  # whole SAT engine
     torch.save({"module": engine}, path)
     assert (
-        load_denoiser_state_dict(path, expected_shapes=TINY.key_shapes()).keys() == TINY.key_shapes().keys()
+        load_denoiser_state_dict(path, expected_shapes=official_key_shapes(TINY)).keys() == official_key_shapes(TINY).keys()
     )
     torch.save({"module": {"model.diffusion_model.foo.weight": torch.ones(1)}}, path)
     with pytest.raises(ValueError, match="unrecognised key layout"):
@@ -327,7 +325,7 @@ def test_the_real_scail_preview_sat_layout_maps_onto_the_official_wan_layout():
     from pathlib import Path
 
     from scail_lab.checkpoints.sat import plan_sat_to_wan, sat_part_shape, sat_to_wan_state_dict
-    from scail_lab.model.dit import DiTConfig, SCAILDiT
+    from scail_lab.model.dit import DiTConfig, SCAILDiT, SCAILDiT
     from scail_lab.model.interfaces import InContextInterface
     from scail_lab.model.masks import NoMaskScheme
 
@@ -341,7 +339,7 @@ def test_the_real_scail_preview_sat_layout_maps_onto_the_official_wan_layout():
     assert len(sat) == fixture["config"]["total_keys_40_layers"] == 985
     plan = plan_sat_to_wan(sat)
     wan = {key: sat_part_shape(tuple(sat[where.sat_key]), where.parts, key=where.sat_key) for key, where in plan.items()}
-    official = official_key_shapes(dim=5120, ffn_dim=13824, num_layers=layers, mask_dim=0)
+    official = official_key_shapes(dataclasses.replace(WAN_14B, num_layers=layers), mask_dim=0)
     assert wan == dict(official)  # same keys, same shapes
     with torch.device("meta"):
         state = sat_to_wan_state_dict({k: torch.empty(v) for k, v in sat.items()})

@@ -8,13 +8,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from scail_lab.checkpoints import (
-    DenoiserConfig,
     convert_checkpoint,
     infer_denoiser_config,
     load_denoiser_state_dict,
+    official_key_shapes,
 )
 from scail_lab.checkpoints.synthetic import FORMATS, write_denoiser_checkpoint
-from scail_lab.model.dit import DiTConfig
 from tests.conftest import CONFIGS, make_inputs, randomize_
 
 
@@ -25,37 +24,18 @@ def tiny_model(interface: str = "scail2", mask: str = "color28", seed: int = 0):
     return randomize_(instantiate(cfg.model), seed=seed).eval()
 
 
-def denoiser_config(model) -> DenoiserConfig:
-    c = model.config
-    return DenoiserConfig(
-        dim=c.dim,
-        ffn_dim=c.ffn_dim,
-        num_heads=c.num_heads,
-        num_layers=c.num_layers,
-        in_dim=c.latent_dim + 4,
-        mask_dim=model.mask_width,
-        out_dim=c.out_dim,
-        text_dim=c.text_dim,
-        text_len=c.text_len,
-        freq_dim=c.freq_dim,
-        clip_dim=c.clip_dim,
-        patch_size=c.patch_size,
-    )
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_layout_loads_strictly_and_reproduces_outputs(tmp_path, fmt):
     preview = fmt == "sat_deepspeed"  # SCAIL-Preview: scail1 interface, no mask conv
     source = tiny_model("scail1" if preview else "scail2", "none" if preview else "color28", seed=1)
-    config = denoiser_config(source)
+    shapes = official_key_shapes(source.config, source.mask_width)
     state = source.state_dict()
-    assert {k: tuple(v.shape) for k, v in state.items()} == config.key_shapes()  # model = official table
-    assert infer_denoiser_config(config.key_shapes(), num_heads=4, text_len=16) == config
-    assert DiTConfig(**config.dit_config_kwargs()) == source.config
+    assert {k: tuple(v.shape) for k, v in state.items()} == shapes  # model = official table
+    assert infer_denoiser_config(shapes, num_heads=4, text_len=16) == (source.config, source.mask_width)
     path = write_denoiser_checkpoint(tmp_path, state, fmt)
 
     target = tiny_model("scail1" if preview else "scail2", "none" if preview else "color28", seed=2)
-    target.load_state_dict(load_denoiser_state_dict(path, expected_shapes=config.key_shapes()), strict=True)
+    target.load_state_dict(load_denoiser_state_dict(path, expected_shapes=shapes), strict=True)
     inputs = make_inputs(batch=2, frames=2, height=8, width=8, mask_width=source.mask_width, text_tokens=5)
     with torch.no_grad():
         expected, got = source(inputs), target(inputs)
@@ -69,7 +49,7 @@ def test_sat_to_bf16_safetensors_round_trip_into_the_model(tmp_path):
     config = convert_checkpoint(
         sat, tmp_path / "bf16", dtype="bf16", num_heads=4, text_len=16, progress=False
     )
-    assert config == denoiser_config(source)
+    assert config == (source.config, source.mask_width)
     target = tiny_model(seed=4)
     target.load_state_dict(load_denoiser_state_dict(tmp_path / "bf16", dtype=torch.float32), strict=True)
     rounded = tiny_model(seed=5)

@@ -62,9 +62,9 @@ def write_source(path: Path, layers: int, dim: int, ffn: int) -> int:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
-        "from scail_lab.checkpoints import DenoiserConfig\n"
+        "from scail_lab.model.dit import DiTConfig\n"
         "from scail_lab.checkpoints.synthetic import random_wan_state_dict, write_denoiser_checkpoint\n"
-        f"config = DenoiserConfig(dim={dim}, ffn_dim={ffn}, num_heads=8, num_layers={layers})\n"
+        f"config = DiTConfig(dim={dim}, ffn_dim={ffn}, num_heads=8, num_layers={layers})\n"
         "state = random_wan_state_dict(config)\n"
         f"p = write_denoiser_checkpoint({str(path)!r}, state, 'scail2_fsdp2')\n"
         "print(p)\n"

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scail_lab.checkpoints.convert import DTYPES, convert_checkpoint, verify_conversion  # noqa: E402
+from scail_lab.checkpoints.keys import config_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         logging.error("%s", error)
         return 1
-    logging.info("config: %s", config.to_json_dict())
+    logging.info("config: %s", config_json(*config))
     return 0
 
 

@@ -45,8 +45,9 @@ def write_random(folder: Path, layers: int, seed: int = 0) -> dict:
     from tqdm import tqdm
 
     from scail_lab.checkpoints.keys import official_key_shapes
+    from scail_lab.model.dit import DiTConfig
 
-    shapes = official_key_shapes(dim=DIM, ffn_dim=FFN, num_layers=layers)
+    shapes = official_key_shapes(DiTConfig(dim=DIM, ffn_dim=FFN, num_layers=layers))
     groups: dict[str, list[str]] = {}
     for key in shapes:
         groups.setdefault(key.split(".")[1] if key.startswith("blocks.") else "globals", []).append(key)

@@ -26,7 +26,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from scail_lab.checkpoints.denoiser import open_denoiser_checkpoint
-from scail_lab.checkpoints.keys import DenoiserConfig, check_key_shapes, infer_denoiser_config
+from scail_lab.checkpoints.keys import (
+    check_key_shapes,
+    config_json,
+    infer_denoiser_config,
+    official_key_shapes,
+)
+from scail_lab.model.dit import DiTConfig
 from scail_lab.model.fp8 import QUANTIZED, fp8_transform
 
 logger = logging.getLogger(__name__)
@@ -110,8 +116,9 @@ def convert_checkpoint(
     overwrite: bool = False,
     trust_pickle: bool = False,
     progress: bool = True,
-) -> DenoiserConfig:
-    """Convert a denoiser checkpoint (SAT .pt, Wan .pt or safetensors) into `out_dir`; returns its config.
+) -> tuple[DiTConfig, int]:
+    """Convert a denoiser checkpoint (SAT .pt, Wan .pt or safetensors) into `out_dir`; returns its config and
+    mask width (also written as config.json).
 
     dtype: bf16 | fp16 | fp32 | keep (floating tensors only) | fp8 (block Linear weights as float8 e4m3 with a
     `weight_scale` per output channel, the rest bf16; loads with weights_dtype=float8_e4m3fn). num_heads defaults
@@ -132,8 +139,8 @@ def convert_checkpoint(
     target = DTYPES[dtype]
     with open_denoiser_checkpoint(src, trust_pickle=trust_pickle) as source:
         shapes = source.shapes()
-        config = infer_denoiser_config(shapes, num_heads=num_heads, text_len=text_len)
-        expected = config.key_shapes()
+        config, mask_dim = infer_denoiser_config(shapes, num_heads=num_heads, text_len=text_len)
+        expected = official_key_shapes(config, mask_dim)
         check_key_shapes(shapes, expected, what=str(source.path))
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
@@ -155,14 +162,14 @@ def convert_checkpoint(
                 for name, value in pieces.items():
                     writer.add(name, value)
             names = writer.finish()
-            config_text = json.dumps(config.to_json_dict(), indent=2) + "\n"
+            config_text = json.dumps(config_json(config, mask_dim), indent=2) + "\n"
             (tmp / CONFIG_NAME).write_text(config_text, encoding="utf-8")
             _publish(tmp, out_dir, overwrite)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     logger.info("wrote %s (%d file(s), %d tensors, %s)", out_dir, len(names), len(expected), dtype)
-    return config
+    return config, mask_dim
 
 
 def _same(a: Tensor, b: Tensor) -> bool:

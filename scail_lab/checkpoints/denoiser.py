@@ -152,7 +152,7 @@ def load_denoiser_state_dict(
 ) -> dict[str, Tensor]:
     """Load a denoiser checkpoint in any official format as a Wan-layout state dict.
 
-    The key layout is checked against `expected_shapes` (e.g. `DenoiserConfig.key_shapes()`) before any
+    The key layout is checked against `expected_shapes` (e.g. `official_key_shapes(config, mask_dim)`) before any
     tensor is read. `dtype` casts floating tensors one at a time, so an fp32 file loads as bf16 without
     an fp32 copy of the whole model in memory; `transform(key, tensor) -> {key: tensor}` runs on each tensor after
     that (e.g. fp8 quantisation, which adds a scale per weight), also one at a time.

@@ -21,14 +21,15 @@ Shapes (dim D, ffn F, layers N, patch (1, 2, 2)):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from torch import Tensor
+
+from scail_lab.model.dit import DiTConfig
+from scail_lab.model.interfaces import I2V_MASK_CHANNELS
 
 Shape = tuple[int, ...]
 
@@ -38,8 +39,8 @@ WAN_HEAD_DIM = 128
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
-def block_key_shapes(index: int, *, dim: int, ffn_dim: int) -> dict[str, Shape]:
-    """The 32 Wan keys of block `index` and their shapes."""
+def block_key_shapes(index: int, *, dim: int, ffn_dim: int, image: bool = True) -> dict[str, Shape]:
+    """The 32 Wan keys of block `index` and their shapes (26 without the CLIP-image branch: `image=False`)."""
     p = f"blocks.{index}."
     shapes: dict[str, Shape] = {f"{p}modulation": (1, 6, dim)}
     for name in ("q", "k", "v", "o"):
@@ -49,10 +50,10 @@ def block_key_shapes(index: int, *, dim: int, ffn_dim: int) -> dict[str, Shape]:
     shapes[f"{p}self_attn.norm_k.weight"] = (dim,)
     shapes[f"{p}norm3.weight"] = (dim,)
     shapes[f"{p}norm3.bias"] = (dim,)
-    for name in ("q", "k", "v", "o", "k_img", "v_img"):
+    for name in ("q", "k", "v", "o", "k_img", "v_img")[: 6 if image else 4]:
         shapes[f"{p}cross_attn.{name}.weight"] = (dim, dim)
         shapes[f"{p}cross_attn.{name}.bias"] = (dim,)
-    for name in ("norm_q", "norm_k", "norm_k_img"):
+    for name in ("norm_q", "norm_k", "norm_k_img")[: 3 if image else 2]:
         shapes[f"{p}cross_attn.{name}.weight"] = (dim,)
     shapes[f"{p}ffn.0.weight"] = (ffn_dim, dim)
     shapes[f"{p}ffn.0.bias"] = (ffn_dim,)
@@ -61,29 +62,16 @@ def block_key_shapes(index: int, *, dim: int, ffn_dim: int) -> dict[str, Shape]:
     return shapes
 
 
-def official_key_shapes(
-    *,
-    dim: int,
-    ffn_dim: int,
-    num_layers: int,
-    in_dim: int = 20,
-    mask_dim: int = 28,
-    out_dim: int = 16,
-    text_dim: int = 4096,
-    freq_dim: int = 256,
-    clip_dim: int = 1280,
-    patch_size: tuple[int, int, int] = (1, 2, 2),
-) -> dict[str, Shape]:
-    """Official Wan-layout key -> shape table of the SCAIL denoiser (mask_dim=0: SCAIL-Preview, no mask conv).
+def official_key_shapes(config: DiTConfig, mask_dim: int = 28) -> dict[str, Shape]:
+    """Official Wan-layout key -> shape table of the SCAIL denoiser `config` (mask_dim=0: SCAIL-Preview, no mask
+    conv; config.clip_dim=0: no CLIP-image branch). The checkpoint's `in_dim` is latent_dim + 4 I2V mask channels.
 
     Globals come first, then blocks in order, which is also the order the converter writes them in.
     """
-    for name, value in (("dim", dim), ("ffn_dim", ffn_dim), ("num_layers", num_layers), ("in_dim", in_dim)):
-        if value <= 0:
-            raise ValueError(f"official_key_shapes: {name} must be positive, got {value}")
     if mask_dim < 0:
         raise ValueError(f"official_key_shapes: mask_dim must be >= 0, got {mask_dim}")
-    kernel = tuple(int(k) for k in patch_size)
+    c, dim = config, config.dim
+    in_dim, kernel = c.latent_dim + I2V_MASK_CHANNELS, c.patch_size
     shapes: dict[str, Shape] = {
         "patch_embedding.weight": (dim, in_dim, *kernel),
         "patch_embedding.bias": (dim,),
@@ -95,119 +83,79 @@ def official_key_shapes(
         shapes["patch_embedding_mask.bias"] = (dim,)
     shapes.update(
         {
-            "text_embedding.0.weight": (dim, text_dim),
+            "text_embedding.0.weight": (dim, c.text_dim),
             "text_embedding.0.bias": (dim,),
             "text_embedding.2.weight": (dim, dim),
             "text_embedding.2.bias": (dim,),
-            "time_embedding.0.weight": (dim, freq_dim),
+            "time_embedding.0.weight": (dim, c.freq_dim),
             "time_embedding.0.bias": (dim,),
             "time_embedding.2.weight": (dim, dim),
             "time_embedding.2.bias": (dim,),
             "time_projection.1.weight": (6 * dim, dim),
             "time_projection.1.bias": (6 * dim,),
             "head.modulation": (1, 2, dim),
-            "head.head.weight": (out_dim * math.prod(kernel), dim),
-            "head.head.bias": (out_dim * math.prod(kernel),),
-            "img_emb.proj.0.weight": (clip_dim,),
-            "img_emb.proj.0.bias": (clip_dim,),
-            "img_emb.proj.1.weight": (clip_dim, clip_dim),
-            "img_emb.proj.1.bias": (clip_dim,),
-            "img_emb.proj.3.weight": (dim, clip_dim),
-            "img_emb.proj.3.bias": (dim,),
-            "img_emb.proj.4.weight": (dim,),
-            "img_emb.proj.4.bias": (dim,),
+            "head.head.weight": (c.out_dim * math.prod(kernel), dim),
+            "head.head.bias": (c.out_dim * math.prod(kernel),),
         }
     )
-    for index in range(num_layers):
-        shapes.update(block_key_shapes(index, dim=dim, ffn_dim=ffn_dim))
+    if c.clip_dim:
+        shapes.update(
+            {
+                "img_emb.proj.0.weight": (c.clip_dim,),
+                "img_emb.proj.0.bias": (c.clip_dim,),
+                "img_emb.proj.1.weight": (c.clip_dim, c.clip_dim),
+                "img_emb.proj.1.bias": (c.clip_dim,),
+                "img_emb.proj.3.weight": (dim, c.clip_dim),
+                "img_emb.proj.3.bias": (dim,),
+                "img_emb.proj.4.weight": (dim,),
+                "img_emb.proj.4.bias": (dim,),
+            }
+        )
+    for index in range(c.num_layers):
+        shapes.update(block_key_shapes(index, dim=dim, ffn_dim=c.ffn_dim, image=bool(c.clip_dim)))
     return shapes
 
 
-@dataclass(frozen=True)
-class DenoiserConfig:
-    """The official `config.json` fields of a SCAIL denoiser (plus the dims the key table needs)."""
+def config_json(config: DiTConfig, mask_dim: int = 28) -> dict:
+    """The official `config.json` fields (names of the released `config-14b.json`) plus text_dim, clip_dim and
+    mask_dim, which the released file leaves to the code's defaults."""
+    c = config
+    fields = {
+        "dim": c.dim, "ffn_dim": c.ffn_dim, "num_heads": c.num_heads, "num_layers": c.num_layers,
+        "in_dim": c.latent_dim + I2V_MASK_CHANNELS, "out_dim": c.out_dim, "text_dim": c.text_dim,
+        "text_len": c.text_len, "freq_dim": c.freq_dim, "clip_dim": c.clip_dim, "mask_dim": mask_dim,
+        "patch_size": list(c.patch_size), "model_type": "i2v" if c.clip_dim else "t2v", "eps": c.eps,
+    }  # fmt: skip
+    return {"_class_name": "WanSCAILModel", **dict(sorted(fields.items()))}
 
-    dim: int
-    ffn_dim: int
-    num_heads: int
-    num_layers: int
-    in_dim: int = 20
-    mask_dim: int = 28
-    out_dim: int = 16
-    text_dim: int = 4096
-    text_len: int = 512
-    freq_dim: int = 256
-    clip_dim: int = 1280
-    patch_size: tuple[int, int, int] = (1, 2, 2)
-    model_type: str = "i2v"
-    eps: float = 1e-6
 
-    def __post_init__(self) -> None:
-        if self.num_heads <= 0 or self.dim % self.num_heads:
-            raise ValueError(f"DenoiserConfig: num_heads={self.num_heads} must divide dim={self.dim}")
-        if (self.dim // self.num_heads) % 2:
-            raise ValueError(
-                f"DenoiserConfig: head_dim={self.dim // self.num_heads} must be even (RoPE pairs)"
-            )
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+def config_from_json(data: Mapping) -> tuple[DiTConfig, int]:
+    """`config.json` fields -> (DiTConfig, mask_dim). Missing optional fields take the released defaults
+    (text_dim 4096, clip_dim 1280 for i2v, mask_dim 28)."""
+    missing = {"dim", "ffn_dim", "num_heads", "num_layers"} - data.keys()
+    if missing:
+        raise ValueError(f"denoiser config is missing {sorted(missing)}")
+    model_type = data.get("model_type", "i2v")
+    if model_type not in ("i2v", "t2v"):
+        raise ValueError(f"denoiser config model_type must be 'i2v' or 't2v', got {model_type!r}")
+    config = DiTConfig(
+        dim=int(data["dim"]), ffn_dim=int(data["ffn_dim"]), num_heads=int(data["num_heads"]),
+        num_layers=int(data["num_layers"]), freq_dim=int(data.get("freq_dim", 256)),
+        text_dim=int(data.get("text_dim", 4096)), text_len=int(data.get("text_len", 512)),
+        latent_dim=int(data.get("in_dim", 20)) - I2V_MASK_CHANNELS, out_dim=int(data.get("out_dim", 16)),
+        clip_dim=int(data.get("clip_dim", 1280)) if model_type == "i2v" else 0,
+        patch_size=tuple(data.get("patch_size", (1, 2, 2))), eps=float(data.get("eps", 1e-6)),
+    )  # fmt: skip
+    return config, int(data.get("mask_dim", 28))
 
-    def key_shapes(self) -> dict[str, Shape]:
-        return official_key_shapes(
-            dim=self.dim,
-            ffn_dim=self.ffn_dim,
-            num_layers=self.num_layers,
-            in_dim=self.in_dim,
-            mask_dim=self.mask_dim,
-            out_dim=self.out_dim,
-            text_dim=self.text_dim,
-            freq_dim=self.freq_dim,
-            clip_dim=self.clip_dim,
-            patch_size=self.patch_size,
-        )
 
-    def to_json_dict(self) -> dict:
-        """Official `config.json` fields (same names as the released `config-14b.json`) plus ours."""
-        fields = dataclasses.asdict(self)
-        fields["patch_size"] = list(self.patch_size)
-        return {"_class_name": "WanSCAILModel", **dict(sorted(fields.items()))}
-
-    def dit_config_kwargs(self) -> dict:
-        """Keyword arguments of `scail_lab.model.dit.DiTConfig` for this checkpoint (latent = in_dim - 4 I2V mask
-        channels; clip_dim 0 for a t2v model). The mask width is chosen by the model's mask scheme (mask_dim)."""
-        return {
-            "dim": self.dim,
-            "ffn_dim": self.ffn_dim,
-            "num_heads": self.num_heads,
-            "num_layers": self.num_layers,
-            "freq_dim": self.freq_dim,
-            "text_dim": self.text_dim,
-            "text_len": self.text_len,
-            "latent_dim": self.in_dim - 4,
-            "out_dim": self.out_dim,
-            "clip_dim": self.clip_dim if self.model_type == "i2v" else 0,
-            "patch_size": self.patch_size,
-            "eps": self.eps,
-        }
-
-    @classmethod
-    def from_json_dict(cls, data: Mapping) -> DenoiserConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "patch_size" in values:
-            values["patch_size"] = tuple(values["patch_size"])
-        missing = {"dim", "ffn_dim", "num_heads", "num_layers"} - values.keys()
-        if missing:
-            raise ValueError(f"denoiser config is missing {sorted(missing)}")
-        return cls(**values)
-
-    @classmethod
-    def from_json_file(cls, path) -> DenoiserConfig:
-        with open(path, encoding="utf-8") as handle:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON: {error}") from error
-        return cls.from_json_dict(data)
+def read_config_json(path) -> tuple[DiTConfig, int]:
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+    return config_from_json(data)
 
 
 def _shape_of(shapes: Mapping[str, Shape], key: str) -> Shape:
@@ -222,8 +170,8 @@ def infer_denoiser_config(
     num_heads: int | None = None,
     text_len: int = 512,
     eps: float = 1e-6,
-) -> DenoiserConfig:
-    """Read every dimension of the official config off the tensor shapes of a Wan-layout state dict.
+) -> tuple[DiTConfig, int]:
+    """Read every dimension off the tensor shapes of a Wan-layout state dict -> (DiTConfig, mask_dim).
 
     `num_heads` (not visible in any shape) defaults to dim / 128, the Wan 2.1 head size.
     """
@@ -242,22 +190,23 @@ def infer_denoiser_config(
         if dim % WAN_HEAD_DIM:
             raise ValueError(f"dim={dim} is not a multiple of {WAN_HEAD_DIM}; pass num_heads explicitly")
         num_heads = dim // WAN_HEAD_DIM
-    return DenoiserConfig(
+    if in_dim <= I2V_MASK_CHANNELS:
+        raise ValueError(f"patch_embedding takes {in_dim} channels; expected latent channels + {I2V_MASK_CHANNELS}")
+    config = DiTConfig(
         dim=dim,
         ffn_dim=_shape_of(shapes, "blocks.0.ffn.0.weight")[0],
         num_heads=num_heads,
         num_layers=len(layers),
-        in_dim=in_dim,
-        mask_dim=mask_dim,
-        out_dim=head_out // math.prod(kernel),
+        freq_dim=_shape_of(shapes, "time_embedding.0.weight")[1],
         text_dim=_shape_of(shapes, "text_embedding.0.weight")[1],
         text_len=text_len,
-        freq_dim=_shape_of(shapes, "time_embedding.0.weight")[1],
-        clip_dim=_shape_of(shapes, "img_emb.proj.0.weight")[0] if "img_emb.proj.0.weight" in shapes else 1280,
+        latent_dim=in_dim - I2V_MASK_CHANNELS,
+        out_dim=head_out // math.prod(kernel),
+        clip_dim=_shape_of(shapes, "img_emb.proj.0.weight")[0] if "img_emb.proj.0.weight" in shapes else 0,
         patch_size=tuple(kernel),
-        model_type="i2v" if "img_emb.proj.0.weight" in shapes else "t2v",
         eps=eps,
     )
+    return config, mask_dim
 
 
 def _listing(title: str, items: list[str], limit: int = 12) -> str:

@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from scail_lab.checkpoints.keys import DenoiserConfig
+from scail_lab.checkpoints.keys import official_key_shapes
 from scail_lab.checkpoints.sat import wan_to_sat_state_dict
+from scail_lab.model.dit import DiTConfig
 
 FORMATS = (
     "scail2_fsdp2",
@@ -33,13 +34,14 @@ FORMATS = (
 
 
 def random_wan_state_dict(
-    config: DenoiserConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32
+    config: DiTConfig, mask_dim: int = 28, *, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> dict[str, Tensor]:
-    """Random tensors for every official key of `config` (std 0.05 so a forward stays well scaled)."""
+    """Random tensors for every official key of `config` with `mask_dim` mask channels (std 0.05 so a forward
+    stays well scaled)."""
     generator = torch.Generator().manual_seed(seed)
     return {
         key: (torch.randn(shape, generator=generator) * 0.05).to(dtype)
-        for key, shape in config.key_shapes().items()
+        for key, shape in official_key_shapes(config, mask_dim).items()
     }
 
 
