@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from scail_lab.model.dit import SCAILDiT
+from scail_lab.model.dit import DEFAULT_MODES, SCAILDiT
 from tests.conftest import CONFIGS, make_inputs
 from tests.test_model import official_key_shapes
 
@@ -69,6 +69,13 @@ def test_every_model_config_composes_for_every_entry_point():
         cfg = compose_cfg(entry, [f"model={model}"])
         assert cfg.model._target_ == "scail_lab.model.dit.SCAILDiT"
         assert set(cfg.model.modes) == {"animate", "replace"}
+
+
+def test_the_modes_config_is_the_models_default():
+    """configs/modes/scail2.yaml is the Hydra surface of the released offsets; DEFAULT_MODES is the model's default
+    for direct construction (tests, planner, benchmarks). They must not drift apart."""
+    modes = instantiate(compose_cfg("sample", ["model=tiny"]).model.modes)
+    assert dict(modes) == DEFAULT_MODES
 
 
 def test_unknown_keys_fail():

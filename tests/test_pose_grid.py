@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -24,7 +26,9 @@ def _model(pose_downsample: int) -> SCAILDiT:
 def test_full_resolution_pose_tokens_sit_on_the_video_grid_with_the_mode_offset():
     model = _model(1)
     inputs = make_inputs(batch=1, frames=2, height=4, width=8, pose_downsample=1)
-    tokens, layout = model.interface.embed(model, inputs, model.mask_width)
+    own = SimpleNamespace(patch_embedding=model.patch_embedding, patch_embedding_pose=model.patch_embedding_pose,
+                          patch_embedding_mask=model.patch_embedding_mask)  # fmt: skip
+    tokens, layout = model.interface.embed(own, inputs, model.mask_width)
     pose = layout.segments[-1]
     assert (pose.name, pose.grid, pose.stride) == ("pose", (2, 2, 4), 1)
     assert tokens.shape[1] == (1 + 2) * 2 * 4 + 2 * 2 * 4  # ref + video + pose: 4x SCAIL-2's 2 * 1 * 2 pose tokens

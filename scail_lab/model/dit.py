@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -118,10 +119,10 @@ class SCAILDiT(nn.Module):
         dim = config.dim
 
         # embeddings (names fixed by the interface: patch_embedding, patch_embedding_pose, patch_embedding_mask)
-        for name, module in self.interface.build(
-            dim, config.latent_dim, self.mask_width, config.patch_size
-        ).items():
+        embeddings = self.interface.build(dim, config.latent_dim, self.mask_width, config.patch_size)
+        for name, module in embeddings.items():
             self.add_module(name, module)
+        self._interface_modules = tuple(embeddings)  # what interface.embed receives: its own modules, nothing else
         self.text_embedding = nn.Sequential(
             nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
         )
@@ -228,7 +229,8 @@ class SCAILDiT(nn.Module):
         skip the block stack on this step (model/step_cache.py)."""
         self.check_inputs(inputs)
         cfg = self.config
-        x, layout = self.interface.embed(self, inputs, self.mask_width)  # [B, L, D]
+        own = SimpleNamespace(**{name: getattr(self, name) for name in self._interface_modules})
+        x, layout = self.interface.embed(own, inputs, self.mask_width)  # [B, L, D]
 
         with torch.autocast(device_type=x.device.type, enabled=False):
             e = sequential_fp32(

@@ -17,6 +17,7 @@ Shapes: latents [B, C, T, H, W]; pose [B, C, T, H/d, W/d] (d = pose_downsample, 
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,8 @@ class MotionInterface:
     ) -> dict[str, nn.Module]:
         raise NotImplementedError
 
-    def embed(self, modules: nn.Module, inputs: DiTInputs, mask_width: int) -> tuple[Tensor, TokenLayout]:
+    def embed(self, modules: SimpleNamespace, inputs: DiTInputs, mask_width: int) -> tuple[Tensor, TokenLayout]:
+        """`modules`: the modules `build` made (as attributes; the DiT registers them under these official names)."""
         raise NotImplementedError
 
     def check(self, inputs: DiTInputs) -> None:
@@ -116,7 +118,7 @@ class InContextInterface(MotionInterface):
             modules["patch_embedding_mask"] = _conv(mask_width, dim, patch_size)
         return modules
 
-    def embed(self, modules: nn.Module, inputs: DiTInputs, mask_width: int) -> tuple[Tensor, TokenLayout]:
+    def embed(self, modules: SimpleNamespace, inputs: DiTInputs, mask_width: int) -> tuple[Tensor, TokenLayout]:
         # Reference and video share one embedding; one conv over [ref | video] along time.
         main = torch.cat([_with_ones(inputs.ref_latents), _video_with_history(inputs)], dim=2)
         main = modules.patch_embedding(main)  # [B, D, 1 + T, Hp, Wp]
@@ -173,7 +175,7 @@ class ChannelConcatInterface(MotionInterface):
             return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
         return F.interpolate(x, size=size, mode="nearest")
 
-    def embed(self, modules: nn.Module, inputs: DiTInputs, mask_width: int) -> tuple[Tensor, TokenLayout]:
+    def embed(self, modules: SimpleNamespace, inputs: DiTInputs, mask_width: int) -> tuple[Tensor, TokenLayout]:
         b, c, t, h, w = inputs.latents.shape
         driving = [self._up(inputs.pose_latents, (t, h, w))]
         if mask_width:
