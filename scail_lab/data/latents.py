@@ -32,9 +32,7 @@ from scail_lab.data.pixels import (
     clip_info,
     decode_fields,
     has_variants,
-    image_tensor,
     stream_fields,
-    video_tensor,
 )
 from scail_lab.data.report import source_clip
 from scail_lab.data.transforms import FrameSampling, ResolutionBuckets
@@ -142,9 +140,10 @@ class LatentCacher:
             return self.encoder.pose_latents(video[None].to(self.device))[0]
 
     def _null_pose_latents(self, driving_shape: tuple[int, ...]) -> Tensor:
-        """Pose latents of a black driving clip of this shape ([N, H, W, 3] frames), one encode per shape."""
+        """Pose latents of a black driving clip of this shape ([3, N, H, W]), one encode per shape."""
+        driving_shape = tuple(driving_shape)
         if driving_shape not in self._null_pose:
-            black = torch.zeros((3, *driving_shape[:3]), dtype=torch.uint8)
+            black = torch.zeros(driving_shape, dtype=torch.uint8)
             self._null_pose[driving_shape] = self._pose_latents(black)
         return self._null_pose[driving_shape]
 
@@ -152,15 +151,15 @@ class LatentCacher:
         ref_code, drv_code = self.encoder.mask_codes(ref_mask[None], driving_mask[None])  # [1, Cm, 1|T, ...]
         return ref_code[0], drv_code[0]
 
-    def _variant(self, arrays: Mapping[str, np.ndarray], prefix: str, out: dict, with_target: bool) -> None:
-        """Encode one (ref, driving, target) variant into `out` with field prefix `prefix`."""
-        ref, driving = image_tensor(arrays[schema.REF_IMAGE]), video_tensor(arrays[schema.DRIVING])
+    def _variant(self, arrays: Mapping[str, Tensor], prefix: str, out: dict, with_target: bool) -> None:
+        """Encode one (ref, driving, target) variant (decode_fields' tensors) into `out` with field prefix `prefix`."""
+        ref, driving = arrays[schema.REF_IMAGE], arrays[schema.DRIVING]
         if with_target:
-            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(self._video_latents(video_tensor(arrays[schema.TARGET])), self.dtype)
+            out[prefix + schema.F_TARGET_LATENTS] = npy_bytes(self._video_latents(arrays[schema.TARGET]), self.dtype)
             out[prefix + schema.F_REF_LATENTS] = npy_bytes(self._video_latents(ref[:, None]), self.dtype)
         out[prefix + schema.F_POSE_LATENTS] = npy_bytes(self._pose_latents(driving), self.dtype)
         if self.uses_masks:
-            ref_code, drv_code = self._masks(image_tensor(arrays[schema.REF_MASK]), video_tensor(arrays[schema.DRIVING_MASK]))
+            ref_code, drv_code = self._masks(arrays[schema.REF_MASK], arrays[schema.DRIVING_MASK])
             if with_target:
                 out[prefix + schema.F_REF_MASK_CODE] = npy_bytes(ref_code, np.float16)
             out[prefix + schema.F_DRIVING_MASK_CODE] = npy_bytes(drv_code, np.float16)
@@ -198,7 +197,7 @@ class LatentCacher:
         if schema.F_TARGET_MASK in raw:  # the characters' latent cells, for loss weighting (objective.region_weight)
             mask = decode_fields(raw, {schema.TARGET_MASK: schema.F_TARGET_MASK}, indices, bucket)[schema.TARGET_MASK]
             with torch.inference_mode():
-                region = self.encoder.target_region(video_tensor(mask)[None])[0]
+                region = self.encoder.target_region(mask[None])[0]
             out[schema.F_TARGET_REGION] = npy_bytes(region, np.float16)
         out[schema.F_POSE_LATENTS_NULL] = npy_bytes(self._null_pose_latents(arrays[schema.DRIVING].shape), self.dtype)
         if self.include_variants and has_aug:

@@ -18,7 +18,7 @@ from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng
 from scail_lab.data.folders import has_variants, read_meta
 from scail_lab.data.media import decode_image, decode_video, probe_video
 from scail_lab.data.report import source_clip
-from scail_lab.data.transforms import FrameSampling, ResolutionBuckets, resize_cover_crop
+from scail_lab.data.transforms import FrameSampling, ResolutionBuckets, cover_crop
 from scail_lab.model.tokens import pad_tokens
 
 # roles are the batch keys they fill
@@ -68,34 +68,19 @@ def stream_fields(raw: Mapping, decisions: Decisions, load_masks: bool) -> dict[
 
 def decode_fields(
     raw: Mapping, fields: Mapping[str, str], indices: np.ndarray, bucket: tuple[int, int]
-) -> dict[str, np.ndarray]:
-    """Decode and fit each field to `bucket`: images -> [H, W, 3], videos -> [n, H, W, 3] (uint8)."""
+) -> dict[str, torch.Tensor]:
+    """Decode each field into torch once and fit it to `bucket`: images -> [3, H, W], videos -> [3, n, H, W]
+    (uint8, contiguous)."""
     out = {}
     for role, field in fields.items():
-        nearest = role in MASK_ROLES
-        if field.split(".")[-1] in schema.IMAGE_FIELD_EXTS:
-            try:
-                image = decode_image(raw[field])
-            except ValueError as exc:
-                raise ValueError(f"{field}: {exc}") from exc
-            out[role] = resize_cover_crop(image[None], bucket, nearest=nearest)[0]
-        else:
-            try:
-                frames = decode_video(raw[field], indices)
-            except ValueError as exc:
-                raise ValueError(f"{field}: {exc}") from exc
-            out[role] = resize_cover_crop(frames, bucket, nearest=nearest)
+        image = field.split(".")[-1] in schema.IMAGE_FIELD_EXTS
+        try:
+            frames = decode_image(raw[field])[None] if image else decode_video(raw[field], indices)  # [n, H, W, 3]
+        except ValueError as exc:
+            raise ValueError(f"{field}: {exc}") from exc
+        fitted = cover_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), bucket, nearest=role in MASK_ROLES)
+        out[role] = (fitted[0] if image else fitted.transpose(0, 1)).contiguous()  # [3, H, W] / [3, n, H, W]
     return out
-
-
-def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """[H, W, 3] uint8 -> [3, H, W]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
-
-
-def video_tensor(frames: np.ndarray) -> torch.Tensor:
-    """[N, H, W, 3] uint8 -> [3, N, H, W]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
 
 
 def pixel_sample(
@@ -124,12 +109,11 @@ def pixel_sample(
     bucket = buckets.choose(height, width)
     arrays = decode_fields(raw, stream_fields(raw, decisions, load_masks), indices, bucket)
     if decisions.drop_pose:
-        arrays[schema.DRIVING] = np.zeros_like(arrays[schema.DRIVING])
+        arrays[schema.DRIVING] = torch.zeros_like(arrays[schema.DRIVING])
         if schema.DRIVING_MASK in arrays:
-            arrays[schema.DRIVING_MASK] = np.zeros_like(arrays[schema.DRIVING_MASK])
+            arrays[schema.DRIVING_MASK] = torch.zeros_like(arrays[schema.DRIVING_MASK])
     caption = "" if decisions.drop_text else raw[schema.F_CAPTION].decode("utf-8").strip()
-    sample = {role: image_tensor(arrays[role]) for role in IMAGE_ROLES if role in arrays}
-    sample.update({role: video_tensor(arrays[role]) for role in VIDEO_ROLES if role in arrays})
+    sample = {role: arrays[role] for role in (*IMAGE_ROLES, *VIDEO_ROLES) if role in arrays}
     sample.update(
         {
             schema.CAPTION: caption,

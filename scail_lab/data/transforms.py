@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 logger = logging.getLogger(__name__)
 RESIZE_CHUNK = 8  # frames resized at once
@@ -151,21 +152,21 @@ def cover_size(h: int, w: int, th: int, tw: int) -> tuple[int, int]:
     return max(th, int(h * tw / w)), tw
 
 
-def resize_cover_crop(frames: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """[..., h, w, C] uint8 -> [..., H, W, C]: scale to cover (H, W) keeping aspect, then centre-crop.
+def cover_crop(frames: Tensor, size: tuple[int, int], nearest: bool = False) -> Tensor:
+    """uint8 [..., C, h, w] -> [..., C, H, W]: scale to cover (H, W) keeping aspect, then centre-crop.
 
     Bicubic with antialiasing (the released `resize_for_rectangle_crop`: torchvision BICUBIC on tensors), rounded
-    back to uint8; `nearest` for masks. The one resize of the framework: the training loader and the sampling
-    pipeline both call it, so both see the same pixels.
+    back to uint8; `nearest` for masks. The one resize of the framework: the training loader, latent caching and
+    the sampling pipeline all call it, so all see the same pixels.
     """
     th, tw = size
-    h, w = frames.shape[-3:-1]
+    h, w = frames.shape[-2:]
     if (h, w) == (th, tw):
         return frames
     rh, rw = cover_size(h, w, th, tw)
     top, left = (rh - th) // 2, (rw - tw) // 2
-    lead, c = frames.shape[:-3], frames.shape[-1]
-    flat = torch.from_numpy(np.ascontiguousarray(frames)).reshape(-1, h, w, c).permute(0, 3, 1, 2)  # [M, C, h, w]
+    lead, c = frames.shape[:-3], frames.shape[-3]
+    flat = frames.reshape(-1, c, h, w)  # [M, C, h, w]
     out = torch.empty((flat.shape[0], c, th, tw), dtype=torch.uint8)
     for start in range(0, flat.shape[0], RESIZE_CHUNK):  # bounded float memory for long, large clips
         x = flat[start : start + RESIZE_CHUNK]
@@ -175,5 +176,10 @@ def resize_cover_crop(frames: np.ndarray, size: tuple[int, int], nearest: bool =
             x = F.interpolate(x.float(), size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
             x = x.round().clamp(0, 255).to(torch.uint8)
         out[start : start + RESIZE_CHUNK] = x[:, :, top : top + th, left : left + tw]
-    return out.permute(0, 2, 3, 1).reshape(*lead, th, tw, c).numpy()
+    return out.reshape(*lead, c, th, tw)
 
+
+def resize_cover_crop(frames: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """`cover_crop` for channels-last numpy frames [..., h, w, C] (file tools: preprocessing, folder writers)."""
+    channels_first = torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3)
+    return cover_crop(channels_first, size, nearest).movedim(-3, -1).contiguous().numpy()

@@ -4,7 +4,7 @@ A SCAIL-2-layout folder (`ref.jpg`, `ref_mask.jpg`, `rendered_v2.mp4` | `rendere
 `rendered_mask_v2.mp4` | `replace_mask.mp4`, optional `prompt.txt`) or explicit paths. Everything is checked
 before any model work: missing files, unreadable media, mask / driving frame-count mismatches, bad sizes.
 
-Resize policy: the training loader's `data.transforms.resize_cover_crop` (the released `resize_for_rectangle_crop`:
+Resize policy: the training loader's `data.transforms.cover_crop` (the released `resize_for_rectangle_crop`:
 scale to cover the target with antialiased bicubic; nearest for masks so colour classes stay crisp; then centre-crop). The target orientation follows the
 reference: a portrait reference with a landscape target swaps H and W.
 """
@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scail_lab.data import media, schema
+from scail_lab.data import media, schema, transforms
 from scail_lab.data.folders import collect_folder, read_meta
-from scail_lab.data.transforms import resize_cover_crop
 
 
 @dataclass(frozen=True)
@@ -149,12 +148,10 @@ def target_size(ref_hw: tuple[int, int], height: int, width: int) -> tuple[int, 
 def cover_crop(x: Tensor, height: int, width: int, nearest: bool = False) -> Tensor:
     """uint8 [..., C, h, w] frames -> [..., C, height, width]: scale to cover, centre-crop.
 
-    The training loader's resize (`data.transforms.resize_cover_crop`), so sampling sees exactly the pixels
+    The training loader's resize (`data.transforms.cover_crop`), so sampling sees exactly the pixels
     training saw (tests/test_train_infer_parity.py).
     """
-    channels_last = x.movedim(-3, -1).contiguous().numpy()  # [..., h, w, C]
-    out = resize_cover_crop(channels_last, (height, width), nearest=nearest)  # [..., H, W, C]
-    return torch.from_numpy(np.ascontiguousarray(out)).movedim(-1, -3).contiguous()
+    return transforms.cover_crop(x, (height, width), nearest=nearest)
 
 
 def prepare(example: MotionExample, height: int, width: int, max_frames: int | None = None) -> MotionExample:
