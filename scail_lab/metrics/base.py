@@ -11,7 +11,6 @@ Frame vocabulary:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -22,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from scail_lab.checkpoints.bundle import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -235,14 +236,6 @@ def check_same_shape(name: str, pred: Tensor, target: Tensor) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_weights(
     metric: str,
     path: str | os.PathLike | None,
@@ -270,7 +263,7 @@ def resolve_weights(
     for candidate in candidates:
         if candidate.is_file():
             if sha256 is not None:
-                actual = sha256_of(candidate)
+                actual = sha256_file(candidate)
                 if actual != sha256.lower():
                     raise ValueError(f"{metric}: {candidate} has sha256 {actual}, expected {sha256}")
             return candidate, None
@@ -289,4 +282,4 @@ def file_protocol(path: Path | None) -> dict[str, Any]:
     """Protocol stamp of a weight file: name and sha256 (hashed once, here)."""
     if path is None:
         return {"weights": None}
-    return {"weights": path.name, "weights_sha256": sha256_of(path)}
+    return {"weights": path.name, "weights_sha256": sha256_file(path)}
