@@ -150,8 +150,8 @@ class Finetune:
     name: str
     num_train: int = 128  # new motion pairs (train identities and scenes, held-out family)
     num_val: int = 8
-    num_test: int = 64  # held-out family test pairs (test identities, scenes and motions)
-    num_regular_test: int = 64  # test pairs of the families the base was trained on
+    num_test: int = 80  # held-out family test pairs (test identities, scenes and motions): 64 animate, 16 replace
+    num_regular_test: int = 80  # test pairs of the families the base was trained on (the same 64 / 16 split)
     train_steps: int = 400
     batch_size: int = 4
     lr: float = 2e-4
