@@ -109,12 +109,16 @@ def train(cfg: DictConfig) -> dict:
     resume = resume_path(cfg, out)
     optimizer = OptimizerConfig(**plain(cfg.optimizer))
     lora = LoraSettings(**plain(cfg.lora))
-    if cfg.ema.enabled and cfg.strategy.name in ("deepspeed_zero3", "fsdp"):  # they shard what the average follows
+    if cfg.ema.enabled and cfg.strategy.name in ("deepspeed_zero3", "fsdp", "fsdp2"):  # they shard what EMA follows
         raise ValueError(f"ema.enabled needs whole parameters on each rank, strategy {cfg.strategy.name} shards them: "
                          "use auto/ddp/deepspeed_zero2")  # fmt: skip
+    if cfg.strategy.get("param_dtype") in ("bfloat16", "float16") and "mixed" not in str(cfg.trainer.precision):
+        raise ValueError(f"strategy.param_dtype={cfg.strategy.param_dtype} casts the sharded weights for compute; "
+                         "the fp32 parts of the model then need autocast: set trainer.precision=bf16-mixed (or 16-mixed)")
     strategy = build_strategy(cfg.strategy.name, cfg.trainer.accelerator, cfg.strategy.offload_optimizer,
                               int(cfg.strategy.bucket_size),
-                              int(cfg.strategy.get("param_persistence_threshold", 100000)))  # fmt: skip
+                              int(cfg.strategy.get("param_persistence_threshold", 100000)),
+                              cfg.strategy.get("param_dtype"))  # fmt: skip
     model = build_model(cfg)
     needs_encoder = cfg.data.kind == "pixel" or bool(cfg.validation.examples)
     encoder = build_encoder(cfg, model) if needs_encoder else None

@@ -348,7 +348,7 @@ def test_two_process_deepspeed_on_cpu_completes_exports_and_its_checkpoint_reloa
     assert len(norms) == 3 and all(0.0 < n < float("inf") for n in norms)  # the engine's global norm, every step
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2", "deepspeed_zero3"])
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp2"])
 def test_sequence_parallel_training_on_two_ranks_follows_the_one_process_loss_curve(tmp_path, strategy):
     """2 gloo ranks split every sample's tokens (sequence_parallel=2, data-parallel size 1): the same batches, noise
     and gradients as one process, so the same losses step by step and the same exported weights."""

@@ -73,6 +73,12 @@ class SCAILModule(L.LightningModule):
     def _generator(self, step: int, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed(hash((self.seed, step, self.data_parallel_rank, salt)) % (2**63))
 
+    def configure_model(self) -> None:
+        """Sharding strategies that wrap the model here (FSDP2: fully_shard per block); a no-op elsewhere."""
+        shard = getattr(self.trainer.strategy, "shard_model", None)
+        if shard is not None:
+            shard(self.model)
+
     def setup(self, stage: str) -> None:
         if self.sequence_parallel > 1:  # collective: every rank builds every group
             self.model.enable_sequence_parallel(new_groups(self.sequence_parallel))
@@ -130,8 +136,9 @@ class SCAILModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grads:  # DeepSpeed partitions gradients; there the engine's norm is logged after its step
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", norm)
+            norms = [torch.linalg.vector_norm(g.float()) for g in grads]  # FSDP2: DTensor norms over all shards
+            norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

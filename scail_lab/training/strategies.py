@@ -1,4 +1,11 @@
-"""Training strategies from config: single device, DDP, DeepSpeed ZeRO-2/3, FSDP; plus a CPU DeepSpeed strategy.
+"""Training strategies from config: single device, DDP, DeepSpeed ZeRO-2/3, FSDP (v1), FSDP2; plus a CPU DeepSpeed
+strategy.
+
+`FSDP2Strategy` (`strategy=fsdp2`, the sharding SCAIL-2's own training uses): torch `fully_shard` per DiT block and
+on the root, over one data-parallel mesh of every rank, with an optional mixed-precision policy (parameters cast
+for compute, gradients reduced in fp32) and CPU offload of parameters, gradients and optimizer states. It runs on
+gloo CPU processes as well as on GPUs (how CI tests it). Checkpoints are whole (full state dicts gathered to rank
+0), so a run resumes on any number of ranks and under any other strategy.
 
 Lightning's DeepSpeedStrategy refuses a CPU accelerator. `CPUDeepSpeedStrategy` skips that check, uses gloo and
 reports `cpu:<local_rank>` as its root device, which is enough to run ZeRO-2 with several CPU processes (how the
@@ -14,13 +21,20 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.seed import reset_seed
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+)
 
 from scail_lab.data.media import fsync_dir
 from scail_lab.training.checkpoint_io import COMPLETE_MARKER
 
 log = logging.getLogger(__name__)
-NAMES = ("auto", "single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp")
+NAMES = ("auto", "single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "fsdp2")
+FSDP2_PARAM_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def deepspeed_config(
@@ -103,10 +117,50 @@ class CPUDeepSpeedStrategy(AtomicDeepSpeedMixin, DeepSpeedStrategy):
         return "gloo"
 
 
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy as pure data-parallel FSDP2: every rank in one `data_parallel` mesh
+    dimension, tensor parallel 1; `shard_model` is what `SCAILModule.configure_model` applies. Whole-state-dict
+    checkpoints (rank 0 writes one file through the CheckpointIO)."""
+
+    def __init__(self, param_dtype: str | None = None, offload: bool = False, cpu: bool = False) -> None:
+        if param_dtype not in FSDP2_PARAM_DTYPES:
+            raise ValueError(f"strategy fsdp2 param_dtype must be one of {list(FSDP2_PARAM_DTYPES)}, got {param_dtype!r}")
+        super().__init__(save_distributed_checkpoint=False, process_group_backend="gloo" if cpu else None)
+        self.param_dtype, self.offload = FSDP2_PARAM_DTYPES[param_dtype], bool(offload)
+
+    def setup_environment(self) -> None:
+        # ModelParallelStrategy reads "auto" sizes as (num_nodes, num_processes): a 2D mesh. Here: (world, 1).
+        self._setup_distributed()
+        self._data_parallel_size, self._tensor_parallel_size = self.world_size, 1
+        from lightning.pytorch.strategies.model_parallel import _setup_device_mesh
+
+        self._device_mesh = _setup_device_mesh(self.world_size, 1, self.world_size, self.root_device)
+        self.lightning_module._device_mesh = self._device_mesh
+
+    def shard_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """fully_shard every DiT block, then the root (embeddings, head). Idempotent."""
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
+        if isinstance(model, FSDPModule):
+            return model
+        mesh = self.device_mesh["data_parallel"]
+        options = {"mesh": mesh}
+        if self.param_dtype is not None:
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=torch.float32)
+        if self.offload:  # pinned host memory only exists next to an accelerator
+            options["offload_policy"] = CPUOffloadPolicy(pin_memory=self.root_device.type != "cpu")
+        for block in model.blocks:
+            fully_shard(block, **options)
+        fully_shard(model, **options)
+        return model
+
+
 def shards_parameters(strategy) -> bool:
-    """Does no rank hold the whole model outside a forward (ZeRO-3, FSDP)? Then every rank takes part in any
+    """Does no rank hold the whole model outside a forward (ZeRO-3, FSDP, FSDP2)? Then every rank takes part in any
     forward (validation sampling) and in gathering the weights."""
-    return isinstance(strategy, FSDPStrategy) or (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3)
+    if isinstance(strategy, (FSDPStrategy, FSDP2Strategy)):
+        return True
+    return isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
 
 
 def full_state_dict(trainer, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
@@ -117,6 +171,14 @@ def full_state_dict(trainer, module: torch.nn.Module) -> dict[str, torch.Tensor]
     (rank 0 only, offloaded to CPU). Elsewhere each rank already holds the whole model."""
     strategy = trainer.strategy
     rank0 = trainer.is_global_zero
+    if isinstance(strategy, FSDP2Strategy):  # one tensor gathered at a time (DTensor shards -> whole, rank 0 keeps)
+        out = {}
+        for name, value in module.state_dict().items():
+            whole = value.full_tensor() if hasattr(value, "full_tensor") else value
+            if rank0:
+                out[name] = whole.detach().cpu().clone()
+            del whole
+        return out if rank0 else None
     if isinstance(strategy, FSDPStrategy):
         state = strategy.lightning_module_state_dict()  # collective; keys of the LightningModule
         prefix = next(f"{n}." for n, m in trainer.lightning_module.named_children() if m is module)
@@ -135,6 +197,7 @@ def build_strategy(
     offload: bool = False,
     bucket_size: int = int(5e8),
     param_persistence_threshold: int = int(1e5),
+    fsdp2_param_dtype: str | None = None,
 ):
     """A strategy object or name for lightning.Trainer."""
     if name not in NAMES:
@@ -155,6 +218,8 @@ def build_strategy(
         # parameters kept (LoRA mixes frozen and trainable weights within a block)
         return FSDPStrategy(sharding_strategy="FULL_SHARD", state_dict_type="full", auto_wrap_policy={DiTBlock},
                             use_orig_params=True, cpu_offload=offload)  # fmt: skip
+    if name == "fsdp2":
+        return FSDP2Strategy(fsdp2_param_dtype, offload, cpu=cpu)
     stage = 2 if name == "deepspeed_zero2" else 3
     config = deepspeed_config(stage, offload, bucket_size, param_persistence_threshold)
     cls = CPUDeepSpeedStrategy if cpu else AtomicDeepSpeedStrategy
