@@ -112,7 +112,7 @@ TABLE_14B = [  # (label, run, overrides, size, frames, world) for docs/PERFORMAN
        ["+preset=scail2_14b", f"strategy={strategy}", "trainer.devices=8", f"sequence_parallel={sp}",
         f"lora.enabled={str(lora).lower()}", "model.gradient_checkpointing=true", "data.batch_size=1"], size, 81, 8)
       for size in ("512x896", "704x1280")
-      for strategy in ("deepspeed_zero2", "deepspeed_zero3")
+      for strategy in ("deepspeed_zero2", "deepspeed_zero3", "fsdp2")
       for sp in (1, 2, 4)
       for lora in (False, True)],
 ]  # fmt: skip
