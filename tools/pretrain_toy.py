@@ -106,6 +106,8 @@ def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: i
                   "seconds_per_step": train["seconds_per_step"], "final_metrics": train["metrics"]},
         "stage_seconds": {name: rec.get("seconds") for name, rec in records.items()},
         "test_metrics": {run: {m: e["mean"] for m, e in table.items()} for run, table in report["table"].items()},
+        "init": None if not budget.init else {  # the weights training started from (a previous base, continued)
+            "path": budget.init, "sha256": records["train"]["signature"].get("init_sha256")},
         "vae": records["vae"]["result"].get("fit_metrics"),
         "joint_estimator": records["joint"]["result"],
     }  # fmt: skip
