@@ -325,7 +325,7 @@ def test_the_real_scail_preview_sat_layout_maps_onto_the_official_wan_layout():
     from pathlib import Path
 
     from scail_lab.checkpoints.sat import plan_sat_to_wan, sat_part_shape, sat_to_wan_state_dict
-    from scail_lab.model.dit import DiTConfig, SCAILDiT, SCAILDiT
+    from scail_lab.model.dit import DiTConfig, SCAILDiT
     from scail_lab.model.interfaces import InContextInterface
     from scail_lab.model.masks import NoMaskScheme
 
