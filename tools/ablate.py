@@ -311,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 run_arm(out, budget, vae_path, arm, seed, data_sig)
                 log.info("arm %s seed %d done (%.0f s)", arm, seed, time.perf_counter() - start)
-    for arm in arms:
+    all_arms = [a for a in ARMS if (out / arm_dir(a)).is_dir()]
+    for arm in all_arms:  # every arm in the table, not only this invocation's
         record = out / arm_dir(arm) / f"seed{args.seeds[0]}" / "init" / "stage.json"
         if record.is_file():
             init_notes[arm] = json.loads(record.read_text())["result"]["fresh_tensors"]
-    all_arms = [a for a in ARMS if (out / arm_dir(a)).is_dir()]
     table = evaluate(out, all_arms, args.seeds, joints, vae_path)
     result = aggregate(out, table, all_arms, args.seeds)
     write_json(out / "report" / "ablations.json", result)
