@@ -162,8 +162,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--joint-estimator", type=Path, default=None,
                    help="from scratch: joint estimator weights for the pose-following metric (default: the "
                         "bundle's, when it has one)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads; 1 is fastest on a shared 2-core machine (docs/TOY_WORLD.md)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads: 2 on an idle 2-core machine (the fine-tune demo: 13.2 min vs 20.5 with 1 "
+                        "thread beside another job); 1 when another job shares the cores (docs/TOY_WORLD.md)")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override budget fields, e.g. --set train_steps=400 lr=2e-3")  # fmt: skip
     return p.parse_args(argv)
