@@ -5,7 +5,8 @@ strategy.
 on the root, over one data-parallel mesh of every rank, with an optional mixed-precision policy (parameters cast
 for compute, gradients reduced in fp32) and CPU offload of parameters, gradients and optimizer states. It runs on
 gloo CPU processes as well as on GPUs (how CI tests it). Checkpoints are whole (full state dicts gathered to rank
-0), so a run resumes on any number of ranks and under any other strategy.
+0: one file, not one shard per rank); resuming from them under fsdp2 is tested, under another strategy or rank count
+it is not.
 
 Lightning's DeepSpeedStrategy refuses a CPU accelerator. `CPUDeepSpeedStrategy` skips that check, uses gloo and
 reports `cpu:<local_rank>` as its root device, which is enough to run ZeRO-2 with several CPU processes (how the
