@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scail_lab.data import FrameSampling, LatentCacher, ResolutionBuckets, resolve_mask_scheme  # noqa: E402
 from scail_lab.data.caching import make_latent_shards  # noqa: E402
 from scail_lab.data.shards import summarize  # noqa: E402
+from scail_lab.model.interfaces import POSE_DOWNSAMPLES  # noqa: E402
 from scail_lab.model.masks import MASK_SCHEME_NAMES  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="up to this many clips per long video (keys <key>, <key>_w001, ...); default: the first only")
     p.add_argument("--window-overlap", type=int, default=5,
                    help="frames each window shares with the previous one (5: SCAIL-2's segment overlap)")
-    p.add_argument("--pose-downsample", type=int, default=2, choices=(1, 2),
+    p.add_argument("--pose-downsample", type=int, default=2, choices=POSE_DOWNSAMPLES,
                    help="the model interface's pose_downsample: 2 = SCAIL-2's half-resolution driving latents")
     p.add_argument("--samples-per-shard", type=int, default=100, help="with --folders")
     p.add_argument("--device", default="cpu")

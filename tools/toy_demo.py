@@ -82,10 +82,11 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     sig["train"] = {**sig["vae"], **budget.train_args(), "data": data_kind, "pose_downsample": budget.pose_downsample}
     extra = []
     if budget.init:  # a copy outside any bundle: the weights start the run, the bundle's model config does not bind
+        sig["train"]["init_sha256"] = digest = sha256_file(budget.init)
         init = out / "init" / "denoiser.safetensors"
-        init.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(budget.init, init)
-        sig["train"]["init_sha256"] = sha256_file(init)
+        if not init.is_file() or sha256_file(init) != digest:  # copied once, not on every rerun
+            init.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(budget.init, init)
         extra = [f"weights={init}"]
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, data_kind, seed, extra))  # fmt: skip

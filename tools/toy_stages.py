@@ -79,6 +79,7 @@ class Budget:
     def __post_init__(self) -> None:
         """Bad values fail here, before any stage runs."""
         from scail_lab.data.synthetic.world import WorldConfig
+        from scail_lab.model.interfaces import check_pose_downsample
 
         WorldConfig(height=self.size, width=self.size, num_frames=self.frames, p_two_characters=self.p_two_characters,
                     p_pan=self.p_pan, families=self.families)  # fmt: skip
@@ -93,8 +94,7 @@ class Budget:
                 raise ValueError(f"budget field {name} must be >= 1, got {getattr(self, name)}")
         if self.patch not in (1, 2):
             raise ValueError(f"patch must be 1 or 2, got {self.patch}")
-        if self.pose_downsample not in (1, 2):
-            raise ValueError(f"pose_downsample must be 1 or 2, got {self.pose_downsample}")
+        check_pose_downsample(self.pose_downsample)
 
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} must be a multiple of num_heads {self.num_heads}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from scail_lab.model.interfaces import POSE_DOWNSAMPLES
+from scail_lab.model.interfaces import check_pose_downsample
 from scail_lab.model.masks import MaskScheme, downsample_frames
 from scail_lab.model.tokens import pad_tokens
 
@@ -41,9 +41,7 @@ class ConditionEncoder:
     def __init__(
         self, vae, mask_scheme: MaskScheme, text_encoder=None, image_encoder=None, pose_downsample: int = 2
     ) -> None:
-        if pose_downsample not in POSE_DOWNSAMPLES:
-            raise ValueError(f"pose_downsample must be one of {POSE_DOWNSAMPLES}, got {pose_downsample!r}")
-        self.pose_downsample = int(pose_downsample)  # the model interface's: driving grid = latent grid / this
+        self.pose_downsample = check_pose_downsample(pose_downsample)  # the model interface's: grid = latent grid / this
         self.vae = vae
         self.mask_scheme = mask_scheme
         self.text_encoder = text_encoder

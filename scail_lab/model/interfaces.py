@@ -29,9 +29,10 @@ I2V_MASK_CHANNELS = 4  # Wan I2V packs 4 pixel frames per latent frame into a 4-
 POSE_DOWNSAMPLES = (1, 2)  # driving grid = latent grid / this; 2 in SCAIL-2, 1 = full-resolution pose tokens
 
 
-def _check_pose_downsample(value: int) -> int:
+def check_pose_downsample(value: int) -> int:
+    """The pose grid setting, validated (interfaces, the ConditionEncoder and the toy budgets share it)."""
     if value not in POSE_DOWNSAMPLES:
-        raise ValueError(f"interface pose_downsample must be one of {POSE_DOWNSAMPLES}, got {value!r}")
+        raise ValueError(f"pose_downsample must be one of {POSE_DOWNSAMPLES}, got {value!r}")
     return int(value)
 
 
@@ -103,7 +104,7 @@ class InContextInterface(MotionInterface):
         self, name: str = "scail2", use_masks: bool = True, allow_extra_refs: bool = True, pose_downsample: int = 2
     ) -> None:
         self.name = name
-        self.pose_downsample = _check_pose_downsample(pose_downsample)
+        self.pose_downsample = check_pose_downsample(pose_downsample)
         self.uses_masks = bool(use_masks)
         self.allow_extra_refs = bool(allow_extra_refs)
 
@@ -157,7 +158,7 @@ class ChannelConcatInterface(MotionInterface):
     allow_extra_refs = True
 
     def __init__(self, upsample_mode: str = "nearest", pose_downsample: int = 2) -> None:
-        self.pose_downsample = _check_pose_downsample(pose_downsample)
+        self.pose_downsample = check_pose_downsample(pose_downsample)
         if upsample_mode not in ("nearest", "bilinear"):
             raise ValueError(
                 f"channel_concat upsample_mode must be 'nearest' or 'bilinear', got {upsample_mode!r}"

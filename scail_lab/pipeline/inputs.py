@@ -145,15 +145,6 @@ def target_size(ref_hw: tuple[int, int], height: int, width: int) -> tuple[int, 
     return height, width
 
 
-def cover_crop(x: Tensor, height: int, width: int, nearest: bool = False) -> Tensor:
-    """uint8 [..., C, h, w] frames -> [..., C, height, width]: scale to cover, centre-crop.
-
-    The training loader's resize (`data.transforms.cover_crop`), so sampling sees exactly the pixels
-    training saw (tests/test_train_infer_parity.py).
-    """
-    return transforms.cover_crop(x, (height, width), nearest=nearest)
-
-
 def prepare(example: MotionExample, height: int, width: int, max_frames: int | None = None) -> MotionExample:
     """Resize/crop every image and video of the example to the target size (orientation from the ref)."""
     h, w = target_size(tuple(example.ref_image.shape[-2:]), height, width)
@@ -162,12 +153,12 @@ def prepare(example: MotionExample, height: int, width: int, max_frames: int | N
     def video(v: Tensor | None, nearest: bool = False) -> Tensor | None:
         if v is None:
             return None
-        return (
-            cover_crop(v[:, :n].transpose(0, 1), h, w, nearest).transpose(0, 1).contiguous()
-        )  # [3, N, H, W]
+        # the training loader's resize, so sampling sees the pixels training saw (tests/test_train_infer_parity.py);
+        # it resizes every leading slice alike, so [3, N, H, W] needs no transpose
+        return transforms.cover_crop(v[:, :n], (h, w), nearest=nearest)  # [3, N, H, W]
 
     def image(i: Tensor | None, nearest: bool = False) -> Tensor | None:
-        return None if i is None else cover_crop(i, h, w, nearest)
+        return None if i is None else transforms.cover_crop(i, (h, w), nearest=nearest)
 
     return example.replace(
         ref_image=image(example.ref_image),
