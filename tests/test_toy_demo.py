@@ -70,3 +70,70 @@ def test_the_micro_chain_learns(tmp_path):
                           "--set", "train_steps=150", "lr=2e-3", "warmup_steps=10", "val_every=150"]) == 0  # fmt: skip
     losses = json.loads((out / "heldout_loss" / "stage.json").read_text())["result"]
     assert losses["trained"] < 0.9 * losses["untrained"], losses
+
+
+FINETUNE_STAGES = ("world", "world_regular", "world_replay", "latents_pose1", "latents_replay", "train",
+                   "samples_base_family", "samples_finetuned_family", "samples_base_regular",
+                   "samples_finetuned_regular", "report")  # fmt: skip
+
+
+def test_finetune_micro_on_the_shipped_base(tmp_path):
+    """The README main command's path at the smoke-test size: the shipped base fine-tuned on the held-out family
+    with replayed pairs of its own families mixed in, then both models evaluated on both test sets."""
+    from safetensors.torch import load_file
+
+    from tools.toy_stages import BASE_FAMILIES, HOLDOUT_FAMILY
+
+    out = tmp_path / "ft"
+    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1"]) == 0
+    for stage in FINETUNE_STAGES:
+        assert json.loads((out / stage / "stage.json").read_text())["status"] == "done", stage
+    ft = toy_demo.FINETUNES["finetune_micro"]
+
+    def families(world, split):
+        motions = (json.loads((p / "gt.json").read_text())["motion"] for p in (out / world / "folders" / split).iterdir())
+        return {family for m in motions for family in m.split("+")}  # two characters: "walk+wave"
+
+    assert families("world", "train") == {HOLDOUT_FAMILY} and families("world", "test") == {HOLDOUT_FAMILY}
+    replayed = families("world_replay", "train")
+    assert replayed and replayed <= set(BASE_FAMILIES)
+    assert len(list((out / "world_replay" / "folders" / "train").iterdir())) == ft.replay
+    assert not list((out / "world_replay" / "folders" / "val").glob("val_*"))  # training pairs only
+    # the loader read both sources: the new pairs and the replayed ones, each once per epoch
+    epoch = json.loads((out / "train" / "data_report.json").read_text())["epochs"]["0"]
+    assert epoch["decoded"] == ft.num_train + ft.replay
+
+    base = load_file(toy_demo.BUNDLE / "denoiser.safetensors")
+    tuned = load_file(out / "train" / "export" / "denoiser.safetensors")
+    assert base.keys() == tuned.keys() and any(not base[k].equal(tuned[k]) for k in base)
+
+    results = json.loads((out / "report" / "results.json").read_text())
+    for split, n in (("family", ft.num_test), ("regular", ft.num_regular_test)):
+        for run in ("base", "finetuned", "copy_source"):
+            entry = results["tables"][split][run]["joint_error_px"]
+            assert entry["n"] == n and math.isfinite(entry["mean"]), (split, run)
+    assert len(results["criteria"]) == 4 and all(isinstance(c["pass"], bool) for c in results["criteria"])
+    assert "replayed pairs" in (out / "report" / "report.md").read_text()
+
+
+def _stage_work(folder, value):
+    import os
+
+    (folder / "out.txt").write_text(str(value))
+    return {"value": value, "pid": os.getpid()}
+
+
+def test_run_stages_in_worker_processes(tmp_path):
+    """The demo's parallel stages: results in job order, records written, work done in other processes, and a
+    rerun skips every finished stage."""
+    import os
+    from functools import partial
+
+    from tools.toy_stages import run_stages
+
+    jobs = [(tmp_path, f"stage{i}", {"i": i}, partial(_stage_work, value=i * 10)) for i in range(3)]
+    records = run_stages(jobs, workers=2)
+    assert [r["result"]["value"] for r in records] == [0, 10, 20]
+    assert all(r["result"]["pid"] != os.getpid() for r in records)
+    assert [(tmp_path / f"stage{i}" / "out.txt").read_text() for i in range(3)] == ["0", "10", "20"]
+    assert run_stages(jobs, workers=2) == records  # done before: the stored records come back

@@ -22,6 +22,7 @@ import logging
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,7 @@ from tools.toy_stages import (  # noqa: E402
     heldout_flow_loss,
     latents_name,
     run_stage,
+    run_stages,
     stage_latents,
     stage_sample,
     stage_train,
@@ -107,9 +109,16 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     return records
 
 
-def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0) -> dict:
-    """Fine-tune the shipped base on pairs of the motion family it never saw, then evaluate base and fine-tuned
-    (and the baselines) on held-out test pairs of that family and on the regular test split."""
+def run_keyed(jobs: dict, workers: int) -> dict:
+    """{key: stage record} of toy_stages.run_stages over {key: job}."""
+    return dict(zip(jobs, run_stages(list(jobs.values()), workers), strict=True))
+
+
+def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, workers: int = 1) -> dict:
+    """Fine-tune the shipped base on pairs of the motion family it never saw (plus replayed pairs of its own
+    families), then evaluate base and fine-tuned (and the baselines) on held-out test pairs of that family and on the
+    regular test split. `workers` > 1: the data and sampling stages run in that many one-thread processes
+    (toy_stages.run_stages)."""
     from scail_lab.checkpoints.bundle import verify_bundle
     from tools import toy_finetune_report
 
@@ -121,28 +130,41 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0) 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     bundle_sig = {name: record["sha256"] for name, record in manifest["files"].items()}
-    sig = {"world": {**budget.world_args(), "seed": seed}}
-    records = {"world": run_stage(out, "world", sig["world"], lambda f: stage_world(f, budget, seed))}
     regular = dataclasses.replace(base, num_test=ft.num_regular_test)
-    sig["world_regular"] = {**regular.world_args(), "seed": seed, "test_only": True}
-    records["world_regular"] = run_stage(out, "world_regular", sig["world_regular"],
-                                         lambda f: stage_world(f, regular, seed, test_only=True))  # fmt: skip
+    replay = ft.replay_budget(base)  # pairs of the families the base knows, so the fine-tune does not forget them
+    sig = {"world": {**budget.world_args(), "seed": seed},
+           "world_regular": {**regular.world_args(), "seed": seed, "test_only": True},
+           "world_replay": {**replay.world_args(), "seed": seed + 1, "splits": ["train"]}}  # other draws; fmt: skip
+    jobs = {"world": (out, "world", sig["world"], partial(stage_world, budget=budget, seed=seed)),
+            "world_regular": (out, "world_regular", sig["world_regular"],
+                              partial(stage_world, budget=regular, seed=seed, splits=("test",))),
+            "world_replay": (out, "world_replay", sig["world_replay"],
+                             partial(stage_world, budget=replay, seed=seed + 1, splits=("train",)))}  # fmt: skip
+    records = run_keyed(jobs if ft.replay else {k: v for k, v in jobs.items() if k != "world_replay"}, workers)
     sig["latents"] = {**sig["world"], "bundle": bundle_sig}
-    records["latents"] = run_stage(out, latents_name(budget.pose_downsample), sig["latents"],
-                                   lambda f: stage_latents(f, out / "world", budget, vae_path))  # fmt: skip
-    sig["train"] = {**sig["latents"], **budget.train_args(), "lora": ft.lora, "lora_rank": ft.lora_rank}
+    sig["latents_replay"] = {**sig["world_replay"], "bundle": bundle_sig}
+    jobs = {"latents": (out, latents_name(budget.pose_downsample), sig["latents"],
+                        partial(stage_latents, world=out / "world", budget=budget, vae_path=vae_path)),
+            "latents_replay": (out, "latents_replay", sig["latents_replay"],
+                               partial(stage_latents, world=out / "world_replay", budget=replay, vae_path=vae_path,
+                                       splits=("train",)))}  # fmt: skip
+    records.update(run_keyed(jobs if ft.replay else {"latents": jobs["latents"]}, workers))
+    replay_shards = [out / "latents_replay" / "train"] if ft.replay else []
+    sig["train"] = {**sig["latents"], **budget.train_args(), "lora": ft.lora, "lora_rank": ft.lora_rank,
+                    "replay": sig["latents_replay"] if ft.replay else None}  # fmt: skip
     extra = ft.train_extra(base_weights)
     records["train"] = run_stage(out, "train", sig["train"],
-                                 lambda f: stage_train(f, out, budget, vae_path, "latent", seed, extra))  # fmt: skip
+                                 lambda f: stage_train(f, out, budget, vae_path, "latent", seed, extra,
+                                                       replay_shards))  # fmt: skip
     export = Path(records["train"]["result"]["weights"])
     tuned = (base_weights, export) if ft.lora else (export, None)
     sig["sample"] = {**sig["train"], "sampler": base.sampler, "shift": base.shift, "sample_steps": base.sample_steps}
-    for split, world in (("family", out / "world"), ("regular", out / "world_regular")):
-        for run, (weights, lora) in (("base", (base_weights, None)), ("finetuned", tuned)):
-            name = f"samples_{run}_{split}"
-            records[name] = run_stage(out, name, {**sig["sample"], "run": run, "split": split},
-                                      lambda f, w=weights, lo=lora, wd=world: stage_sample(f, wd, base, vae_path, w,
-                                                                                           seed, lo))  # fmt: skip
+    jobs = {f"samples_{run}_{split}": (out, f"samples_{run}_{split}", {**sig["sample"], "run": run, "split": split},
+                                       partial(stage_sample, world=world, budget=base, vae_path=vae_path,
+                                               weights=weights, seed=seed, lora=lora))
+            for split, world in (("family", out / "world"), ("regular", out / "world_regular"))
+            for run, (weights, lora) in (("base", (base_weights, None)), ("finetuned", tuned))}  # fmt: skip
+    records.update(run_keyed(jobs, workers))
     sig["report"] = {**sig["sample"], "joint_weights": bundle_sig.get(JOINT_FILE)}
     records["report"] = run_stage(out, "report", sig["report"],
                                   lambda f: toy_finetune_report.finetune_report(f, out, ft, base, records, vae_path,
@@ -185,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start = time.perf_counter()
         if finetune:
-            records = run_finetune(args.out, budget, args.bundle, args.seed)
+            records = run_finetune(args.out, budget, args.bundle, args.seed, workers=args.threads)
         else:
             records = run_demo(args.out, budget, args.data, args.seed, joints)
     finally:

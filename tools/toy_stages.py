@@ -160,6 +160,7 @@ class Finetune:
     lora: bool = False
     lora_rank: int = 32
     precision: str = "32-true"  # bf16-mixed only where the CPU has bf16 matrix units (docs/TOY_WORLD.md)
+    replay: int = 32  # pairs of the base's own families mixed into the training set, against forgetting (0: none)
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_val", "num_test", "num_regular_test", "train_steps", "batch_size",
@@ -168,6 +169,8 @@ class Finetune:
                 raise ValueError(f"fine-tune field {name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError(f"lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
+        if self.replay < 0:
+            raise ValueError(f"fine-tune field replay must be >= 0, got {self.replay}")
         if self.precision not in ("32-true", "bf16-mixed"):
             raise ValueError(f"precision must be 32-true or bf16-mixed, got {self.precision!r}")
 
@@ -178,6 +181,10 @@ class Finetune:
             families=(HOLDOUT_FAMILY,), train_steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
             warmup_steps=self.warmup_steps, val_every=self.val_every, precision=self.precision, init="",
         )  # fmt: skip
+
+    def replay_budget(self, base: Budget) -> Budget:
+        """The replay world: `replay` training pairs of the base's own families (stage_world with splits=("train",))."""
+        return dataclasses.replace(base, name=f"{self.name}_replay", num_train=self.replay)
 
     def train_extra(self, weights: Path) -> list[str]:
         """Overrides on top of the budget's: the base weights, and LoRA when chosen."""
@@ -190,7 +197,7 @@ class Finetune:
 FINETUNES = {
     "finetune": Finetune("finetune"),
     "finetune_micro": Finetune("finetune_micro", num_train=4, num_val=2, num_test=2, num_regular_test=2,
-                               train_steps=2, batch_size=2, warmup_steps=1, val_every=2),
+                               train_steps=2, batch_size=2, warmup_steps=1, val_every=2, replay=2),
 }  # fmt: skip
 
 
@@ -239,6 +246,34 @@ def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict
     return record
 
 
+Job = tuple[Path, str, dict, Callable[[Path], dict]]  # run_stage's arguments
+
+
+def _one_thread_worker() -> None:
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_job(job: Job) -> dict:
+    return run_stage(*job)
+
+
+def run_stages(jobs: Sequence[Job], workers: int = 1) -> list[dict]:
+    """run_stage for each job, in order; with workers > 1, in that many spawned processes of one torch thread each.
+
+    On a small CPU, two one-thread processes get more from two cores than one two-thread process: a toy model's
+    matrices are too small for the second thread to pay. Each job's work must pickle (functools.partial of a module
+    function, not a lambda)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [run_stage(*job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no forked copy of this process's torch thread pool
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_one_thread_worker) as pool:
+        return list(pool.map(_run_job, jobs))
+
+
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
     """configs/<name>.yaml with Hydra overrides (no Hydra run directory, no working-directory change)."""
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
@@ -258,14 +293,16 @@ def model_overrides(budget: Budget, vae_path: Path) -> list[str]:
     ]
 
 
-def stage_world(folder: Path, budget: Budget, seed: int, test_only: bool = False) -> dict:
-    """The world's folders and shards (test_only: just the test split's folders, for evaluation)."""
+def stage_world(folder: Path, budget: Budget, seed: int, splits: Sequence[str] = SPLITS) -> dict:
+    """The world's folders and shards, for `splits` only (("test",): just the test folders, for evaluation;
+    ("train",): just training pairs)."""
     from tools import make_synthetic
 
     b = budget
-    train, val = (0, 0) if test_only else (b.num_train, b.num_val)
+    n = {s: count if s in splits else 0 for s, count in zip(SPLITS, (b.num_train, b.num_val, b.num_test), strict=True)}
+    test_only = "train" not in splits and "val" not in splits
     make_synthetic.main([
-        "--out", str(folder), "--train", str(train), "--val", str(val), "--test", str(b.num_test),
+        "--out", str(folder), "--train", str(n["train"]), "--val", str(n["val"]), "--test", str(n["test"]),
         "--height", str(b.size), "--width", str(b.size), "--frames", str(b.frames), "--seed", str(seed),
         "--p-two-characters", str(b.p_two_characters), "--p-pan", str(b.p_pan), "--samples-per-shard", "64",
         "--families", *b.families, *(["--format", "folders"] if test_only else []),
@@ -326,12 +363,17 @@ def latents_name(pose_downsample: int) -> str:
 
 
 def train_overrides(
-    budget: Budget, vae_path: Path, data: Path, data_kind: str, run_dir: Path, seed: int
+    budget: Budget, vae_path: Path, data: Path, data_kind: str, run_dir: Path, seed: int,
+    extra_shards: Sequence[Path] = (),
 ) -> list[str]:
+    """`extra_shards`: further latent training shards mixed into the budget's own (the fine-tune's replay pairs)."""
     b = budget
+    if extra_shards and data_kind != "latent":
+        raise ValueError("extra training shards need data_kind='latent'")
     if data_kind == "latent":
         latents = data / latents_name(b.pose_downsample)
-        source = ["data=latent", f"data.shards={latents / 'train'}", "data@val_data=latent",
+        shards = ",".join(f"'{p}'" for p in (latents / "train", *extra_shards))
+        source = ["data=latent", f"data.shards=[{shards}]", "data@val_data=latent",
                   f"val_data.shards={latents / 'val'}"]  # fmt: skip
     else:
         source = [f"data.shards={data / 'world' / 'shards' / 'train'}", "data@val_data=synthetic",
@@ -352,12 +394,14 @@ def train_overrides(
 
 
 def stage_train(
-    folder: Path, out: Path, budget: Budget, vae_path: Path, data_kind: str, seed: int, extra: Sequence[str] = ()
+    folder: Path, out: Path, budget: Budget, vae_path: Path, data_kind: str, seed: int, extra: Sequence[str] = (),
+    extra_shards: Sequence[Path] = (),
 ) -> dict:
-    """train.train(cfg) with the budget's overrides plus `extra` (e.g. initial weights, LoRA)."""
+    """train.train(cfg) with the budget's overrides plus `extra` (e.g. initial weights, LoRA) and `extra_shards`."""
     import train
 
-    cfg = compose_config("train", [*train_overrides(budget, vae_path, out, data_kind, folder, seed), *extra])
+    overrides = train_overrides(budget, vae_path, out, data_kind, folder, seed, extra_shards)
+    cfg = compose_config("train", [*overrides, *extra])
     if (folder / "checkpoints").is_dir():  # a killed run: its newest complete checkpoint
         cfg.resume = "auto"
     start = time.perf_counter()
