@@ -168,7 +168,7 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
     sig["report"] = {**sig["sample"], "joint_weights": bundle_sig.get(JOINT_FILE)}
     records["report"] = run_stage(out, "report", sig["report"],
                                   lambda f: toy_finetune_report.finetune_report(f, out, ft, base, records, vae_path,
-                                                                       joint_weights))  # fmt: skip
+                                                                       joint_weights, workers))  # fmt: skip
     return records
 
 

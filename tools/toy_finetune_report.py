@@ -26,6 +26,7 @@ from tools.toy_report import (
     stripped,
     test_folders,
 )
+from tools.toy_stages import parallel_map
 
 SPLIT_NOTES = {
     "family": "pairs of the held-out motion family (new to the base)",
@@ -73,14 +74,22 @@ def pass_criteria(comparisons: dict[str, dict[str, dict]]) -> list[dict]:
     return out
 
 
-def finetune_report(folder: Path, out: Path, ft, base, records: dict, vae_path: Path, joint_weights: Path) -> dict:
-    """Evaluate both test sets, check the criteria, write report.md, results.json and contact sheets."""
+def _evaluate(job: tuple) -> tuple[dict, dict[str, str], float]:
+    return evaluate_runs(*job, reference="finetuned")
+
+
+def finetune_report(
+    folder: Path, out: Path, ft, base, records: dict, vae_path: Path, joint_weights: Path, workers: int = 1
+) -> dict:
+    """Evaluate both test sets (in `workers` processes), check the criteria, write report.md, results.json and
+    contact sheets."""
     tables, comparisons, modes, ceilings = {}, {}, {}, {}
-    for split, world in (("family", out / "world"), ("regular", out / "world_regular")):
-        tests = test_folders(world)
-        runs = {run: out / f"samples_{run}_{split}" for run in ("finetuned", "base")}
-        table, modes[split], ceilings[split] = evaluate_runs(folder / split, tests, runs, vae_path, joint_weights,
-                                                             reference="finetuned")  # fmt: skip
+    splits = {"family": out / "world", "regular": out / "world_regular"}
+    tests = {split: test_folders(world) for split, world in splits.items()}
+    runs = {split: {run: out / f"samples_{run}_{split}" for run in ("finetuned", "base")} for split in splits}
+    jobs = [(folder / split, tests[split], runs[split], vae_path, joint_weights) for split in splits]
+    for split, (table, modes[split], ceilings[split]) in zip(splits, parallel_map(_evaluate, jobs, workers),
+                                                             strict=True):  # fmt: skip
         tables[split] = table
         comparisons[split] = {
             "finetuned": {**compare_by_mode(table, "finetuned", "base", modes[split]),
@@ -88,7 +97,7 @@ def finetune_report(folder: Path, out: Path, ft, base, records: dict, vae_path: 
             "base": {**compare_by_mode(table, "base", "copy_source", modes[split]),
                      **compare_by_mode(table, "base", "driving", modes[split])},
         }  # fmt: skip
-        contact_sheet(folder / f"contact_sheet_{split}.png", tests, runs)
+        contact_sheet(folder / f"contact_sheet_{split}.png", tests[split], runs[split])
     criteria = pass_criteria(comparisons)
     numbers = {"tables": {k: stripped(t) for k, t in tables.items()}, "comparisons": comparisons,
                "criteria": criteria, "modes": modes, "mask_estimator_ceiling_iou": ceilings}  # fmt: skip

@@ -254,24 +254,29 @@ def _one_thread_worker() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def parallel_map(fn: Callable, items: Sequence, workers: int = 1) -> list:
+    """[fn(item) for item in items]; with workers > 1, in that many spawned processes of one torch thread each.
+
+    On a small CPU, two one-thread processes get more from two cores than one two-thread process: a toy model's
+    matrices are too small for the second thread to pay. `fn` and the items must pickle (module functions or
+    functools.partial of them, not lambdas)."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no forked copy of this process's torch thread pool
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=context, initializer=_one_thread_worker) as pool:
+        return list(pool.map(fn, items))
+
+
 def _run_job(job: Job) -> dict:
     return run_stage(*job)
 
 
 def run_stages(jobs: Sequence[Job], workers: int = 1) -> list[dict]:
-    """run_stage for each job, in order; with workers > 1, in that many spawned processes of one torch thread each.
-
-    On a small CPU, two one-thread processes get more from two cores than one two-thread process: a toy model's
-    matrices are too small for the second thread to pay. Each job's work must pickle (functools.partial of a module
-    function, not a lambda)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [run_stage(*job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")  # no forked copy of this process's torch thread pool
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_one_thread_worker) as pool:
-        return list(pool.map(_run_job, jobs))
+    """run_stage for each job, in order (parallel_map: worker processes when workers > 1)."""
+    return parallel_map(_run_job, jobs, workers)
 
 
 def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
