@@ -32,12 +32,13 @@ log = logging.getLogger("sample")
 
 def default_example(out_dir: Path, seed: int) -> Path:
     """Write one synthetic test-split example folder (the built-in default input)."""
-    from scail_lab.data.synthetic.export import sample_files, write_folder
+    from scail_lab.data.media import atomic_write_folder
+    from scail_lab.data.synthetic.export import sample_files
     from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
 
     world = SyntheticWorld(WorldConfig(seed=seed))
     sample = world.sample("test", 0)
-    return write_folder(sample_files(sample, world.config.fps), out_dir / "input" / "synthetic_test_0")
+    return atomic_write_folder(sample_files(sample, world.config.fps), out_dir / "input" / "synthetic_test_0")
 
 
 def input_folders(cfg: DictConfig) -> list[Path]:

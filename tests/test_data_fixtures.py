@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scail_lab.data.synthetic.export import sample_files, write_folder
+from scail_lab.data.media import atomic_write_folder
+from scail_lab.data.synthetic.export import sample_files
 from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
 
 
@@ -15,5 +16,5 @@ def write_synthetic(root: Path, count: int, split: str = "train", start: int = 0
     folders = []
     for index in range(start, start + count):
         files = sample_files(world.sample(split, index), cfg.fps)
-        folders.append(write_folder(files, root / f"{split}_{index:06d}"))
+        folders.append(atomic_write_folder(files, root / f"{split}_{index:06d}"))
     return folders

@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from eval.evaluate import load_pair
 from eval.manifest import ManifestRow, match_folders, read_manifest, scan_samples
 from eval.run import CONFIG_DIR, run_eval
-from scail_lab.data.media import encode_video
-from scail_lab.data.synthetic.export import sample_files, write_folder
+from scail_lab.data.media import atomic_write_folder, encode_video
+from scail_lab.data.synthetic.export import sample_files
 from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
 from scail_lab.metrics import MaskIoU
 
@@ -32,7 +32,7 @@ def synthetic_set(tmp_path_factory):
     samples = [world.sample("test", i) for i in range(NUM_SAMPLES)]
     (root / "run").mkdir()
     for s in samples:
-        folder = write_folder(sample_files(s, world.config.fps), root / "gt" / s.key)
+        folder = atomic_write_folder(sample_files(s, world.config.fps), root / "gt" / s.key)
         shutil.copy(folder / "target.mp4", root / "run" / f"{s.key}.mp4")
     return root, samples
 

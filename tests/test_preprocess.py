@@ -181,7 +181,7 @@ def test_bad_inputs_are_named_and_leave_nothing_behind(world, tmp_path):
 
     with pytest.raises(ValueError, match=r"people are found in 24% of the driving frames \(4 of 17\)"):
         prepare_example(folder / "driving.mp4", folder / "ref.png", out, PrepareOptions(), Sometimes(), gt("ref"))
-    assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))  # nor media.atomic_write_folder's temp folder
 
 
 def test_directory_mode_skips_and_reports_bad_clips_and_resumes(world, tmp_path):

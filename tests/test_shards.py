@@ -147,3 +147,24 @@ def test_shard_lists_expand_braces_lists_and_directories(tmp_path):
     with pytest.raises(ValueError):
         list_shards([])
     assert os.path.basename(list_shards([str(tmp_path / "x-001.tar")])[0]) == "x-001.tar"
+
+
+def test_atomic_write_folder_replaces_whole_folders_and_leaves_nothing_on_failure(tmp_path):
+    from scail_lab.data.media import atomic_write_folder
+
+    folder = tmp_path / "sample"
+    atomic_write_folder({"a.txt": b"1", "b.txt": b"2"}, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt"]
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # an ordinary directory, not mkdtemp's 0700
+    atomic_write_folder({"c.txt": b"3"}, folder)  # a rewrite replaces the folder: no stale a.txt / b.txt
+    assert [p.name for p in folder.iterdir()] == ["c.txt"]
+
+    class Broken(dict):
+        def items(self):
+            yield "d.txt", b"4"
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_folder(Broken(), folder)
+    assert [p.name for p in folder.iterdir()] == ["c.txt"]  # the old folder stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]  # no temp folder left behind

@@ -35,7 +35,8 @@ from scail_lab.data import (  # noqa: E402
     make_shards,
 )
 from scail_lab.data.caching import make_latent_shards  # noqa: E402
-from scail_lab.data.synthetic.export import sample_files, write_folder  # noqa: E402
+from scail_lab.data.media import atomic_write_folder  # noqa: E402
+from scail_lab.data.synthetic.export import sample_files  # noqa: E402
 from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig  # noqa: E402
 from scail_lab.model.masks import ColourMaskScheme  # noqa: E402
 
@@ -77,7 +78,7 @@ def bench_size(size: int, quality: str | int, args: argparse.Namespace, work: Pa
     t = time.perf_counter()
     for i in range(n):
         if not (folders / f"train_{i:06d}").exists():
-            write_folder(sample_files(world.sample("train", i), cfg.fps, quality), folders / f"train_{i:06d}")
+            atomic_write_folder(sample_files(world.sample("train", i), cfg.fps, quality), folders / f"train_{i:06d}")
     gen = time.perf_counter() - t
     t = time.perf_counter()
     report = make_shards(folders, pixels, samples_per_shard=max(1, n // 8), progress=False)

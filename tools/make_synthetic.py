@@ -22,9 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from scail_lab.data.folders import collect_files, validate_sample, with_validated_meta  # noqa: E402
-from scail_lab.data.media import LOSSLESS, atomic_write_bytes  # noqa: E402
+from scail_lab.data.media import (  # noqa: E402
+    LOSSLESS,
+    atomic_write_bytes,
+    atomic_write_folder,  # noqa: E402
+)
 from scail_lab.data.shards import ShardJob, make_shards, run_jobs, shard_name, signature_of, summarize  # noqa: E402
-from scail_lab.data.synthetic.export import contact_sheet, sample_files, write_folder, write_png  # noqa: E402
+from scail_lab.data.synthetic.export import contact_sheet, sample_files, write_png  # noqa: E402
 from scail_lab.data.synthetic.motion import MOTION_FAMILIES  # noqa: E402
 from scail_lab.data.synthetic.world import SPLITS, SyntheticWorld, WorldConfig  # noqa: E402
 
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             for index in tqdm(range(counts[split]), desc=f"{split} folders", unit="sample"):
                 folder = root / f"{split}_{index:06d}"
                 if not folder.exists():
-                    write_folder(sample_files(world.sample(split, index), config.fps, quality), folder)
+                    atomic_write_folder(sample_files(world.sample(split, index), config.fps, quality), folder)
             if args.format == "both":
                 report = make_shards(
                     root, args.out / "shards" / split, samples_per_shard=args.samples_per_shard

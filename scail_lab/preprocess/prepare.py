@@ -13,8 +13,6 @@ no half-written example. Errors that name the problem come before any detector r
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +183,7 @@ def prepare_example(driving: str | Path, ref: str | Path, out: str | Path, optio
     }  # fmt: skip
     files[schema.META_FILE] = json.dumps(meta, indent=1).encode()
     files["preview.png"] = media.encode_image(preview(image, files, fps))
-    write_atomically(out, files)
+    media.atomic_write_folder(files, out)
     return meta
 
 
@@ -199,20 +197,3 @@ def preview(image: np.ndarray, files: dict[str, bytes], fps: float, num_frames: 
             rows.append(np.concatenate(list(video[picks]), axis=1))
     width = max(r.shape[1] for r in rows)
     return np.concatenate([np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
-
-
-def write_atomically(out: Path, files: dict[str, bytes]) -> None:
-    """All files into `<out>.tmp-<pid>`, then renamed to `out` (an existing `out` is replaced)."""
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -17,9 +17,6 @@ exactly, and a plate difference measures the generated video, not codec noise in
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import cv2
 import numpy as np
 
 from scail_lab.data import schema
-from scail_lab.data.media import LOSSLESS, current_umask, encode_image, encode_video
+from scail_lab.data.media import LOSSLESS, encode_image, encode_video
 from scail_lab.data.synthetic.world import SyntheticSample
 
 
@@ -77,26 +74,6 @@ def sample_files(sample: SyntheticSample, fps: float, rgb_quality: str | int = L
     }
     files[schema.META_FILE] = json.dumps(meta, sort_keys=True).encode()
     return files
-
-
-def write_folder(files: dict[str, bytes], folder: str | Path) -> Path:
-    """Write a sample folder atomically: fill a temp sibling directory, then rename it into place."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    os.chmod(
-        tmp, 0o777 & ~current_umask()
-    )  # mkdtemp makes it private; a sample folder is an ordinary directory
-    try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return folder
 
 
 def contact_sheet(samples: Sequence[SyntheticSample], frames_shown: int = 3) -> np.ndarray:
