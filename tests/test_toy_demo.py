@@ -77,15 +77,27 @@ FINETUNE_STAGES = ("world", "world_regular", "world_replay", "latents_pose1", "l
                    "samples_finetuned_regular", "report")  # fmt: skip
 
 
+def test_finetune_micro_without_replay(tmp_path):
+    out = tmp_path / "ft"
+    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", "--set", "replay=0"]) == 0
+    assert not (out / "world_replay").exists() and not (out / "latents_replay").exists()
+    ft = toy_demo.FINETUNES["finetune_micro"]
+    epoch = json.loads((out / "train" / "data_report.json").read_text())["epochs"]["0"]
+    assert epoch["decoded"] == ft.num_train  # the new pairs only
+    assert json.loads((out / "report" / "stage.json").read_text())["status"] == "done"
+    assert "replayed pairs" not in (out / "report" / "report.md").read_text()
+
+
 def test_finetune_micro_on_the_shipped_base(tmp_path):
     """The README main command's path at the smoke-test size: the shipped base fine-tuned on the held-out family
-    with replayed pairs of its own families mixed in, then both models evaluated on both test sets."""
+    with replayed pairs of its own families mixed in, then both models evaluated on both test sets (two worker
+    processes, as the README command runs)."""
     from safetensors.torch import load_file
 
     from tools.toy_stages import BASE_FAMILIES, HOLDOUT_FAMILY
 
     out = tmp_path / "ft"
-    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1"]) == 0
+    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "2"]) == 0
     for stage in FINETUNE_STAGES:
         assert json.loads((out / stage / "stage.json").read_text())["status"] == "done", stage
     ft = toy_demo.FINETUNES["finetune_micro"]

@@ -131,27 +131,28 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
     out.mkdir(parents=True, exist_ok=True)
     bundle_sig = {name: record["sha256"] for name, record in manifest["files"].items()}
     regular = dataclasses.replace(base, num_test=ft.num_regular_test)
-    replay = ft.replay_budget(base)  # pairs of the families the base knows, so the fine-tune does not forget them
     sig = {"world": {**budget.world_args(), "seed": seed},
-           "world_regular": {**regular.world_args(), "seed": seed, "test_only": True},
-           "world_replay": {**replay.world_args(), "seed": seed + 1, "splits": ["train"]}}  # other draws; fmt: skip
-    jobs = {"world": (out, "world", sig["world"], partial(stage_world, budget=budget, seed=seed)),
-            "world_regular": (out, "world_regular", sig["world_regular"],
-                              partial(stage_world, budget=regular, seed=seed, splits=("test",))),
-            "world_replay": (out, "world_replay", sig["world_replay"],
-                             partial(stage_world, budget=replay, seed=seed + 1, splits=("train",)))}  # fmt: skip
-    records = run_keyed(jobs if ft.replay else {k: v for k, v in jobs.items() if k != "world_replay"}, workers)
+           "world_regular": {**regular.world_args(), "seed": seed, "test_only": True}}  # fmt: skip
     sig["latents"] = {**sig["world"], "bundle": bundle_sig}
-    sig["latents_replay"] = {**sig["world_replay"], "bundle": bundle_sig}
-    jobs = {"latents": (out, latents_name(budget.pose_downsample), sig["latents"],
-                        partial(stage_latents, world=out / "world", budget=budget, vae_path=vae_path)),
-            "latents_replay": (out, "latents_replay", sig["latents_replay"],
-                               partial(stage_latents, world=out / "world_replay", budget=replay, vae_path=vae_path,
-                                       splits=("train",)))}  # fmt: skip
-    records.update(run_keyed(jobs if ft.replay else {"latents": jobs["latents"]}, workers))
+    worlds = {"world": (out, "world", sig["world"], partial(stage_world, budget=budget, seed=seed)),
+              "world_regular": (out, "world_regular", sig["world_regular"],
+                                partial(stage_world, budget=regular, seed=seed, splits=("test",)))}  # fmt: skip
+    latents = {"latents": (out, latents_name(budget.pose_downsample), sig["latents"],
+                           partial(stage_latents, world=out / "world", budget=budget, vae_path=vae_path))}  # fmt: skip
+    if ft.replay:  # pairs of the families the base knows, so the fine-tune does not forget them
+        replay = ft.replay_budget(base)
+        sig["world_replay"] = {**replay.world_args(), "seed": seed + 1, "splits": ["train"]}  # other draws
+        sig["latents_replay"] = {**sig["world_replay"], "bundle": bundle_sig}
+        worlds["world_replay"] = (out, "world_replay", sig["world_replay"],
+                                  partial(stage_world, budget=replay, seed=seed + 1, splits=("train",)))
+        latents["latents_replay"] = (out, "latents_replay", sig["latents_replay"],
+                                     partial(stage_latents, world=out / "world_replay", budget=replay,
+                                             vae_path=vae_path, splits=("train",)))  # fmt: skip
+    records = run_keyed(worlds, workers)
+    records.update(run_keyed(latents, workers))
     replay_shards = [out / "latents_replay" / "train"] if ft.replay else []
     sig["train"] = {**sig["latents"], **budget.train_args(), "lora": ft.lora, "lora_rank": ft.lora_rank,
-                    "replay": sig["latents_replay"] if ft.replay else None}  # fmt: skip
+                    "replay": sig.get("latents_replay")}  # fmt: skip
     extra = ft.train_extra(base_weights)
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, "latent", seed, extra,
