@@ -187,8 +187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="from scratch: joint estimator weights for the pose-following metric (default: the "
                         "bundle's, when it has one)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2,
-                   help="torch CPU threads: 2 on an idle 2-core machine (the fine-tune demo: 13.2 min vs 20.5 with 1 "
-                        "thread beside another job); 1 when another job shares the cores (docs/TOY_WORLD.md)")  # fmt: skip
+                   help="torch CPU threads for training, and (fine-tune demo) one-thread worker processes for the "
+                        "data, sampling and evaluation stages: 2 on an idle 2-core machine, 1 when another job "
+                        "shares the cores (docs/TOY_WORLD.md)")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override budget fields, e.g. --set train_steps=400 lr=2e-3")  # fmt: skip
     return p.parse_args(argv)

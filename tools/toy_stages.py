@@ -152,7 +152,7 @@ class Finetune:
     num_val: int = 8
     num_test: int = 80  # held-out family test pairs (test identities, scenes and motions): 64 animate, 16 replace
     num_regular_test: int = 80  # test pairs of the families the base was trained on (the same 64 / 16 split)
-    train_steps: int = 250  # fits the 10-minute demo; 400 steps move the family set 0.07 dB more (docs/TOY_WORLD.md)
+    train_steps: int = 250  # fits the 10-minute demo; 250 / 300 / 400 steps differ by run-to-run noise (docs/TOY_WORLD.md)
     batch_size: int = 4
     lr: float = 2e-4
     warmup_steps: int = 20
