@@ -255,7 +255,7 @@ def _one_thread_worker() -> None:
 
 
 def parallel_map(fn: Callable, items: Sequence, workers: int = 1) -> list:
-    """[fn(item) for item in items]; with workers > 1, in that many spawned processes of one torch thread each.
+    """[fn(item) for item in items]; with workers > 1, in that many worker processes of one torch thread each.
 
     On a small CPU, two one-thread processes get more from two cores than one two-thread process: a toy model's
     matrices are too small for the second thread to pay. `fn` and the items must pickle (module functions or
