@@ -196,3 +196,26 @@ def test_fit_tool_reads_video_folders_and_skips_bad_files(
     assert len(skipped) == 2
     assert any("broken.mp4" in s for s in skipped) and any("short.mp4: 3 frames < 5" in s for s in skipped)
     assert out.is_file() and load_vae("light", out).latent_channels == 16
+
+
+def test_fit_tool_continues_from_a_fitted_vae(tmp_path: Path) -> None:
+    """--init starts from a fitted checkpoint: zero steps at lr ~0 give back its weights; other widths are refused."""
+    from scail_lab.encoders.light_vae import LightVAE
+
+    common = ["--synthetic", "4", "--batch", "2", "--frames", "5", "--size", "16", "--eval-clips", "2",
+              "--eval-frames", "5", "--widths", "8", "8", "8"]  # fmt: skip
+    first = tmp_path / "a" / "light_vae.safetensors"
+    fit_main(["--out", str(first), "--steps", "3", *common])
+    second = tmp_path / "b" / "light_vae.safetensors"
+    fit_main(["--out", str(second), "--steps", "1", "--lr", "1e-12", "--init", str(first), *common])
+    a, b = LightVAE.from_checkpoint(first), LightVAE.from_checkpoint(second)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        if not name.startswith("latents_"):  # the latent statistics are re-measured
+            torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6, msg=name)
+    fresh = tmp_path / "c" / "light_vae.safetensors"
+    fit_main(["--out", str(fresh), "--steps", "1", "--lr", "1e-12", "--seed", "1", *common])
+    c = LightVAE.from_checkpoint(fresh)
+    assert any(not torch.allclose(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True))
+    with pytest.raises(ValueError, match="pass the same"):
+        fit_main(["--out", str(tmp_path / "d" / "x.safetensors"), "--steps", "1", "--init", str(first),
+                  *common[:-4], "--widths", "8", "16", "16"])  # fmt: skip

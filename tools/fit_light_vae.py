@@ -214,7 +214,14 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
         train_clips = moving_shapes(args.synthetic, args.frames, args.size, seed=args.seed)
         stats_clips = train_clips[:64]
 
-    model = LightVAE(widths=args.widths, blocks=args.blocks)
+    if args.init:  # continue a fitted VAE on new videos (e.g. a motion family it never saw)
+        model = LightVAE.from_checkpoint(args.init, frozen=False)
+        wanted = {"widths": list(args.widths), "blocks": args.blocks}
+        have = {"widths": list(model.config["widths"]), "blocks": model.config.get("blocks", 1)}
+        if have != wanted:
+            raise ValueError(f"--init {args.init} has {have}; --widths / --blocks say {wanted}: pass the same")
+    else:
+        model = LightVAE(widths=args.widths, blocks=args.blocks)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     start = time.time()
@@ -279,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--eval-clips", type=int, default=32)
     parser.add_argument("--eval-frames", type=int, default=17)
     parser.add_argument("--max-frames", type=int, default=200, help="frames read per video file")
+    parser.add_argument("--init", default=None, help="start from this fitted light VAE (.safetensors, its .json "
+                        "next to it) instead of a fresh one; --widths / --blocks must match it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
