@@ -219,3 +219,14 @@ def test_fit_tool_continues_from_a_fitted_vae(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pass the same"):
         fit_main(["--out", str(tmp_path / "d" / "x.safetensors"), "--steps", "1", "--init", str(first),
                   *common[:-4], "--widths", "8", "16", "16"])  # fmt: skip
+
+
+def test_fit_tool_sets_the_latent_width(tmp_path: Path) -> None:
+    from scail_lab.encoders.light_vae import LightVAE
+
+    out = tmp_path / "z8" / "light_vae.safetensors"
+    fit_main(["--out", str(out), "--steps", "1", "--synthetic", "4", "--batch", "2", "--frames", "5", "--size", "16",
+              "--eval-clips", "2", "--eval-frames", "5", "--widths", "8", "8", "8", "--z-dim", "8"])  # fmt: skip
+    model = LightVAE.from_checkpoint(out)
+    assert model.config["z_dim"] == 8
+    assert tuple(model.encode(torch.zeros(1, 3, 5, 16, 16)).shape) == (1, 8, 2, 2, 2)

@@ -217,11 +217,13 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
     if args.init:  # continue a fitted VAE on new videos (e.g. a motion family it never saw)
         model = LightVAE.from_checkpoint(args.init, frozen=False)
         wanted = {"widths": list(args.widths), "blocks": args.blocks}
-        have = {"widths": list(model.config["widths"]), "blocks": model.config.get("blocks", 1)}
+        wanted["z_dim"] = args.z_dim
+        have = {"widths": list(model.config["widths"]), "blocks": model.config.get("blocks", 1),
+                "z_dim": model.config["z_dim"]}  # fmt: skip
         if have != wanted:
-            raise ValueError(f"--init {args.init} has {have}; --widths / --blocks say {wanted}: pass the same")
+            raise ValueError(f"--init {args.init} has {have}; --widths / --blocks / --z-dim say {wanted}: pass the same")
     else:
-        model = LightVAE(widths=args.widths, blocks=args.blocks)
+        model = LightVAE(widths=args.widths, blocks=args.blocks, z_dim=args.z_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     start = time.time()
@@ -283,11 +285,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 96],
                         help="3 widths: 8x spatial compression (the Wan factor); 2 widths: 4x")  # fmt: skip
     parser.add_argument("--blocks", type=int, default=1, help="residual blocks per level")
+    parser.add_argument("--z-dim", type=int, default=16, help="latent channels (16: Wan 2.1's; the denoiser's "
+                        "latent_dim must match)")
     parser.add_argument("--eval-clips", type=int, default=32)
     parser.add_argument("--eval-frames", type=int, default=17)
     parser.add_argument("--max-frames", type=int, default=200, help="frames read per video file")
     parser.add_argument("--init", default=None, help="start from this fitted light VAE (.safetensors, its .json "
-                        "next to it) instead of a fresh one; --widths / --blocks must match it")
+                        "next to it) instead of a fresh one; --widths / --blocks / --z-dim must match it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
