@@ -216,8 +216,7 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
 
     if args.init:  # continue a fitted VAE on new videos (e.g. a motion family it never saw)
         model = LightVAE.from_checkpoint(args.init, frozen=False)
-        wanted = {"widths": list(args.widths), "blocks": args.blocks}
-        wanted["z_dim"] = args.z_dim
+        wanted = {"widths": list(args.widths), "blocks": args.blocks, "z_dim": args.z_dim}
         have = {"widths": list(model.config["widths"]), "blocks": model.config.get("blocks", 1),
                 "z_dim": model.config["z_dim"]}  # fmt: skip
         if have != wanted:
