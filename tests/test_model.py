@@ -317,3 +317,32 @@ def test_compiled_blocks_match_eager_on_cpu():
         out = compiled(inputs)
     assert compiled.compile_state["failed"] is None
     torch.testing.assert_close(out, eager(inputs).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_attention_matches_sdpa_and_auto_picks_it_for_short_keys_on_a_cpu():
+    """`matmul` (two batched matmuls, fp32 softmax) is the same function as SDPA: 1e-6 in fp32, and under bf16 autocast
+    as close to the fp32 result as SDPA's own bf16 kernel; gradients agree too. `auto` takes it for bf16 inputs up to
+    AUTO_MATMUL_KEYS keys on a CPU, SDPA for fp32 and beyond."""
+    from scail_lab.model import attention as attn
+
+    g = torch.Generator().manual_seed(0)
+    for keys in (16, 300):
+        q, k, v = (torch.randn(2, n, 4, 48, generator=g, requires_grad=True) for n in (70, keys, keys))
+        ref = attn.attention(q, k, v, "sdpa")
+        out = attn.attention(q, k, v, "matmul")
+        assert out.shape == ref.shape == (2, 70, 4, 48)
+        assert (out - ref).abs().max().item() < 1e-6
+        grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        for a, b in zip(torch.autograd.grad(out.square().sum(), (q, k, v)), grads, strict=True):
+            assert (a - b).abs().max().item() < 1e-5 * b.abs().max().item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = {name: attn.attention(q, k, v, name).float() for name in ("sdpa", "matmul")}
+        errors = {name: (x - ref).abs().max().item() / ref.abs().max().item() for name, x in low.items()}
+        assert errors["matmul"] < max(2 * errors["sdpa"], 1e-2), errors
+        assert torch.equal(attn.attention(q, k, v, "auto"), ref)  # fp32: the fused kernel
+        b16 = [x.detach().bfloat16() for x in (q, k, v)]
+        assert torch.equal(attn.attention(*b16, "auto"), attn.attention(*b16, "matmul"))  # bf16, short keys
+    long_keys = torch.randn(1, attn.AUTO_MATMUL_KEYS + 1, 2, 8, generator=g).bfloat16()
+    assert torch.equal(attn.attention(long_keys[:, :5], long_keys, long_keys, "auto"),
+                       attn.attention(long_keys[:, :5], long_keys, long_keys, "sdpa"))  # fmt: skip
+    assert SCAILDiT(tiny_config(), attention_backend="auto").attention_backend == "auto"

@@ -149,3 +149,28 @@ def test_run_stages_in_worker_processes(tmp_path):
     assert all(r["result"]["pid"] != os.getpid() for r in records)
     assert [(tmp_path / f"stage{i}" / "out.txt").read_text() for i in range(3)] == ["0", "10", "20"]
     assert run_stages(jobs, workers=2) == records  # done before: the stored records come back
+
+
+def test_auto_precision_follows_the_cpu_flags(tmp_path, monkeypatch):
+    """`precision=auto` trains in bf16 only where the CPU has bf16 units (emulated bf16 is 10x slower); the budget then
+    carries the resolved precision, so stage signatures and reports name what ran."""
+    import dataclasses
+
+    from tools import toy_stages
+
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert toy_stages.cpu_has_bf16_units(flags)
+    flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not toy_stages.cpu_has_bf16_units(flags)
+    assert not toy_stages.cpu_has_bf16_units(tmp_path / "missing")
+
+    for has_units, resolved in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(toy_stages, "cpu_has_bf16_units", lambda has=has_units: has)
+        finetune = toy_stages.Finetune("ft")
+        assert finetune.precision == resolved
+        assert finetune.run_budget(toy_stages.BUDGETS["micro"]).precision == resolved
+        assert dataclasses.replace(toy_stages.BUDGETS["micro"], precision="auto").precision == resolved
+    assert toy_stages.Finetune("ft", precision="32-true").precision == "32-true"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        toy_stages.Finetune("ft", precision="fp16")

@@ -4,6 +4,7 @@ released forward side by side.
     python tools/bench_model.py            # writes the `model` section of docs/PERFORMANCE.md
     python tools/bench_model.py --only released --rounds 7    # the side-by-side alone (prints)
     python tools/bench_model.py --only compile --rounds 5     # regional compilation vs eager (prints)
+    python tools/bench_model.py --only toy --rounds 9         # the shipped toy base: fp32 / bf16 autocast / resident
 
 The side-by-side runs the released forward's arithmetic as tests/official_reference.py restates it (written from the
 spec, sharing no code with scail_lab.model) in float32 with fused attention, RoPE and the time sinusoid in float64 as
@@ -160,11 +161,13 @@ def forward_flops(model: SCAILDiT, tokens: int, context: int) -> float:
 
 
 def bench_vs_released(rounds: int) -> list[str]:
+    import copy
+
     from tests.conftest import randomize_
     from tests.official_reference import reference_forward
 
     cfg = tiny_config(dim=512, ffn_dim=2048, num_heads=4, num_layers=2, text_dim=4096, text_len=512, clip_dim=1280)
-    model = randomize_(SCAILDiT(cfg), seed=3, std=0.02).eval()
+    model = randomize_(SCAILDiT(cfg, attention_backend="auto"), seed=3, std=0.02).eval()  # fp32: the fused kernel
     frames, size = 5, 64
     inputs = make_inputs(batch=1, frames=frames, height=size, width=size, text_dim=4096, text_tokens=512,
                          clip_dim=1280, clip_tokens=257)  # fmt: skip
@@ -185,9 +188,18 @@ def bench_vs_released(rounds: int) -> list[str]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return model(batch)
 
+    resident = copy.deepcopy(model).to(torch.bfloat16)
+
+    def ours_resident(batch=inputs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return resident(batch)
+
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     variants = {"released fp32": released, "ours fp32": ours, "ours bf16 autocast": lambda: ours(bf16=True),
-                "ours fp32, batch 2 (CFG)": lambda: ours(pair), "matmul 2048^3 fp32": lambda: a @ b}  # fmt: skip
+                "ours bf16 resident weights": ours_resident, "ours fp32, batch 2 (CFG)": lambda: ours(pair),
+                "ours bf16 autocast, batch 2 (CFG)": lambda: ours(pair, bf16=True),
+                "matmul 2048^3 fp32": lambda: a @ b, "matmul 2048^3 bf16": lambda: a16 @ b16}  # fmt: skip
+    a16, b16 = a.bfloat16(), b.bfloat16()
     with torch.no_grad():
         ref, out = released(), ours()
         rel = ((out - ref).abs().max() / ref.abs().max()).item()
@@ -205,10 +217,13 @@ def bench_vs_released(rounds: int) -> list[str]:
         "| variant | ms | released fp32 / this | % of fp32 matmul rate |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for name in ("released fp32", "ours fp32", "ours bf16 autocast", "ours fp32, batch 2 (CFG)"):
+    for name in ("released fp32", "ours fp32", "ours bf16 autocast", "ours bf16 resident weights",
+                 "ours fp32, batch 2 (CFG)", "ours bf16 autocast, batch 2 (CFG)"):  # fmt: skip
         work = flops * (2 if "batch 2" in name else 1)
         rows.append(f"| {name} | {1000 * med[name]:.0f} | {base / med[name]:.2f}x | {100 * work / med[name] / peak:.0f}% |")
-    rows += ["", f"CFG batch of 2 / one forward: {med['ours fp32, batch 2 (CFG)'] / med['ours fp32']:.2f}x."]
+    rows += ["", f"CFG batch of 2 / one forward: {med['ours fp32, batch 2 (CFG)'] / med['ours fp32']:.2f}x (fp32), "
+             f"{med['ours bf16 autocast, batch 2 (CFG)'] / med['ours bf16 autocast']:.2f}x (bf16 autocast). "
+             f"bf16 matmul rate: {2.0 * 2048**3 / med['matmul 2048^3 bf16'] / 1e9:.0f} GFLOP/s."]
     return rows
 
 
@@ -263,16 +278,72 @@ def bench_compile(rounds: int) -> list[str]:
     ]
 
 
+def bench_toy(rounds: int) -> list[str]:
+    """The shipped toy base (the README main command's model) at the toy's shapes: a training step (batch 4, forward
+    + backward) and a sampling forward (batch 1), fp32 against bf16 autocast and resident bf16 weights, each with
+    torch's fused attention (`sdpa`) and with `auto` (the matmul path for short keys on a CPU)."""
+    import copy
+
+    from hydra import compose, initialize_config_dir
+
+    from scail_lab.build import build_model
+
+    repo = Path(__file__).resolve().parents[1]
+    with initialize_config_dir(config_dir=str(repo / "configs"), version_base="1.3"):
+        cfg = compose("sample")
+    model = build_model(cfg)
+    resident = copy.deepcopy(model).to(torch.bfloat16).eval()
+    c = model.config
+    shapes = dict(frames=5, height=16, width=16, text_dim=c.text_dim, text_tokens=c.text_len, clip_dim=c.clip_dim,
+                  clip_tokens=17, pose_downsample=model.interface.pose_downsample)  # fmt: skip
+    batches = {"train": make_inputs(batch=4, **shapes), "sample": make_inputs(batch=1, **shapes)}
+
+    def run(kind: str, dtype: str, backend: str) -> torch.Tensor:
+        net = resident if dtype == "bf16 resident" else model
+        net.attention_backend = backend
+        with torch.set_grad_enabled(kind == "train"), torch.autocast("cpu", torch.bfloat16, enabled=dtype != "fp32"):
+            out = net.train(kind == "train")(batches[kind]).float()
+        if kind == "train":
+            model.zero_grad(set_to_none=True)
+            out.square().mean().backward()
+        return out.detach()
+
+    columns = [(dtype, backend) for dtype in ("fp32", "bf16 autocast") for backend in ("sdpa", "auto")]
+    variants = {(kind, *col): functools.partial(run, kind, *col) for kind in ("train", "sample") for col in columns}
+    variants[("sample", "bf16 resident", "auto")] = functools.partial(run, "sample", "bf16 resident", "auto")
+    reference = run("sample", "fp32", "sdpa")
+    diffs = {key[1:]: ((fn() - reference).abs().max() / reference.abs().max()).item()
+             for key, fn in variants.items() if key[0] == "sample"}  # fmt: skip
+    med = interleaved_medians(variants, rounds)
+    columns.append(("bf16 resident", "auto"))
+    head = " | ".join(f"{dtype}, {backend}" for dtype, backend in columns)
+    rows = [
+        f"### The shipped toy base ({c.dim} dim, {c.num_layers} layers), toy shapes, {torch.get_num_threads()} threads, "
+        f"median of {rounds} interleaved rounds (ms, and fp32 sdpa / this)",
+        "",
+        f"| | {head} |",
+        "| --- |" + " ---: |" * len(columns),
+    ]
+    for kind, label in (("train", "training step, batch 4"), ("sample", "sampling forward, batch 1")):
+        base = med[(kind, "fp32", "sdpa")]
+        cells = [f"{1000 * med[(kind, *col)]:.0f} ({base / med[(kind, *col)]:.2f}x)" if (kind, *col) in med else ""
+                 for col in columns]  # fmt: skip
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rows.append("| sampling output vs fp32 sdpa (max abs / max) | "
+                + " | ".join(f"{diffs[col]:.1e}" for col in columns) + " |")  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the side-by-side")
-    parser.add_argument("--only", choices=("released", "compile"), help="run one part and print it")
+    parser.add_argument("--only", choices=("released", "compile", "toy"), help="run one part and print it")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.only:
-        print("\n".join({"released": bench_vs_released, "compile": bench_compile}[args.only](args.rounds)))
+        print("\n".join({"released": bench_vs_released, "compile": bench_compile, "toy": bench_toy}[args.only](args.rounds)))
         return
     lines = ["## Denoiser (tools/bench_model.py)", "", f"Machine: {machine()}.", ""]
     # The model timings run first: the RoPE part allocates GBs, after which this VM reclaims memory for a while.

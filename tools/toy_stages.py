@@ -33,6 +33,27 @@ VAE_FILE = "light_vae.safetensors"
 JOINT_FILE = "joint_estimator.safetensors"
 BASE_WEIGHTS = "denoiser.safetensors"
 BUNDLE = REPO / "data" / "toy_base"  # the shipped toy base: denoiser, light VAE, joint estimator, manifest.json
+PRECISIONS = ("auto", "32-true", "bf16-mixed")  # Lightning precisions a budget may name; auto: resolve_precision
+
+
+def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU multiplies bf16 in hardware (the avx512_bf16 or amx_bf16 flag). There bf16 autocast trains the
+    toy about 3x faster than fp32; where bf16 is emulated it is 10x slower (docs/PERFORMANCE.md). False when the
+    flags cannot be read (not Linux)."""
+    try:
+        flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str) -> str:
+    """A budget's precision as Lightning takes it: `auto` -> bf16-mixed on a CPU with bf16 units, else 32-true."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if cpu_has_bf16_units() else "32-true"
 
 
 @dataclass(frozen=True)
@@ -68,7 +89,7 @@ class Budget:
     lr: float = 1e-3
     warmup_steps: int = 20
     val_every: int = 100
-    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed (CPU autocast)
+    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed (CPU autocast) | auto (resolve_precision)
     region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
     init: str = ""  # initial denoiser weights (safetensors; same sizes), e.g. a shipped base to continue; "" = scratch
     # sampling
@@ -85,8 +106,7 @@ class Budget:
                     p_pan=self.p_pan, families=self.families)  # fmt: skip
         if len(self.vae_widths) not in (2, 3):
             raise ValueError(f"vae_widths must be 2 (4x) or 3 (8x) widths, got {self.vae_widths}")
-        if self.precision not in ("32-true", "bf16-mixed"):
-            raise ValueError(f"precision must be 32-true or bf16-mixed, got {self.precision!r}")
+        object.__setattr__(self, "precision", resolve_precision(self.precision))  # stage signatures hold the resolved one
         positive = ("num_train", "num_val", "num_test", "vae_steps", "vae_batch", "dim", "ffn_dim", "num_heads",
                     "num_layers", "train_steps", "batch_size", "val_every", "sample_steps")  # fmt: skip
         for name in positive:
@@ -159,8 +179,9 @@ class Finetune:
     val_every: int = 125
     lora: bool = False
     lora_rank: int = 32
-    precision: str = "32-true"  # bf16-mixed only where the CPU has bf16 matrix units (docs/TOY_WORLD.md)
+    precision: str = "auto"  # bf16-mixed where the CPU has bf16 units (about 3x faster there), else 32-true
     replay: int = 32  # pairs of the base's own families mixed into the training set, against forgetting (0: none)
+    region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_val", "num_test", "num_regular_test", "train_steps", "batch_size",
@@ -171,8 +192,7 @@ class Finetune:
             raise ValueError(f"lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
         if self.replay < 0:
             raise ValueError(f"fine-tune field replay must be >= 0, got {self.replay}")
-        if self.precision not in ("32-true", "bf16-mixed"):
-            raise ValueError(f"precision must be 32-true or bf16-mixed, got {self.precision!r}")
+        object.__setattr__(self, "precision", resolve_precision(self.precision))  # stage signatures hold the resolved one
 
     def run_budget(self, base: Budget) -> Budget:
         """The base budget with this run's data and optimisation settings (model shape and sampler kept)."""
@@ -180,6 +200,7 @@ class Finetune:
             base, name=self.name, num_train=self.num_train, num_val=self.num_val, num_test=self.num_test,
             families=(HOLDOUT_FAMILY,), train_steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
             warmup_steps=self.warmup_steps, val_every=self.val_every, precision=self.precision, init="",
+            region_weight=self.region_weight,
         )  # fmt: skip
 
     def replay_budget(self, base: Budget) -> Budget:
@@ -489,6 +510,7 @@ def stage_sample(
     overrides = [*model_overrides(budget, vae_path), f"sampler={budget.sampler}", f"sampler.shift={budget.shift}",
                  f"pipeline.num_steps={budget.sample_steps}", f"pipeline.height={budget.size}",
                  f"pipeline.width={budget.size}", "pipeline.progress=false", f"seed={seed}",
+                 f"pipeline.precision={'bf16' if budget.precision == 'bf16-mixed' else 'fp32'}",  # autocast as trained
                  f"weights={weights if weights is not None else 'null'}", *arm_overrides]  # fmt: skip
     if lora is not None:
         overrides.append(f"loras=[{{path: '{lora}', strength: 1.0}}]")
