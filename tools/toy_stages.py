@@ -168,19 +168,19 @@ class Finetune:
     """
 
     name: str
-    num_train: int = 128  # new motion pairs (train identities and scenes, held-out family)
+    num_train: int = 256  # new motion pairs (train identities and scenes, held-out family); 128 left pose worse
     num_val: int = 8
     num_test: int = 80  # held-out family test pairs (test identities, scenes and motions): 64 animate, 16 replace
     num_regular_test: int = 80  # test pairs of the families the base was trained on (the same 64 / 16 split)
-    train_steps: int = 250  # fits the 10-minute demo; 250 / 300 / 400 steps differ by run-to-run noise (docs/TOY_WORLD.md)
+    train_steps: int = 400  # 8.3 min for the whole demo on a bf16 CPU (docs/TOY_WORLD.md)
     batch_size: int = 4
     lr: float = 2e-4
     warmup_steps: int = 20
-    val_every: int = 125
+    val_every: int = 200
     lora: bool = False
     lora_rank: int = 32
     precision: str = "auto"  # bf16-mixed where the CPU has bf16 units (about 3x faster there), else 32-true
-    replay: int = 32  # pairs of the base's own families mixed into the training set, against forgetting (0: none)
+    replay: int = 128  # pairs of the base's own families mixed into training, against forgetting (0: none; 32 forgot)
     region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
 
     def __post_init__(self) -> None:
