@@ -38,7 +38,7 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed")  # Lightning precisions a budget 
 
 def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether the CPU multiplies bf16 in hardware (the avx512_bf16 or amx_bf16 flag). There bf16 autocast trains the
-    toy about 3x faster than fp32; where bf16 is emulated it is 10x slower (docs/PERFORMANCE.md). False when the
+    toy fine-tune 2x faster than fp32; where bf16 is emulated it is 10x slower (docs/PERFORMANCE.md). False when the
     flags cannot be read (not Linux)."""
     try:
         flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
@@ -179,7 +179,7 @@ class Finetune:
     val_every: int = 200
     lora: bool = False
     lora_rank: int = 32
-    precision: str = "auto"  # bf16-mixed where the CPU has bf16 units (about 3x faster there), else 32-true
+    precision: str = "auto"  # bf16-mixed where the CPU has bf16 units (training 2x faster there), else 32-true
     replay: int = 128  # pairs of the base's own families mixed into training, against forgetting (0: none; 32 forgot)
     region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
 
