@@ -6,7 +6,7 @@ q, k, v: [B, L, num_heads, head_dim] (the layout Wan's blocks produce) -> [B, Lq
 plain softmax(q k^T / sqrt(d)) v as two batched matmuls with the softmax in fp32; `auto` takes `matmul` for bf16 /
 fp16 inputs on a CPU with at most AUTO_MATMUL_KEYS keys, else `sdpa`. Why: torch's fused CPU kernel runs bf16 no
 faster than fp32 and its bf16 backward is slow for short keys and small heads, while two bf16 matmuls run on the
-CPU's bf16 units (the toy base's bf16 training step: 1.5x faster; docs/PERFORMANCE.md). In fp32 the fused kernel is
+CPU's bf16 units (the toy fine-tune's bf16 training: 1.4x faster; docs/PERFORMANCE.md). In fp32 the fused kernel is
 as fast or faster, and its memory stays linear in the length, so fp32 and long key sequences keep it.
 Attention is full (no window, no padding mask): SCAIL-2 attends to every token, including zero-padded text.
 """
