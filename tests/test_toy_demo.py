@@ -87,6 +87,21 @@ def test_finetune_micro_without_replay(tmp_path):
     assert json.loads((out / "report" / "stage.json").read_text())["status"] == "done"
     assert "replayed pairs" not in (out / "report" / "report.md").read_text()
 
+    # another training seed on the same data: only the fine-tuning run and what depends on it run again
+    def records():
+        return {p.parent.name: p.read_text() for p in out.glob("*/stage.json")}
+
+    before = records()
+    tuned = (out / "train" / "export" / "denoiser.safetensors").read_bytes()
+    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", "--set", "replay=0",
+                          "--train-seed", "7"]) == 0  # fmt: skip
+    after = records()
+    redone = {name for name in before if after[name] != before[name]}
+    assert redone == {"train", "samples_finetuned_family", "samples_finetuned_regular", "report"}
+    assert (out / "train" / "export" / "denoiser.safetensors").read_bytes() != tuned
+    with pytest.raises(SystemExit, match="--train-seed applies to the fine-tune budgets"):
+        toy_demo.main(["--out", str(tmp_path / "x"), "--budget", "micro", "--train-seed", "1"])
+
 
 def test_finetune_micro_on_the_shipped_base(tmp_path):
     """The README main command's path at the smoke-test size: the shipped base fine-tuned on the held-out family

@@ -114,11 +114,14 @@ def run_keyed(jobs: dict, workers: int) -> dict:
     return dict(zip(jobs, run_stages(list(jobs.values()), workers), strict=True))
 
 
-def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, workers: int = 1) -> dict:
+def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, workers: int = 1,
+                 train_seed: int | None = None) -> dict:
     """Fine-tune the shipped base on pairs of the motion family it never saw (plus replayed pairs of its own
     families), then evaluate base and fine-tuned (and the baselines) on held-out test pairs of that family and on the
     regular test split. `workers` > 1: the data and sampling stages run in that many one-thread processes
-    (toy_stages.run_stages)."""
+    (toy_stages.run_stages). `seed` draws the worlds and the sampling noise; `train_seed` (default: `seed`) only the
+    fine-tuning run (batch order, noise, timesteps), so runs that differ in it share data, base samples and noise."""
+    train_seed = seed if train_seed is None else train_seed
     from scail_lab.checkpoints.bundle import verify_bundle
     from tools import toy_finetune_report
 
@@ -152,15 +155,22 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
     records.update(run_keyed(latents, workers))
     replay_shards = [out / "latents_replay" / "train"] if ft.replay else []
     sig["train"] = {**sig["latents"], **budget.train_args(), "lora": ft.lora, "lora_rank": ft.lora_rank,
-                    "replay": sig.get("latents_replay")}  # fmt: skip
+                    "replay": sig.get("latents_replay"), "train_seed": train_seed}  # fmt: skip
     extra = ft.train_extra(base_weights)
     records["train"] = run_stage(out, "train", sig["train"],
-                                 lambda f: stage_train(f, out, budget, vae_path, "latent", seed, extra,
+                                 lambda f: stage_train(f, out, budget, vae_path, "latent", train_seed, extra,
                                                        replay_shards))  # fmt: skip
     export = Path(records["train"]["result"]["weights"])
     tuned = (base_weights, export) if ft.lora else (export, None)
-    sig["sample"] = {**sig["train"], "sampler": base.sampler, "shift": base.shift, "sample_steps": base.sample_steps}
-    jobs = {f"samples_{run}_{split}": (out, f"samples_{run}_{split}", {**sig["sample"], "run": run, "split": split},
+    sampling = {"sampler": base.sampler, "shift": base.shift, "sample_steps": base.sample_steps}
+    sig["sample"] = {**sig["train"], **sampling}
+    # the base's samples depend on the test world, the bundle and the sampler only: a change of the fine-tuning
+    # settings (pairs, replay, steps, train seed) reuses them
+    base_sig = {"family": {**sig["latents"], **sampling}, "regular": {**sig["world_regular"], "bundle": bundle_sig,
+                                                                       **sampling}}  # fmt: skip
+    jobs = {f"samples_{run}_{split}": (out, f"samples_{run}_{split}",
+                                       {**(base_sig[split] if run == "base" else sig["sample"]), "run": run,
+                                        "split": split},
                                        partial(stage_sample, world=world, budget=base, vae_path=vae_path,
                                                weights=weights, seed=seed, lora=lora))
             for split, world in (("family", out / "world"), ("regular", out / "world_regular"))
@@ -182,7 +192,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bundle", type=Path, default=BUNDLE, help="the shipped base the finetune budgets start from")
     p.add_argument("--data", default="latent", choices=("latent", "pixel"),
                    help="from scratch: train on latent shards (no encoder work per step) or pixel shards")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws the worlds, the training run and the sampling noise")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="fine-tune budgets: a seed for the fine-tuning run alone (default: --seed), to repeat "
+                        "training on the same data and test clips; data, base samples and noise are reused")  # fmt: skip
     p.add_argument("--joint-estimator", type=Path, default=None,
                    help="from scratch: joint estimator weights for the pose-following metric (default: the "
                         "bundle's, when it has one)")  # fmt: skip
@@ -199,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     finetune = args.budget in FINETUNES
+    if args.train_seed is not None and not finetune:
+        raise SystemExit(f"--train-seed applies to the fine-tune budgets {sorted(FINETUNES)}; "
+                         f"--budget {args.budget} trains from scratch: use --seed")  # fmt: skip
     budget = with_overrides((FINETUNES if finetune else BUDGETS)[args.budget], args.set)
     joints = args.joint_estimator
     if joints is None and (args.bundle / JOINT_FILE).is_file():
@@ -209,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start = time.perf_counter()
         if finetune:
-            records = run_finetune(args.out, budget, args.bundle, args.seed, workers=args.threads)
+            records = run_finetune(args.out, budget, args.bundle, args.seed, workers=args.threads,
+                                   train_seed=args.train_seed)
         else:
             records = run_demo(args.out, budget, args.data, args.seed, joints)
     finally:

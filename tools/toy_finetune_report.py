@@ -128,7 +128,8 @@ def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) ->
         f"{ft.num_train} new pairs of that family"
         f"{f' plus {ft.replay} replayed pairs of its own families' if ft.replay else ''} "
         f"({'LoRA rank ' + str(ft.lora_rank) if ft.lora else 'full'}, "
-        f"{ft.train_steps} steps, batch {ft.batch_size}, lr {ft.lr}, {ft.precision}; "
+        f"{ft.train_steps} steps, batch {ft.batch_size}, lr {ft.lr}, {ft.precision}, "
+        f"train seed {records['train']['signature']['train_seed']}; "
         f"{train['seconds_per_step']:.2f} s/step) and evaluates both models on two held-out test sets. "
         "Means with 95% bootstrap CIs; paired differences with 95% paired-bootstrap CIs (better / worse only when "
         "the CI excludes 0).", "",
