@@ -22,6 +22,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from tools.toy_stages import (  # noqa: E402
     Budget,
     Finetune,
     budget_from_dict,
+    compose_config,
     heldout_flow_loss,
     latents_name,
     run_stage,
@@ -115,17 +117,23 @@ def run_keyed(jobs: dict, workers: int) -> dict:
 
 
 def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, workers: int = 1,
-                 train_seed: int | None = None) -> dict:
+                 train_seed: int | None = None, train_overrides: Sequence[str] = ()) -> dict:
     """Fine-tune the shipped base on pairs of the motion family it never saw (plus replayed pairs of its own
     families), then evaluate base and fine-tuned (and the baselines) on held-out test pairs of that family and on the
     regular test split. `workers` > 1: the data and sampling stages run in that many one-thread processes
     (toy_stages.run_stages). `seed` draws the worlds and the sampling noise; `train_seed` (default: `seed`) only the
-    fine-tuning run (batch order, noise, timesteps), so runs that differ in it share data, base samples and noise."""
+    fine-tuning run (batch order, noise, timesteps), so runs that differ in it share data, base samples and noise.
+    `train_overrides`: Hydra overrides of the training config alone (e.g. objective.sigma_sampler.mean=1.0)."""
     train_seed = seed if train_seed is None else train_seed
     from scail_lab.checkpoints.bundle import verify_bundle
     from tools import toy_finetune_report
 
     manifest = verify_bundle(bundle)  # a missing, truncated or replaced file stops here, before any work
+    if train_overrides:  # a mistyped key or value stops here too, not after the worlds are drawn
+        try:
+            compose_config("train", list(train_overrides))
+        except Exception as err:
+            raise ValueError(f"--train-overrides {list(train_overrides)}: {err}") from err
     base = budget_from_dict(manifest["budget"])
     vae_path, base_weights = bundle / VAE_FILE, bundle / BASE_WEIGHTS
     joint_weights = bundle / JOINT_FILE
@@ -156,7 +164,9 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
     replay_shards = [out / "latents_replay" / "train"] if ft.replay else []
     sig["train"] = {**sig["latents"], **budget.train_args(), "lora": ft.lora, "lora_rank": ft.lora_rank,
                     "replay": sig.get("latents_replay"), "train_seed": train_seed}  # fmt: skip
-    extra = ft.train_extra(base_weights)
+    if train_overrides:  # only when given: the signatures of runs without them stay as they were
+        sig["train"]["train_overrides"] = list(train_overrides)
+    extra = [*ft.train_extra(base_weights), *train_overrides]
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, "latent", train_seed, extra,
                                                        replay_shards))  # fmt: skip
@@ -196,6 +206,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-seed", type=int, default=None,
                    help="fine-tune budgets: a seed for the fine-tuning run alone (default: --seed), to repeat "
                         "training on the same data and test clips; data, base samples and noise are reused")  # fmt: skip
+    p.add_argument("--train-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="fine-tune budgets: Hydra overrides of the training config (configs/train.yaml) alone, "
+                        "e.g. objective.sigma_sampler.mean=1.0 optimizer.weight_decay=0")  # fmt: skip
     p.add_argument("--joint-estimator", type=Path, default=None,
                    help="from scratch: joint estimator weights for the pose-following metric (default: the "
                         "bundle's, when it has one)")  # fmt: skip
@@ -212,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     finetune = args.budget in FINETUNES
-    if args.train_seed is not None and not finetune:
-        raise SystemExit(f"--train-seed applies to the fine-tune budgets {sorted(FINETUNES)}; "
+    if (args.train_seed is not None or args.train_overrides) and not finetune:
+        raise SystemExit(f"--train-seed and --train-overrides apply to the fine-tune budgets {sorted(FINETUNES)}; "
                          f"--budget {args.budget} trains from scratch: use --seed")  # fmt: skip
     budget = with_overrides((FINETUNES if finetune else BUDGETS)[args.budget], args.set)
     joints = args.joint_estimator
@@ -226,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if finetune:
             records = run_finetune(args.out, budget, args.bundle, args.seed, workers=args.threads,
-                                   train_seed=args.train_seed)
+                                   train_seed=args.train_seed, train_overrides=args.train_overrides)
         else:
             records = run_demo(args.out, budget, args.data, args.seed, joints)
     finally:

@@ -1,0 +1,51 @@
+"""tools/pool_finetunes.py: fine-tuned vs base pooled over training runs, on hand-made per-sample scores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tools import pool_finetunes
+
+
+def write_run(root, name, base, tuned):
+    """A fine-tune demo folder holding only the report's per-sample scores: {clip: psnr}, joint error = -psnr."""
+    run = root / name
+    for split in pool_finetunes.SPLITS:
+        for model, scores in (("base", base), ("finetuned", tuned)):
+            rows = [{"id": k, "metrics": {"psnr": v, "joint_error_px": -v, "mask_iou": v / 100}} for k, v in scores.items()]
+            path = run / "report" / split / "eval" / model / "per_sample.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(rows))
+    return run
+
+
+def test_pooled_difference_is_the_runs_mean_against_the_base(tmp_path):
+    rng = np.random.default_rng(0)
+    base = {f"c{i}": float(v) for i, v in enumerate(rng.normal(17, 1, 40))}
+    a = {k: v + 0.5 + float(rng.normal(0, 0.1)) for k, v in base.items()}
+    b = {k: v - 0.1 + float(rng.normal(0, 0.1)) for k, v in base.items()}
+    runs = [write_run(tmp_path, "t0", base, a), write_run(tmp_path, "t1", base, b)]
+    result = pool_finetunes.pool(runs)
+    psnr = result["family"]["psnr"]
+    assert psnr["runs"][0]["diff"] == pytest.approx(np.mean([a[k] - base[k] for k in base]))
+    assert psnr["runs"][1]["diff"] == pytest.approx(np.mean([b[k] - base[k] for k in base]))
+    assert psnr["pooled"]["diff"] == pytest.approx(np.mean([(a[k] + b[k]) / 2 - base[k] for k in base]))
+    assert psnr["pooled"]["n"] == 40 and psnr["runs"][0]["ci"][0] > 0 and psnr["runs"][1]["ci"][1] < 0
+    joint = result["regular"]["joint_error_px"]
+    assert joint["pooled"]["diff"] == pytest.approx(-psnr["pooled"]["diff"])
+    table = pool_finetunes.markdown(result, runs)
+    assert "| family | psnr | +0.5" in table and "better" in table and "worse" in table
+
+
+def test_runs_with_other_base_samples_are_refused(tmp_path):
+    base = {"c0": 17.0, "c1": 18.0}
+    runs = [write_run(tmp_path, "t0", base, base), write_run(tmp_path, "t1", {"c0": 17.0, "c1": 18.5}, base)]
+    with pytest.raises(ValueError, match="differ in the base's family scores"):
+        pool_finetunes.pool(runs)
+    with pytest.raises(FileNotFoundError, match="report stage done"):
+        pool_finetunes.pool([runs[0], tmp_path / "missing"])
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        pool_finetunes.pool(runs[:1])

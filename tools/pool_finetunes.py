@@ -1,0 +1,95 @@
+"""Fine-tuned vs base over several training runs of the fine-tune demo on the same data and test clips.
+
+    python tools/toy_demo.py --out runs/ft_t0
+    cp -r runs/ft_t0 runs/ft_t1 && python tools/toy_demo.py --out runs/ft_t1 --train-seed 1   # reuses data, base
+    python tools/pool_finetunes.py runs/ft_t0 runs/ft_t1 --out runs/ft_pooled.md
+
+One training run's difference from the base mixes the effect of fine-tuning with the luck of that run (batch order,
+noise draws). Runs that differ only in `--train-seed` share the base's samples, so per test clip the mean of their
+fine-tuned scores can be paired with the base: that pooled difference (95% paired-bootstrap CI over clips) is the
+expected effect of fine-tuning, and the per-run rows show the spread between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python tools/pool_finetunes.py` from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.ablate import HIGHER, paired, verdict  # noqa: E402
+
+SPLITS = ("family", "regular")
+METRICS = ("psnr", "joint_error_px", "mask_iou")
+
+
+def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]:
+    """{clip id: {metric: value}} of one model in one run's report."""
+    path = run / "report" / split / "eval" / model / "per_sample.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: no {path.relative_to(run)}; is the run's report stage done?")
+    return {row["id"]: row["metrics"] for row in json.loads(path.read_text())}
+
+
+def pool(runs: list[Path]) -> dict:
+    """{split: {metric: {"runs": [per-run difference], "pooled": difference of the runs' mean}}}."""
+    if len(runs) < 2:
+        raise ValueError(f"pooling needs at least 2 runs, got {len(runs)}")
+    out = {}
+    for split in SPLITS:
+        bases = [per_sample(r, split, "base") for r in runs]
+        for run, base in zip(runs[1:], bases[1:], strict=True):
+            if base != bases[0]:  # other test clips or another base: the runs cannot be paired
+                raise ValueError(f"{run} and {runs[0]} differ in the base's {split} scores: not the same test clips "
+                                 "and base samples (same --seed and bundle, only --train-seed may differ)")  # fmt: skip
+        tuned = [per_sample(r, split, "finetuned") for r in runs]
+        out[split] = {}
+        for metric in METRICS:
+            base = {k: v[metric] for k, v in bases[0].items() if metric in v}
+            each = [{k: v[metric] for k, v in t.items() if metric in v} for t in tuned]
+            common = set.intersection(*(set(e) for e in each))
+            mean = {k: float(np.mean([e[k] for e in each])) for k in common}
+            keys = sorted(base)
+            out[split][metric] = {"runs": [paired(e, base, keys) for e in each], "pooled": paired(mean, base, keys)}
+    return out
+
+
+def markdown(result: dict, runs: list[Path]) -> str:
+    lines = [f"Fine-tuned - base over {len(runs)} training runs ({', '.join(r.name for r in runs)}); paired per test "
+             "clip, 95% bootstrap CIs. Pooled: the runs' mean score per clip against the base.", "",
+             "| split | metric | " + " | ".join(r.name for r in runs) + " | pooled |",
+             "|---|---|" + "---|" * (len(runs) + 1)]  # fmt: skip
+
+    def cell(d: dict, higher: bool) -> str:
+        return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] {verdict(d, higher)}"
+
+    for split, metrics in result.items():
+        for metric, entry in metrics.items():
+            cells = [cell(d, HIGHER[metric]) for d in entry["runs"]]
+            lines.append(f"| {split} | {metric} | " + " | ".join(cells) + f" | **{cell(entry['pooled'], HIGHER[metric])}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="finished fine-tune demo folders (same --seed)")
+    p.add_argument("--out", type=Path, default=None, help="write the table here (and the numbers beside it as .json)")
+    args = p.parse_args(argv)
+    result = pool(args.runs)
+    text = markdown(result, args.runs)
+    print(text)
+    if args.out is not None:
+        from scail_lab.data.media import atomic_write_bytes
+
+        atomic_write_bytes(args.out, text.encode())
+        atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(result, indent=2).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
