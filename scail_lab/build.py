@@ -156,6 +156,10 @@ def build_pipeline(cfg: DictConfig, model: SCAILDiT, encoder: ConditionEncoder, 
 
     options = plain(cfg.pipeline)
     options.update(overrides)
-    if next(model.parameters()).dtype in (torch.bfloat16, torch.float16) and options.get("precision") != "bf16":
-        raise ValueError("the denoiser weights are half precision (weights_dtype); sample with pipeline.precision=bf16")
+    if next(model.parameters()).dtype in (torch.bfloat16, torch.float16):
+        if options.get("precision") == "auto":  # resident half weights run under autocast on any device
+            options["precision"] = "bf16"
+        if options.get("precision") != "bf16":
+            raise ValueError("the denoiser weights are half precision (weights_dtype); sample with "
+                             "pipeline.precision=bf16 or auto")  # fmt: skip
     return AnimationPipeline(model, encoder, instantiate(cfg.sampler), **options)

@@ -34,6 +34,8 @@ def test_weights_load_into_a_meta_built_model_in_the_requested_dtype(tmp_path, d
         with pytest.raises(ValueError, match="precision=bf16"):
             build_pipeline(cfg, model, build_encoder(cfg, model))
         assert build_pipeline(cfg, model, build_encoder(cfg, model), precision="bf16").precision == "bf16"
+        # auto: resident half weights need autocast, whether or not the CPU has bf16 units
+        assert build_pipeline(cfg, model, build_encoder(cfg, model), precision="auto").precision == "bf16"
 
 
 def test_bad_weights_dtype_and_mismatched_checkpoints_are_rejected(tmp_path):

@@ -315,6 +315,22 @@ def test_resident_bf16_weights_sample_on_a_cpu_close_to_fp32():
     assert not torch.equal(video, reference)  # the weights really were bf16
 
 
+def test_auto_precision_is_bf16_only_where_the_device_multiplies_it_fast(monkeypatch):
+    """precision=auto: bf16 autocast on a CPU with bf16 units, fp32 elsewhere; the result names what ran; resident bf16
+    weights take bf16 whatever the CPU (fp32 would mix dtypes)."""
+    from scail_lab import hardware
+
+    model = randomize_(SCAILDiT(tiny_config()), seed=0, std=0.02)
+    for has_units, resolved in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(hardware, "cpu_has_bf16_units", lambda has=has_units: has)
+        pipe = make_pipeline(model, num_steps=1, precision="auto")
+        assert pipe.precision == resolved
+        assert pipe(make_example(), seed=0).precision == resolved
+    assert not hardware.bf16_is_fast(torch.device("meta"))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        make_pipeline(model, precision="fp16")
+
+
 def test_step_cache_skips_steps_reuses_residuals_and_is_exact_when_off():
     """threshold 0: identical to no caching; a large threshold skips every step after the first up to max_skips
     (3), reusing the last residual; the counts reach the result."""

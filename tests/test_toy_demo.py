@@ -175,14 +175,15 @@ def test_auto_precision_follows_the_cpu_flags(tmp_path, monkeypatch):
     carries the resolved precision, so stage signatures and reports name what ran."""
     import dataclasses
 
+    from scail_lab.hardware import cpu_has_bf16_units
     from tools import toy_stages
 
     flags = tmp_path / "cpuinfo"
     flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
-    assert toy_stages.cpu_has_bf16_units(flags)
+    assert cpu_has_bf16_units(flags)
     flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
-    assert not toy_stages.cpu_has_bf16_units(flags)
-    assert not toy_stages.cpu_has_bf16_units(tmp_path / "missing")
+    assert not cpu_has_bf16_units(flags)
+    assert not cpu_has_bf16_units(tmp_path / "missing")
 
     for has_units, resolved in ((True, "bf16-mixed"), (False, "32-true")):
         monkeypatch.setattr(toy_stages, "cpu_has_bf16_units", lambda has=has_units: has)

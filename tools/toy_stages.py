@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from scail_lab.data.media import atomic_write_bytes  # noqa: E402
+from scail_lab.hardware import cpu_has_bf16_units  # noqa: E402
 
 log = logging.getLogger("toy_stages")
 SPLITS = ("train", "val", "test")
@@ -34,17 +35,6 @@ JOINT_FILE = "joint_estimator.safetensors"
 BASE_WEIGHTS = "denoiser.safetensors"
 BUNDLE = REPO / "data" / "toy_base"  # the shipped toy base: denoiser, light VAE, joint estimator, manifest.json
 PRECISIONS = ("auto", "32-true", "bf16-mixed")  # Lightning precisions a budget may name; auto: resolve_precision
-
-
-def cpu_has_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU multiplies bf16 in hardware (the avx512_bf16 or amx_bf16 flag). There bf16 autocast trains the
-    toy fine-tune 2x faster than fp32; where bf16 is emulated it is 10x slower (docs/PERFORMANCE.md). False when the
-    flags cannot be read (not Linux)."""
-    try:
-        flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(precision: str) -> str:

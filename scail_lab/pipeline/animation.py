@@ -24,6 +24,7 @@ from scail_lab.conditioning import ConditionBuilder, ConditionEncoder, Condition
 from scail_lab.conditioning.encode import check_pixel_size
 from scail_lab.diffusion.guidance import CfgParallel, guided_velocity
 from scail_lab.diffusion.samplers import FlowSampler
+from scail_lab.hardware import bf16_is_fast
 from scail_lab.model.dit import SCAILDiT
 from scail_lab.model.offload import BlockOffload
 from scail_lab.model.step_cache import StepCache
@@ -31,7 +32,7 @@ from scail_lab.pipeline.inputs import MotionExample, prepare
 from scail_lab.pipeline.segments import SegmentPlan, plan_segments
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device multiplies it fast (scail_lab.hardware)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class AnimationResult:
     seconds: float
     segments: list[SegmentPlan] = field(default_factory=list)
     step_cache: list[dict] = field(default_factory=list)  # per segment: steps, computed, skipped (when caching)
+    precision: str = "fp32"  # what the denoiser ran in (precision auto resolved)
 
 
 def _to_uint8(video: Tensor) -> Tensor:
@@ -97,7 +99,10 @@ class AnimationPipeline:
         self.num_steps, self.guide_scale, self.negative_prompt = num_steps, guide_scale, negative_prompt
         self.height, self.width, self.max_frames = height, width, max_frames
         self.segment_len, self.segment_overlap = segment_len, segment_overlap
-        self.precision, self.device, self.progress = precision, torch.device(device), progress
+        self.device, self.progress = torch.device(device), progress
+        if precision == "auto":
+            precision = "bf16" if bf16_is_fast(self.device) else "fp32"
+        self.precision = precision
 
     # --- stage 2: encode --------------------------------------------------------------------------------
     def _check_example(self, example: MotionExample) -> None:
@@ -232,4 +237,4 @@ class AnimationPipeline:
         bar.close()
         frames = _to_uint8(torch.cat(pieces, dim=1))
         assert frames.shape[1] == example.num_frames, (frames.shape, example.num_frames)
-        return AnimationResult(frames, example, seed, time.perf_counter() - start, plans, cache_stats)
+        return AnimationResult(frames, example, seed, time.perf_counter() - start, plans, cache_stats, self.precision)

@@ -67,6 +67,7 @@ def write_result(
         "prompt": result.example.prompt,
         "segments": [vars(p) for p in result.segments],
         "step_cache": result.step_cache,  # per segment: steps, computed, skipped (empty when off)
+        "precision": result.precision,  # resolved (the config may say auto)
         "config": config or {},
     }
     media.atomic_write_bytes(paths["meta"], json.dumps(meta, indent=2).encode())
