@@ -44,6 +44,7 @@ class CountingModel(torch.nn.Module):
 
     def forward(self, inputs):
         self.batches.append(inputs.batch_size)
+        self.last = inputs
         return self.inner(inputs)
 
 
@@ -134,6 +135,30 @@ def test_guide_scale_one_runs_one_forward_per_step_and_above_one_batches_cond_an
     model.batches.clear()
     make_pipeline(model, guide_scale=4.0, num_steps=4, sampler=UniPCSampler(shift=3.0))(make_example())
     assert model.batches == [2] * 4
+
+
+def test_pose_guidance_runs_a_blacked_out_driving_branch():
+    """pose_guide_scale > 1: a second branch per step whose driving clip (pose latents and mask codes) is what pose
+    dropout trains on, the encoding of a black clip; 1 leaves sampling exactly as it was."""
+    model = CountingModel(randomize_(SCAILDiT(tiny_config()), seed=0, std=0.02))
+    plain = make_pipeline(model, num_steps=3)(make_example(), seed=0)
+    same = make_pipeline(model, num_steps=3, pose_guide_scale=1.0)(make_example(), seed=0)
+    assert torch.equal(plain.video, same.video)
+    model.batches.clear()
+    pipe = make_pipeline(model, num_steps=3, pose_guide_scale=2.5)
+    guided = pipe(make_example(), seed=0)
+    assert model.batches == [2] * 3
+    assert (guided.video.int() - plain.video.int()).abs().float().mean() > 0.5
+    black = torch.zeros(1, 3, 9, 64, 64, dtype=torch.uint8)
+    cond, free = model.last.pose_latents.chunk(2)
+    torch.testing.assert_close(free, pipe.encoder.pose_latents(black))
+    assert not torch.equal(cond, free)
+    torch.testing.assert_close(model.last.driving_mask[1:], pipe.encoder.driving_mask_code(black))
+    model.batches.clear()
+    make_pipeline(model, num_steps=3, pose_guide_scale=2.5, guide_scale=3.0)(make_example(), seed=0)
+    assert model.batches == [3] * 3  # text and pose guidance share one batch
+    with pytest.raises(ValueError, match="cfg_parallel"):
+        make_pipeline(model, pose_guide_scale=2.0, cfg_parallel=object())
 
 
 @pytest.mark.parametrize("frames", [9, 14, 21, 30])

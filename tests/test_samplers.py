@@ -123,3 +123,30 @@ def test_guidance_batches_cond_and_uncond_and_scale_one_runs_one_forward():
     v5 = guided_velocity(model, inputs, negative, scale=5.0)
     assert calls == [1, 2]  # one forward of the doubled batch
     assert torch.allclose(v5, 5.0 * v1)  # uncond velocity is 0 here, so v = 5 cond
+
+
+def test_pose_guidance_adds_a_pose_free_branch_to_the_same_batch():
+    """v = v_cond + (s - 1)(v_cond - v_negative_text) + (p - 1)(v_cond - v_pose_free), each term only when its scale
+    is > 1; all branches in one forward. A model linear in the text and the pose makes each term exact."""
+    calls = []
+
+    def model(inputs):
+        calls.append(inputs.batch_size)
+        value = 2.0 * inputs.text_emb.sum(dim=(1, 2)) + 3.0 * inputs.pose_latents.flatten(1).sum(dim=1)
+        return value.view(-1, 1, 1, 1, 1) * torch.ones_like(inputs.latents)
+
+    inputs = make_inputs(batch=1)
+    free = inputs.replace(pose_latents=torch.zeros_like(inputs.pose_latents))
+    negative = torch.zeros(1, 3, 32)
+    cond = model(inputs)
+    no_text = model(inputs.replace(text_emb=torch.zeros_like(inputs.text_emb)))
+    no_pose = model(free)
+    calls.clear()
+    pose_only = guided_velocity(model, inputs, negative, scale=1.0, pose_free=free, pose_scale=3.0)
+    torch.testing.assert_close(pose_only, no_pose + 3.0 * (cond - no_pose))
+    both = guided_velocity(model, inputs, negative, scale=5.0, pose_free=free, pose_scale=3.0)
+    torch.testing.assert_close(both, cond + 4.0 * (cond - no_text) + 2.0 * (cond - no_pose), rtol=1e-5, atol=1e-3)
+    assert calls == [2, 3]  # one batched forward each
+    assert torch.equal(guided_velocity(model, inputs, negative, scale=1.0, pose_free=free, pose_scale=1.0), cond)
+    with pytest.raises(ValueError, match="cfg_parallel"):
+        guided_velocity(model, inputs, negative, 5.0, cfg_parallel=object(), pose_free=free, pose_scale=2.0)

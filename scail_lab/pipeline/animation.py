@@ -11,6 +11,7 @@ frames of segment k - 1, re-encodes them as clean history latents and drops them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -60,6 +61,7 @@ class AnimationPipeline:
         *,
         num_steps: int = 40,
         guide_scale: float = 5.0,
+        pose_guide_scale: float = 1.0,
         negative_prompt: str = "",
         height: int = 512,
         width: int = 896,
@@ -84,6 +86,8 @@ class AnimationPipeline:
             raise ValueError(
                 f"mask scheme width {encoder.mask_scheme.width} does not match the model's mask width {model.mask_width}"
             )
+        if pose_guide_scale > 1.0 and cfg_parallel is not None:
+            raise ValueError("pose_guide_scale > 1 does not run under cfg_parallel (three branches, two ranks)")
         if offload_blocks < 0:
             raise ValueError(f"offload_blocks must be >= 0, got {offload_blocks}")
         if step_cache_threshold < 0:
@@ -97,6 +101,7 @@ class AnimationPipeline:
         self.encoder, self.sampler = encoder, sampler
         self.builder = ConditionBuilder()
         self.num_steps, self.guide_scale, self.negative_prompt = num_steps, guide_scale, negative_prompt
+        self.pose_guide_scale = float(pose_guide_scale)
         self.height, self.width, self.max_frames = height, width, max_frames
         self.segment_len, self.segment_overlap = segment_len, segment_overlap
         self.device, self.progress = torch.device(device), progress
@@ -174,9 +179,12 @@ class AnimationPipeline:
         history: Tensor | None,
         generator: torch.Generator,
         bar=None,
+        pose_free: Conditions | None = None,
     ) -> Tensor:
-        """Latents [1, C, T, H, W] for one segment; `history` [1, C, Th, H, W] clean latents or None."""
+        """Latents [1, C, T, H, W] for one segment; `history` [1, C, Th, H, W] clean latents or None; `pose_free`: the
+        conditions with the driving clip blacked out (pose guidance)."""
         conditions = conditions.to(self.device)
+        pose_free = None if pose_free is None else pose_free.to(self.device)
         negative = None if negative is None else negative.to(self.device)
         ref = conditions.ref_latents
         t = conditions.pose_latents.shape[2]
@@ -195,9 +203,12 @@ class AnimationPipeline:
         model = self.model if cache is None else functools.partial(self.model, step_cache=cache)
         for i in range(self.num_steps):
             x = impose(x)
-            inputs = self.builder.build(conditions, x, self.sampler.timesteps[i].view(1), history_mask)
+            timestep = self.sampler.timesteps[i].view(1)
+            inputs = self.builder.build(conditions, x, timestep, history_mask)
+            free = None if pose_free is None else self.builder.build(pose_free, x, timestep, history_mask)
             with self._autocast():
-                v = guided_velocity(model, inputs, negative, self.guide_scale, self.cfg_parallel)
+                v = guided_velocity(model, inputs, negative, self.guide_scale, self.cfg_parallel, free,
+                                    self.pose_guide_scale)  # fmt: skip
             x = impose(self.sampler.step(v, x))
             if bar is not None:
                 bar.update(1)
@@ -218,6 +229,12 @@ class AnimationPipeline:
         self._check_example(example)
         plans = plan_segments(example.num_frames, self.segment_len, self.segment_overlap)
         base, negative = self.encode(example)
+        blacked_out = None
+        if self.pose_guide_scale > 1.0:  # the driving clip and its masks black, as pose dropout trains
+            blacked_out = dataclasses.replace(
+                example, driving=torch.zeros_like(example.driving),
+                driving_mask=None if example.driving_mask is None else torch.zeros_like(example.driving_mask),
+            )  # fmt: skip
         generator = torch.Generator().manual_seed(seed)
         pieces: list[Tensor] = []
         previous: Tensor | None = None
@@ -225,10 +242,13 @@ class AnimationPipeline:
         bar = tqdm(total=len(plans) * self.num_steps, desc=example.name, disable=not self.progress)
         for plan in plans:
             conditions = self.segment_conditions(base, example, plan)
+            pose_free = None
+            if blacked_out is not None:
+                pose_free = self.segment_conditions(base, blacked_out, plan)
             history = None
             if plan.history:
                 history = self.encoder.video_latents(previous[:, :, -plan.history :])  # clean history latents
-            latents = self.denoise(conditions, negative, history, generator, bar)
+            latents = self.denoise(conditions, negative, history, generator, bar, pose_free)
             if self.step_cache_threshold:
                 cache_stats.append(self.last_step_cache)
             video = self.encoder.vae.decode(latents.float().to(self._vae_device()))  # [1, 3, length, H, W] in [-1, 1]
