@@ -99,11 +99,14 @@ def test_finetune_micro_without_replay(tmp_path):
     redone = {name for name in before if after[name] != before[name]}
     assert redone == {"train", "samples_finetuned_family", "samples_finetuned_regular", "report"}
     assert (out / "train" / "export" / "denoiser.safetensors").read_bytes() != tuned
-    with pytest.raises(SystemExit, match="--train-seed and --train-overrides apply to the fine-tune budgets"):
+    with pytest.raises(SystemExit, match="--train-seed, --train-overrides and --sample-overrides apply to the fine-tune budgets"):
         toy_demo.main(["--out", str(tmp_path / "x"), "--budget", "micro", "--train-seed", "1"])
     with pytest.raises(ValueError, match=r"--train-overrides .*meen"):  # before any stage runs
         toy_demo.main(["--out", str(tmp_path / "y"), "--budget", "finetune_micro", "--train-overrides",
                        "objective.sigma_sampler.meen=1"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"--sample-overrides .*pose_guide_scal\b"):
+        toy_demo.main(["--out", str(tmp_path / "y"), "--budget", "finetune_micro", "--sample-overrides",
+                       "pipeline.pose_guide_scal=2"])  # fmt: skip
     assert not (tmp_path / "y").exists()
 
 

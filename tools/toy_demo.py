@@ -117,23 +117,26 @@ def run_keyed(jobs: dict, workers: int) -> dict:
 
 
 def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, workers: int = 1,
-                 train_seed: int | None = None, train_overrides: Sequence[str] = ()) -> dict:
+                 train_seed: int | None = None, train_overrides: Sequence[str] = (),
+                 sample_overrides: Sequence[str] = ()) -> dict:
     """Fine-tune the shipped base on pairs of the motion family it never saw (plus replayed pairs of its own
     families), then evaluate base and fine-tuned (and the baselines) on held-out test pairs of that family and on the
     regular test split. `workers` > 1: the data and sampling stages run in that many one-thread processes
     (toy_stages.run_stages). `seed` draws the worlds and the sampling noise; `train_seed` (default: `seed`) only the
     fine-tuning run (batch order, noise, timesteps), so runs that differ in it share data, base samples and noise.
-    `train_overrides`: Hydra overrides of the training config alone (e.g. objective.sigma_sampler.mean=1.0)."""
+    `train_overrides`: Hydra overrides of the training config alone (e.g. objective.sigma_sampler.mean=1.0);
+    `sample_overrides`: of the sampling config, for the base and the fine-tuned model alike (pipeline.pose_guide_scale=3)."""
     train_seed = seed if train_seed is None else train_seed
     from scail_lab.checkpoints.bundle import verify_bundle
     from tools import toy_finetune_report
 
     manifest = verify_bundle(bundle)  # a missing, truncated or replaced file stops here, before any work
-    if train_overrides:  # a mistyped key or value stops here too, not after the worlds are drawn
-        try:
-            compose_config("train", list(train_overrides))
-        except Exception as err:
-            raise ValueError(f"--train-overrides {list(train_overrides)}: {err}") from err
+    for config, overrides in (("train", train_overrides), ("sample", sample_overrides)):
+        if overrides:  # a mistyped key or value stops here too, not after the worlds are drawn
+            try:
+                compose_config(config, list(overrides))
+            except Exception as err:
+                raise ValueError(f"--{config}-overrides {list(overrides)}: {err}") from err
     base = budget_from_dict(manifest["budget"])
     vae_path, base_weights = bundle / VAE_FILE, bundle / BASE_WEIGHTS
     joint_weights = bundle / JOINT_FILE
@@ -173,6 +176,8 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
     export = Path(records["train"]["result"]["weights"])
     tuned = (base_weights, export) if ft.lora else (export, None)
     sampling = {"sampler": base.sampler, "shift": base.shift, "sample_steps": base.sample_steps}
+    if sample_overrides:  # only when given: the signatures of runs without them stay as they were
+        sampling["sample_overrides"] = list(sample_overrides)
     sig["sample"] = {**sig["train"], **sampling}
     # the base's samples depend on the test world, the bundle and the sampler only: a change of the fine-tuning
     # settings (pairs, replay, steps, train seed) reuses them
@@ -182,7 +187,8 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
                                        {**(base_sig[split] if run == "base" else sig["sample"]), "run": run,
                                         "split": split},
                                        partial(stage_sample, world=world, budget=base, vae_path=vae_path,
-                                               weights=weights, seed=seed, lora=lora))
+                                               weights=weights, seed=seed, lora=lora,
+                                               arm_overrides=tuple(sample_overrides)))
             for split, world in (("family", out / "world"), ("regular", out / "world_regular"))
             for run, (weights, lora) in (("base", (base_weights, None)), ("finetuned", tuned))}  # fmt: skip
     records.update(run_keyed(jobs, workers))
@@ -209,6 +215,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="fine-tune budgets: Hydra overrides of the training config (configs/train.yaml) alone, "
                         "e.g. objective.sigma_sampler.mean=1.0 optimizer.weight_decay=0")  # fmt: skip
+    p.add_argument("--sample-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="fine-tune budgets: Hydra overrides of the sampling config (configs/sample.yaml) for both "
+                        "models, e.g. pipeline.pose_guide_scale=3")  # fmt: skip
     p.add_argument("--joint-estimator", type=Path, default=None,
                    help="from scratch: joint estimator weights for the pose-following metric (default: the "
                         "bundle's, when it has one)")  # fmt: skip
@@ -225,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     finetune = args.budget in FINETUNES
-    if (args.train_seed is not None or args.train_overrides) and not finetune:
-        raise SystemExit(f"--train-seed and --train-overrides apply to the fine-tune budgets {sorted(FINETUNES)}; "
+    if (args.train_seed is not None or args.train_overrides or args.sample_overrides) and not finetune:
+        raise SystemExit(f"--train-seed, --train-overrides and --sample-overrides apply to the fine-tune budgets {sorted(FINETUNES)}; "
                          f"--budget {args.budget} trains from scratch: use --seed")  # fmt: skip
     budget = with_overrides((FINETUNES if finetune else BUDGETS)[args.budget], args.set)
     joints = args.joint_estimator
@@ -239,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if finetune:
             records = run_finetune(args.out, budget, args.bundle, args.seed, workers=args.threads,
-                                   train_seed=args.train_seed, train_overrides=args.train_overrides)
+                                   train_seed=args.train_seed, train_overrides=args.train_overrides,
+                                   sample_overrides=args.sample_overrides)
         else:
             records = run_demo(args.out, budget, args.data, args.seed, joints)
     finally:

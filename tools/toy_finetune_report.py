@@ -129,7 +129,9 @@ def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) ->
         f"{f' plus {ft.replay} replayed pairs of its own families' if ft.replay else ''} "
         f"({'LoRA rank ' + str(ft.lora_rank) if ft.lora else 'full'}, "
         f"{ft.train_steps} steps, batch {ft.batch_size}, lr {ft.lr}, {ft.precision}, "
-        f"train seed {records['train']['signature']['train_seed']}; "
+        f"train seed {records['train']['signature']['train_seed']}"
+        f"{''.join(f', train override {o}' for o in records['train']['signature'].get('train_overrides', []))}"
+        f"{''.join(f', sampling override {o}' for o in records['samples_base_family']['signature'].get('sample_overrides', []))}; "
         f"{train['seconds_per_step']:.2f} s/step) and evaluates both models on two held-out test sets. "
         "Means with 95% bootstrap CIs; paired differences with 95% paired-bootstrap CIs (better / worse only when "
         "the CI excludes 0).", "",
