@@ -19,6 +19,9 @@ def write_run(root, name, base, tuned):
             path = run / "report" / split / "eval" / model / "per_sample.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rows))
+    for stage in ("train", "report"):
+        (run / stage).mkdir(exist_ok=True)
+        (run / stage / "stage.json").write_text(json.dumps({"status": "done", "signature": {"train_seed": 0}}))
     return run
 
 
@@ -45,7 +48,14 @@ def test_runs_with_other_base_samples_are_refused(tmp_path):
     runs = [write_run(tmp_path, "t0", base, base), write_run(tmp_path, "t1", {"c0": 17.0, "c1": 18.5}, base)]
     with pytest.raises(ValueError, match="differ in the base's family scores"):
         pool_finetunes.pool(runs)
-    with pytest.raises(FileNotFoundError, match="report stage done"):
+    with pytest.raises(FileNotFoundError, match="train stage is not done"):
         pool_finetunes.pool([runs[0], tmp_path / "missing"])
+    # a copied folder rerunning with another train seed: its report is still the old run's
+    (runs[1] / "train" / "stage.json").write_text(json.dumps({"status": "done", "signature": {"train_seed": 1}}))
+    with pytest.raises(FileNotFoundError, match="report is of an earlier training run"):
+        pool_finetunes.pool(runs)
+    (runs[1] / "report" / "stage.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(FileNotFoundError, match="report stage is not done"):
+        pool_finetunes.pool(runs)
     with pytest.raises(ValueError, match="at least 2 runs"):
         pool_finetunes.pool(runs[:1])

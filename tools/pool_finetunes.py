@@ -29,7 +29,17 @@ METRICS = ("psnr", "joint_error_px", "mask_iou")
 
 
 def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]:
-    """{clip id: {metric: value}} of one model in one run's report."""
+    """{clip id: {metric: value}} of one model in one run's report (which must be finished: a run folder copied to
+    start another keeps the old report's files until its own report stage is done)."""
+    records = {}
+    for stage in ("train", "report"):
+        path = run / stage / "stage.json"
+        records[stage] = json.loads(path.read_text()) if path.is_file() else {}
+        if records[stage].get("status") != "done":
+            raise FileNotFoundError(f"{run}: the {stage} stage is not done ({path})")
+    report, train = records["report"].get("signature", {}), records["train"].get("signature", {})
+    if any(report.get(k) != v for k, v in train.items()):  # the report holds every training setting it scored
+        raise FileNotFoundError(f"{run}: the report is of an earlier training run (a copied folder still rerunning)")
     path = run / "report" / split / "eval" / model / "per_sample.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run}: no {path.relative_to(run)}; is the run's report stage done?")
