@@ -197,3 +197,19 @@ def test_auto_precision_follows_the_cpu_flags(tmp_path, monkeypatch):
     assert toy_stages.Finetune("ft", precision="32-true").precision == "32-true"
     with pytest.raises(ValueError, match="precision must be one of"):
         toy_stages.Finetune("ft", precision="fp16")
+
+
+def test_finetune_objective_fields_reach_the_training_config(tmp_path):
+    """Finetune.sigma_mean / region_weight -> the run budget -> the composed training config's objective."""
+    from tools import toy_stages
+
+    base = toy_stages.budget_from_dict(
+        json.loads((toy_stages.BUNDLE / "manifest.json").read_text())["budget"]
+    )
+    ft = toy_stages.with_overrides(toy_stages.FINETUNES["finetune"], ["sigma_mean=1.0", "region_weight=2"])
+    budget = ft.run_budget(base)
+    assert (budget.sigma_mean, budget.region_weight) == (1.0, 2.0) and base.sigma_mean == 0.0
+    overrides = toy_stages.train_overrides(budget, tmp_path / "vae.safetensors", tmp_path, "latent", tmp_path, 0)
+    cfg = toy_stages.compose_config("train", overrides)
+    assert cfg.objective.sigma_sampler.mean == 1.0 and cfg.objective.region_weight == 2.0
+    assert budget.train_args()["sigma_mean"] == 1.0  # in the training stage's signature

@@ -81,6 +81,7 @@ class Budget:
     val_every: int = 100
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed (CPU autocast) | auto (resolve_precision)
     region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
+    sigma_mean: float = 0.0  # objective.sigma_sampler.mean: logit-normal mean of the training noise levels (> 0: noisier)
     init: str = ""  # initial denoiser weights (safetensors; same sizes), e.g. a shipped base to continue; "" = scratch
     # sampling
     sampler: str = "euler"
@@ -126,7 +127,7 @@ class Budget:
     def train_args(self) -> dict:
         return {k: getattr(self, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers", "patch", "train_steps",
                                                "batch_size", "lr", "warmup_steps", "val_every", "precision",
-                                               "region_weight")}  # fmt: skip
+                                               "region_weight", "sigma_mean")}  # fmt: skip
 
 
 BUDGETS = {
@@ -172,6 +173,7 @@ class Finetune:
     precision: str = "auto"  # bf16-mixed where the CPU has bf16 units (training 2x faster there), else 32-true
     replay: int = 128  # pairs of the base's own families mixed into training, against forgetting (0: none; 32 forgot)
     region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
+    sigma_mean: float = 0.0  # objective.sigma_sampler.mean (Budget.sigma_mean)
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_val", "num_test", "num_regular_test", "train_steps", "batch_size",
@@ -190,7 +192,7 @@ class Finetune:
             base, name=self.name, num_train=self.num_train, num_val=self.num_val, num_test=self.num_test,
             families=(HOLDOUT_FAMILY,), train_steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
             warmup_steps=self.warmup_steps, val_every=self.val_every, precision=self.precision, init="",
-            region_weight=self.region_weight,
+            region_weight=self.region_weight, sigma_mean=self.sigma_mean,
         )  # fmt: skip
 
     def replay_budget(self, base: Budget) -> Budget:
@@ -406,7 +408,7 @@ def train_overrides(
         f"trainer.max_steps={b.train_steps}", f"trainer.val_check_interval={b.val_every}",
         "trainer.limit_val_batches=4", f"trainer.log_every_n_steps={max(1, min(10, b.train_steps // 4))}",
         f"optimizer.lr={b.lr}", f"optimizer.warmup_steps={b.warmup_steps}", f"trainer.precision={b.precision}",
-        f"objective.region_weight={b.region_weight}",
+        f"objective.region_weight={b.region_weight}", f"objective.sigma_sampler.mean={b.sigma_mean}",
         f"checkpointing.every_n_steps={max(1, b.val_every)}", "checkpointing.keep=1",
         f"seed={seed}", f"+output_dir={run_dir}", "logging.wandb.enabled=false",
     ]  # fmt: skip
