@@ -28,9 +28,9 @@ SPLITS = ("family", "regular")
 METRICS = ("psnr", "joint_error_px", "mask_iou")
 
 
-def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]:
-    """{clip id: {metric: value}} of one model in one run's report (which must be finished: a run folder copied to
-    start another keeps the old report's files until its own report stage is done)."""
+def check_finished(run: Path) -> None:
+    """A run's training and report stages are done, and the report is of that training run (a run folder copied to
+    start another keeps the old report's files until its own report stage runs)."""
     records = {}
     for stage in ("train", "report"):
         path = run / stage / "stage.json"
@@ -40,9 +40,13 @@ def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]
     report, train = records["report"].get("signature", {}), records["train"].get("signature", {})
     if any(report.get(k) != v for k, v in train.items()):  # the report holds every training setting it scored
         raise FileNotFoundError(f"{run}: the report is of an earlier training run (a copied folder still rerunning)")
+
+
+def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]:
+    """{clip id: {metric: value}} of one model in one finished run's report."""
     path = run / "report" / split / "eval" / model / "per_sample.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{run}: no {path.relative_to(run)}; is the run's report stage done?")
+        raise FileNotFoundError(f"{run}: no {path.relative_to(run)}")
     return {row["id"]: row["metrics"] for row in json.loads(path.read_text())}
 
 
@@ -50,6 +54,8 @@ def pool(runs: list[Path]) -> dict:
     """{split: {metric: {"runs": [per-run difference], "pooled": difference of the runs' mean}}}."""
     if len(runs) < 2:
         raise ValueError(f"pooling needs at least 2 runs, got {len(runs)}")
+    for run in runs:
+        check_finished(run)
     out = {}
     for split in SPLITS:
         bases = [per_sample(r, split, "base") for r in runs]
