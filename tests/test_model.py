@@ -346,3 +346,32 @@ def test_matmul_attention_matches_sdpa_and_auto_picks_it_for_short_keys_on_a_cpu
     assert torch.equal(attn.attention(long_keys[:, :5], long_keys, long_keys, "auto"),
                        attn.attention(long_keys[:, :5], long_keys, long_keys, "sdpa"))  # fmt: skip
     assert SCAILDiT(tiny_config(), attention_backend="auto").attention_backend == "auto"
+
+
+def test_channel_concat_from_in_context_keeps_every_shared_tensor_and_the_reference_tokens():
+    from types import SimpleNamespace
+
+    from scail_lab.model.interfaces import channel_concat_from_in_context
+
+    source = randomize_(SCAILDiT(tiny_config(), InContextInterface("scail2", True, True, pose_downsample=1)), seed=8)
+    target = SCAILDiT(tiny_config(), ChannelConcatInterface(pose_downsample=1))
+    state = channel_concat_from_in_context(source.state_dict(), latent_dim=16)
+    target.load_state_dict(state, strict=True)  # every key and shape of the channel-concat model
+    src = source.state_dict()
+    shared = [k for k in src if not k.startswith("patch_embedding")]
+    assert shared and all(torch.equal(target.state_dict()[k], src[k]) for k in shared)
+    weight = target.patch_embedding.weight
+    assert weight.shape[1] == 16 + 4 + 16 + 28
+    assert torch.equal(weight[:, :20], src["patch_embedding.weight"])
+    assert torch.count_nonzero(weight[:, 20:36]) == 0  # no pose until trained
+    assert torch.equal(weight[:, 36:], src["patch_embedding_mask.weight"])
+    # reference tokens: exactly the in-context embedding of the reference plus its mask code
+    inputs = make_inputs(batch=1, frames=2, height=4, width=8)
+    embed = {m: m.interface.embed(SimpleNamespace(**{n: getattr(m, n) for n in m._interface_modules}), inputs, 28)
+             for m in (source, target)}  # fmt: skip
+    ref = 4 * 8 // 4
+    assert (embed[source][0][:, :ref] - embed[target][0][:, :ref]).abs().max().item() < 1e-6
+    with pytest.raises(ValueError, match="patch_embedding_pose"):
+        channel_concat_from_in_context(state, latent_dim=16)
+    with pytest.raises(ValueError, match="input channels"):
+        channel_concat_from_in_context(src, latent_dim=8)

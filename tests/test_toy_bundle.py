@@ -89,3 +89,37 @@ def test_a_missing_file_and_a_mismatched_config_are_named(bundle_copy):
     shutil.copyfile(BUNDLE / JOINT_FILE, bundle_copy / JOINT_FILE)
     with pytest.raises(ValueError, match=r"model config differs .*rope: 'shared' here vs 'scail2' in the bundle"):
         build_model(sample_cfg(f"weights={bundle_copy / BASE_WEIGHTS}", "rope=shared"))
+
+
+def test_pretrain_continues_a_base_as_channel_concat_with_its_vae_and_estimator(tmp_path):
+    """tools/pretrain_toy.py --reuse BUNDLE --set interface=channel_concat init=<in-context weights>: the bundle's VAE
+    and joint estimator are taken as they are (no fitting), the in-context weights are widened into the channel-concat
+    patch embedding, and the new bundle's manifest names the interface and the init."""
+    from safetensors.torch import load_file, save_file
+
+    from tools import pretrain_toy
+    from tools.toy_stages import BUDGETS, compose_config, model_overrides, with_overrides
+
+    micro = with_overrides(BUDGETS["micro"], ["pose_downsample=1"])
+    torch.manual_seed(0)
+    source = build_model(compose_config("train", model_overrides(micro, BUNDLE / VAE_FILE)))
+    init = tmp_path / "init.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(init))
+    out, bundle = tmp_path / "run", tmp_path / "bundle"
+    argv = ["--out", str(out), "--budget", "micro", "--bundle", str(bundle), "--reuse", str(BUNDLE),
+            "--set", "pose_downsample=1", "interface=channel_concat", f"init={init}"]  # fmt: skip
+    assert pretrain_toy.main(argv) == 0
+
+    shipped, manifest = verify_bundle(BUNDLE), verify_bundle(bundle)
+    for name in (VAE_FILE, JOINT_FILE, "light_vae.json"):  # taken, not fitted
+        assert manifest["files"][name]["sha256"] == shipped["files"][name]["sha256"], name
+    assert manifest["vae"] == shipped["vae"] and manifest["joint_estimator"]["reused_from"] == str(BUNDLE.resolve())
+    assert manifest["model_config"]["interface"] == "channel_concat"
+    assert manifest["init"]["sha256"] == sha256_file(init)
+    widened = load_file(out / "init" / "denoiser.safetensors")
+    assert "patch_embedding_pose.weight" not in widened
+    assert widened["patch_embedding.weight"].shape[1] == 16 + 4 + 16 + 28
+    assert torch.equal(widened["blocks.0.ffn.0.weight"], source.state_dict()["blocks.0.ffn.0.weight"])
+    assert not (out / "vae" / "checkpoints").exists()
+    with pytest.raises(ValueError, match="interface 'concat'"):
+        pretrain_toy.main([*argv[:-3], "interface=concat"])

@@ -58,6 +58,12 @@ def stage_joint(folder: Path, budget: Budget, seed: int, steps: int, samples: in
     return {"path": str(folder / JOINT_FILE), "test_mean_px": heldout["test"].get("mean_px")}
 
 
+def copy_joint(folder: Path, bundle: Path, manifest: dict) -> dict:
+    """The joint estimator of a shipped bundle, as the joint stage's result (its fitting record from the manifest)."""
+    shutil.copyfile(bundle / JOINT_FILE, folder / JOINT_FILE)
+    return {**manifest["joint_estimator"], "path": str(folder / JOINT_FILE), "reused_from": str(bundle)}
+
+
 def model_signature_for(budget: Budget, vae_path: Path) -> dict:
     """The denoiser config the bundle pins (built on the meta device from the same overrides as sampling)."""
     from scail_lab.build import model_signature
@@ -78,8 +84,10 @@ def git_commit() -> str | None:
         return None
 
 
-def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: int, argv: list[str]) -> dict:
-    """Copy the artifacts and write manifest.json into a temp folder next to `bundle`, then swap it in."""
+def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: int, argv: list[str],
+                 reused: dict | None = None) -> dict:
+    """Copy the artifacts and write manifest.json into a temp folder next to `bundle`, then swap it in. `reused`:
+    the manifest of the bundle whose VAE and joint estimator this run took (their fitting records come from it)."""
     from scail_lab.checkpoints.bundle import MANIFEST, sha256_file
 
     tmp = bundle.with_name(bundle.name + ".tmp")
@@ -108,7 +116,7 @@ def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: i
         "test_metrics": {run: {m: e["mean"] for m, e in table.items()} for run, table in report["table"].items()},
         "init": None if not budget.init else {  # the weights training started from (a previous base, continued)
             "path": budget.init, "sha256": records["train"]["signature"].get("init_sha256")},
-        "vae": records["vae"]["result"].get("fit_metrics"),
+        "vae": reused["vae"] if reused else records["vae"]["result"].get("fit_metrics"),
         "joint_estimator": records["joint"]["result"],
     }  # fmt: skip
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
@@ -134,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--joint-samples", type=int, default=600, help="train-split samples rendered for it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override budget fields")
+    p.add_argument("--reuse", type=Path, default=None, metavar="BUNDLE",
+                   help="take the joint estimator and light VAE from this bundle instead of fitting them "
+                        "(continuing a base: its world, VAE and estimator stay the same)")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     budget = with_overrides(BUDGETS[args.budget], args.set)
@@ -142,11 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = args.out.resolve()
     start = time.perf_counter()
-    joint = run_stage(out, "joint", {"size": budget.size, "seed": args.seed, "steps": args.joint_steps,
-                                     "samples": args.joint_samples},
-                      lambda f: stage_joint(f, budget, args.seed, args.joint_steps, args.joint_samples))  # fmt: skip
-    records = {"joint": joint, **run_demo(out, budget, "latent", args.seed, out / "joint" / JOINT_FILE)}
-    manifest = write_bundle(args.bundle.resolve(), out, budget, records, args.seed, argv)
+    from scail_lab.checkpoints.bundle import verify_bundle
+
+    reused = verify_bundle(args.reuse) if args.reuse else None  # a bad bundle stops here, before any work
+    if reused is None:
+        joint = run_stage(out, "joint", {"size": budget.size, "seed": args.seed, "steps": args.joint_steps,
+                                         "samples": args.joint_samples},
+                          lambda f: stage_joint(f, budget, args.seed, args.joint_steps, args.joint_samples))  # fmt: skip
+    else:
+        joint = run_stage(out, "joint", {"reuse_sha256": reused["files"][JOINT_FILE]["sha256"]},
+                          lambda f: copy_joint(f, args.reuse.resolve(), reused))  # fmt: skip
+    vae_source = args.reuse.resolve() / VAE_FILE if reused else None
+    records = {"joint": joint, **run_demo(out, budget, "latent", args.seed, out / "joint" / JOINT_FILE, vae_source)}
+    manifest = write_bundle(args.bundle.resolve(), out, budget, records, args.seed, argv, reused)
     log.info("bundle %s written in %.0f s: %s", args.bundle, time.perf_counter() - start,
              {k: v["bytes"] for k, v in manifest["files"].items()})  # fmt: skip
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -61,9 +60,31 @@ log = logging.getLogger("toy_demo")
 # ---------------------------------------------------------------------------------------------- main
 
 
+def prepare_init(budget: Budget, path: Path) -> Path:
+    """budget.init at `path` (copied once, not on every rerun). For a channel-concat budget, in-context (SCAIL-2)
+    weights are converted on the way (interfaces.channel_concat_from_in_context: a SCAIL-2 base continued as a
+    channel-concat model)."""
+    from safetensors.torch import load_file, save_file
+
+    from scail_lab.model.interfaces import channel_concat_from_in_context
+
+    state = load_file(budget.init)
+    if budget.interface == "channel_concat" and "patch_embedding_pose.weight" in state:
+        latent_dim = state["head.head.weight"].shape[0] // budget.patch**2
+        state = channel_concat_from_in_context(state, latent_dim)
+    elif path.is_file() and sha256_file(path) == sha256_file(budget.init):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    return path
+
+
 def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0,
-             joint_weights: Path | None = None) -> dict:
-    """Every stage in order; returns the stage records (also in <out>/<stage>/stage.json)."""
+             joint_weights: Path | None = None, vae_source: Path | None = None) -> dict:
+    """Every stage in order; returns the stage records (also in <out>/<stage>/stage.json). `vae_source`: a fitted
+    light VAE to use instead of fitting one (e.g. a shipped base's, when continuing it)."""
     from tools import toy_report
 
     if data_kind not in ("latent", "pixel"):
@@ -75,8 +96,9 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     sig = {"world": {**budget.world_args(), "seed": seed}}
     records = {"world": run_stage(out, "world", sig["world"], lambda f: stage_world(f, budget, seed))}
     world = out / "world"
-    sig["vae"] = {**sig["world"], **budget.vae_args()}
-    records["vae"] = run_stage(out, "vae", sig["vae"], lambda f: stage_vae(f, world, budget, seed))
+    vae_sig = budget.vae_args() if vae_source is None else {"vae_source_sha256": sha256_file(vae_source)}
+    sig["vae"] = {**sig["world"], **vae_sig}
+    records["vae"] = run_stage(out, "vae", sig["vae"], lambda f: stage_vae(f, world, budget, seed, vae_source))
     vae_path = out / "vae" / VAE_FILE
     if data_kind == "latent":
         sig["latents"] = {**sig["vae"], "size": budget.size, "frames": budget.frames,
@@ -86,12 +108,8 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     sig["train"] = {**sig["vae"], **budget.train_args(), "data": data_kind, "pose_downsample": budget.pose_downsample}
     extra = []
     if budget.init:  # a copy outside any bundle: the weights start the run, the bundle's model config does not bind
-        sig["train"]["init_sha256"] = digest = sha256_file(budget.init)
-        init = out / "init" / "denoiser.safetensors"
-        if not init.is_file() or sha256_file(init) != digest:  # copied once, not on every rerun
-            init.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(budget.init, init)
-        extra = [f"weights={init}"]
+        sig["train"]["init_sha256"] = sha256_file(budget.init)
+        extra = [f"weights={prepare_init(budget, out / 'init' / 'denoiser.safetensors')}"]
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, data_kind, seed, extra))  # fmt: skip
     weights = out / "train" / "export" / "denoiser.safetensors"

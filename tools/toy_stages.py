@@ -74,6 +74,7 @@ class Budget:
     num_layers: int = 2
     patch: int = 2  # spatial patch of the denoiser (latent cells per token side)
     pose_downsample: int = 2  # interface pose grid = latent grid / this (2: SCAIL-2; 1: full-resolution pose tokens)
+    interface: str = "scail2"  # configs/interface/<name>.yaml: scail2 | scail1 | channel_concat
     train_steps: int = 200
     batch_size: int = 4
     lr: float = 1e-3
@@ -106,6 +107,8 @@ class Budget:
         if self.patch not in (1, 2):
             raise ValueError(f"patch must be 1 or 2, got {self.patch}")
         check_pose_downsample(self.pose_downsample)
+        if not (REPO / "configs" / "interface" / f"{self.interface}.yaml").is_file():
+            raise ValueError(f"interface {self.interface!r} is not one of configs/interface/*.yaml")
 
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} must be a multiple of num_heads {self.num_heads}")
@@ -125,7 +128,7 @@ class Budget:
                                                "vae_lr")}  # fmt: skip
 
     def train_args(self) -> dict:
-        return {k: getattr(self, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers", "patch", "train_steps",
+        return {k: getattr(self, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers", "patch", "interface", "train_steps",
                                                "batch_size", "lr", "warmup_steps", "val_every", "precision",
                                                "region_weight", "sigma_mean")}  # fmt: skip
 
@@ -310,6 +313,7 @@ def model_overrides(budget: Budget, vae_path: Path) -> list[str]:
         f"model.config.num_heads={budget.num_heads}",
         f"model.config.num_layers={budget.num_layers}",
         f"model.config.patch_size=[1,{budget.patch},{budget.patch}]",
+        f"interface={budget.interface}",  # before the pose grid: the group replaces model.interface
         f"model.interface.pose_downsample={budget.pose_downsample}",
         f"vae.path={vae_path}",
     ]
@@ -333,14 +337,18 @@ def stage_world(folder: Path, budget: Budget, seed: int, splits: Sequence[str] =
     return {"samples": counts, "contact_sheet": str(folder / "contact_sheet.png")}
 
 
-def stage_vae(folder: Path, world: Path, budget: Budget, seed: int) -> dict:
-    """Fit on the train split's target and driving videos; PSNR on the (unseen) test targets."""
+def stage_vae(folder: Path, world: Path, budget: Budget, seed: int, source: Path | None = None) -> dict:
+    """Fit on the train split's target and driving videos (`source`: copy that fitted VAE, and its .json, instead);
+    PSNR on the (unseen) test targets."""
     from tools import fit_light_vae as fit
 
     b = budget
     path = folder / VAE_FILE
     train = world / "folders" / "train"
-    metrics = fit.main([
+    if source is not None:
+        shutil.copyfile(source, path)
+        shutil.copyfile(source.with_suffix(".json"), path.with_suffix(".json"))
+    metrics = None if source is not None else fit.main([
         "--out", str(path), "--videos", str(train / "*" / "target.mp4"), str(train / "*" / "rendered_v2.mp4"),
         "--steps", str(b.vae_steps), "--batch", str(b.vae_batch), "--frames", str(b.vae_frames),
         "--size", str(b.size), "--lr", str(b.vae_lr), "--widths", *(str(w) for w in b.vae_widths),

@@ -203,3 +203,31 @@ class ChannelConcatInterface(MotionInterface):
             segments.insert(0, Segment("extra_ref", tuple(extra.shape[2:])))
             parts.insert(0, _tokens(extra))
         return torch.cat(parts, dim=1), TokenLayout(tuple(segments))
+
+
+def channel_concat_from_in_context(state: dict[str, Tensor], latent_dim: int) -> dict[str, Tensor]:
+    """Start a channel-concat model from an in-context (SCAIL-2) one: every shared tensor as it is; the patch
+    embedding widened to [noisy latents + 4 | driving latents | mask codes] input channels.
+
+    The first block of input channels keeps the in-context patch embedding; the driving-latent block starts at zero
+    (the model sees no pose until it learns to, as under pose dropout); the mask block takes the in-context mask
+    embedding, and the bias is the sum of both biases, so reference tokens come out exactly as the in-context model
+    embeds them. `patch_embedding_pose` and `patch_embedding_mask` are dropped.
+    """
+    if "patch_embedding_pose.weight" not in state:
+        raise ValueError("not an in-context (scail2 / scail1) state dict: no patch_embedding_pose.weight")
+    out = {k: v for k, v in state.items() if not k.startswith(("patch_embedding.", "patch_embedding_pose.",
+                                                                  "patch_embedding_mask."))}  # fmt: skip
+    weight, bias = state["patch_embedding.weight"], state["patch_embedding.bias"]
+    if weight.shape[1] != latent_dim + I2V_MASK_CHANNELS:
+        raise ValueError(
+            f"patch_embedding.weight has {weight.shape[1]} input channels, expected latent_dim + "
+            f"{I2V_MASK_CHANNELS} = {latent_dim + I2V_MASK_CHANNELS}"
+        )
+    pieces = [weight, weight.new_zeros(weight.shape[0], latent_dim, *weight.shape[2:])]
+    if "patch_embedding_mask.weight" in state:
+        pieces.append(state["patch_embedding_mask.weight"])
+        bias = bias + state["patch_embedding_mask.bias"]
+    out["patch_embedding.weight"] = torch.cat(pieces, dim=1).contiguous()
+    out["patch_embedding.bias"] = bias.clone()
+    return out
