@@ -17,7 +17,7 @@ def cfg_with(*overrides):
         return compose("sample", overrides=[*TINY, *overrides])
 
 
-TINY = ["model=tiny", "weights=null", "vae.path=null"]  # not the shipped toy base sample.yaml defaults to
+TINY = ["model=tiny", "interface=scail2", "weights=null", "vae.path=null"]  # not the shipped toy base sample.yaml defaults to
 
 
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])
@@ -44,4 +44,17 @@ def test_bad_weights_dtype_and_mismatched_checkpoints_are_rejected(tmp_path):
     other = SCAILDiT(tiny_config(dim=32, freq_dim=64))
     path = write_denoiser_checkpoint(tmp_path, other.state_dict(), "safetensors")
     with pytest.raises(ValueError, match="shape|missing|unexpected"):
+        build_model(cfg_with(f"weights={path}"))
+
+
+def test_an_interface_mismatch_between_checkpoint_and_config_is_named(tmp_path):
+    """sample.yaml defaults to the toy base's channel_concat interface: an in-context (SCAIL-2) checkpoint loaded
+    without interface=scail2 gets an error that says so, and the reverse case too."""
+    source = randomize_(SCAILDiT(tiny_config(freq_dim=64)), seed=3)
+    path = write_denoiser_checkpoint(tmp_path, source.state_dict(), "scail2_fsdp2")
+    with pytest.raises(ValueError, match=r"patch_embedding_pose.*needs interface=scail2"):
+        build_model(cfg_with(f"weights={path}", "interface=channel_concat"))
+    concat = build_model(cfg_with("interface=channel_concat"))
+    path = write_denoiser_checkpoint(tmp_path / "cc", concat.state_dict(), "scail2_fsdp2")
+    with pytest.raises(ValueError, match="interface=channel_concat"):
         build_model(cfg_with(f"weights={path}"))

@@ -20,7 +20,7 @@ from tests.test_text_encoder import wan_t5_state, write_umt5_folder
 
 def compose_sample(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("sample", overrides=["weights=null", "vae.path=null", *overrides])  # not the toy base
+        return compose("sample", overrides=["interface=scail2", "weights=null", "vae.path=null", *overrides])  # not the toy base
 
 
 def test_light_encoders_feed_the_tiny_model():

@@ -17,7 +17,7 @@ from tests.conftest import CONFIGS, make_inputs, randomize_, tiny_config
 
 def cfg_with(*overrides):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("sample", overrides=["model=tiny", "weights=null", *overrides])
+        return compose("sample", overrides=["model=tiny", "interface=scail2", "weights=null", *overrides])
 
 
 @pytest.mark.parametrize("scale", ["channel", "tensor"])

@@ -78,7 +78,7 @@ def test_config_path_builds_both_grids_and_the_planner_counts_the_tokens():
     for d in (1, 2):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             cfg = compose("sample", [
-                "model=tiny", "weights=null", "vae.path=null", f"model.interface.pose_downsample={d}"])  # fmt: skip
+                "model=tiny", "interface=scail2", "weights=null", "vae.path=null", f"model.interface.pose_downsample={d}"])  # fmt: skip
         model = build_model(cfg)
         assert model.interface.pose_downsample == d and model.describe()["pose_downsample"] == d
         assert build_encoder(cfg, model).pose_downsample == d

@@ -141,7 +141,7 @@ def test_a_prepared_folder_makes_shards_and_samples(world, tmp_path):
     report = make_shards(tmp_path / "prepared", tmp_path / "shards", samples_per_shard=4, progress=False)
     assert report["num_samples"] == 2 and report["num_skipped"] == 0
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("sample", overrides=["model=tiny", "weights=null", "vae.path=null", "pipeline.num_steps=1",
+        cfg = compose("sample", overrides=["model=tiny", "interface=scail2", "weights=null", "vae.path=null", "pipeline.num_steps=1",
                                            f"inputs=[{tmp_path / 'prepared' / 'clip_pose'}]", "pipeline.progress=false"])  # fmt: skip
     (written,) = sample.run(cfg, tmp_path / "samples")
     assert media.decode_video(written["video"]).shape == (17, 64, 64, 3)

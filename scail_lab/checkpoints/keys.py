@@ -234,4 +234,10 @@ def check_key_shapes(
             for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
             if items
         ]
-        raise ValueError(f"{what} does not match the expected key layout: " + "; ".join(parts))
+        hint = ""
+        if "patch_embedding_pose.weight" in got and "patch_embedding_pose.weight" not in expected:
+            hint = (" (the file has in-context pose embeddings, the config builds no pose tokens: an in-context "
+                    "checkpoint needs interface=scail2, e.g. via +preset=scail2_14b)")  # fmt: skip
+        elif "patch_embedding_pose.weight" in expected and "patch_embedding_pose.weight" not in got:
+            hint = " (the file has no pose embedding, as a channel-concat model: interface=channel_concat)"
+        raise ValueError(f"{what} does not match the expected key layout: " + "; ".join(parts) + hint)
