@@ -148,6 +148,8 @@ def test_finetune_micro_on_the_shipped_base(tmp_path):
             assert entry["n"] == n and math.isfinite(entry["mean"]), (split, run)
     assert len(results["criteria"]) == 4 and all(isinstance(c["pass"], bool) for c in results["criteria"])
     assert "replayed pairs" in (out / "report" / "report.md").read_text()
+    for stage in ("samples_base_family", "samples_finetuned_regular"):  # the fine-tune's precision, not the base's
+        assert json.loads((out / stage / "stage.json").read_text())["signature"]["precision"] == ft.precision
 
 
 def _stage_work(folder, value):

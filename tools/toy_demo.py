@@ -193,7 +193,11 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
                                                        replay_shards))  # fmt: skip
     export = Path(records["train"]["result"]["weights"])
     tuned = (base_weights, export) if ft.lora else (export, None)
-    sampling = {"sampler": base.sampler, "shift": base.shift, "sample_steps": base.sample_steps}
+    # both models sample in the fine-tune's precision (bf16 autocast where the CPU has bf16 units, else fp32), not in
+    # the one the base was trained in on another machine
+    sampler = dataclasses.replace(base, precision=budget.precision)
+    sampling = {"sampler": base.sampler, "shift": base.shift, "sample_steps": base.sample_steps,
+                "precision": sampler.precision}  # fmt: skip
     if sample_overrides:  # only when given: the signatures of runs without them stay as they were
         sampling["sample_overrides"] = list(sample_overrides)
     sig["sample"] = {**sig["train"], **sampling}
@@ -204,7 +208,7 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
     jobs = {f"samples_{run}_{split}": (out, f"samples_{run}_{split}",
                                        {**(base_sig[split] if run == "base" else sig["sample"]), "run": run,
                                         "split": split},
-                                       partial(stage_sample, world=world, budget=base, vae_path=vae_path,
+                                       partial(stage_sample, world=world, budget=sampler, vae_path=vae_path,
                                                weights=weights, seed=seed, lora=lora,
                                                arm_overrides=tuple(sample_overrides)))
             for split, world in (("family", out / "world"), ("regular", out / "world_regular"))
