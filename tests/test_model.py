@@ -363,8 +363,13 @@ def test_channel_concat_from_in_context_keeps_every_shared_tensor_and_the_refere
     weight = target.patch_embedding.weight
     assert weight.shape[1] == 16 + 4 + 16 + 28
     assert torch.equal(weight[:, :20], src["patch_embedding.weight"])
-    assert torch.count_nonzero(weight[:, 20:36]) == 0  # no pose until trained
+    assert torch.equal(weight[:, 20:36], src["patch_embedding_pose.weight"][:, :16])  # the default: the pose conv
     assert torch.equal(weight[:, 36:], src["patch_embedding_mask.weight"])
+    zero = channel_concat_from_in_context(src, latent_dim=16, driving_init="zero")["patch_embedding.weight"]
+    assert torch.count_nonzero(zero[:, 20:36]) == 0  # no pose until trained
+    assert torch.equal(zero[:, :20], weight[:, :20]) and torch.equal(zero[:, 36:], weight[:, 36:])
+    with pytest.raises(ValueError, match="driving_init"):
+        channel_concat_from_in_context(src, latent_dim=16, driving_init="random")
     # reference tokens: exactly the in-context embedding of the reference plus its mask code
     inputs = make_inputs(batch=1, frames=2, height=4, width=8)
     embed = {m: m.interface.embed(SimpleNamespace(**{n: getattr(m, n) for n in m._interface_modules}), inputs, 28)

@@ -62,8 +62,8 @@ log = logging.getLogger("toy_demo")
 
 def prepare_init(budget: Budget, path: Path) -> Path:
     """budget.init at `path` (copied once, not on every rerun). For a channel-concat budget, in-context (SCAIL-2)
-    weights are converted on the way (interfaces.channel_concat_from_in_context: a SCAIL-2 base continued as a
-    channel-concat model)."""
+    weights are converted on the way (interfaces.channel_concat_from_in_context with budget.concat_init: a SCAIL-2
+    base continued as a channel-concat model)."""
     from safetensors.torch import load_file, save_file
 
     from scail_lab.model.interfaces import channel_concat_from_in_context
@@ -71,7 +71,7 @@ def prepare_init(budget: Budget, path: Path) -> Path:
     state = load_file(budget.init)
     if budget.interface == "channel_concat" and "patch_embedding_pose.weight" in state:
         latent_dim = state["head.head.weight"].shape[0] // budget.patch**2
-        state = channel_concat_from_in_context(state, latent_dim)
+        state = channel_concat_from_in_context(state, latent_dim, budget.concat_init)
     elif path.is_file() and sha256_file(path) == sha256_file(budget.init):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +109,8 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     extra = []
     if budget.init:  # a copy outside any bundle: the weights start the run, the bundle's model config does not bind
         sig["train"]["init_sha256"] = sha256_file(budget.init)
+        if budget.interface == "channel_concat":  # an in-context init is converted (prepare_init)
+            sig["train"]["concat_init"] = budget.concat_init
         extra = [f"weights={prepare_init(budget, out / 'init' / 'denoiser.safetensors')}"]
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, data_kind, seed, extra))  # fmt: skip

@@ -84,6 +84,7 @@ class Budget:
     region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
     sigma_mean: float = 0.0  # objective.sigma_sampler.mean: logit-normal mean of the training noise levels (> 0: noisier)
     init: str = ""  # initial denoiser weights (safetensors; same sizes), e.g. a shipped base to continue; "" = scratch
+    concat_init: str = "pose"  # an in-context init continued as channel concat: its driving block (DRIVING_INITS)
     # sampling
     sampler: str = "euler"
     shift: float = 5.0
@@ -92,7 +93,7 @@ class Budget:
     def __post_init__(self) -> None:
         """Bad values fail here, before any stage runs."""
         from scail_lab.data.synthetic.world import WorldConfig
-        from scail_lab.model.interfaces import check_pose_downsample
+        from scail_lab.model.interfaces import DRIVING_INITS, check_pose_downsample
 
         WorldConfig(height=self.size, width=self.size, num_frames=self.frames, p_two_characters=self.p_two_characters,
                     p_pan=self.p_pan, families=self.families)  # fmt: skip
@@ -107,6 +108,8 @@ class Budget:
         if self.patch not in (1, 2):
             raise ValueError(f"patch must be 1 or 2, got {self.patch}")
         check_pose_downsample(self.pose_downsample)
+        if self.concat_init not in DRIVING_INITS:
+            raise ValueError(f"concat_init must be one of {DRIVING_INITS}, got {self.concat_init!r}")
         if not (REPO / "configs" / "interface" / f"{self.interface}.yaml").is_file():
             raise ValueError(f"interface {self.interface!r} is not one of configs/interface/*.yaml")
 
