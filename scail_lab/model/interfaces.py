@@ -234,16 +234,15 @@ def channel_concat_from_in_context(
             f"patch_embedding.weight has {weight.shape[1]} input channels, expected latent_dim + "
             f"{I2V_MASK_CHANNELS} = {latent_dim + I2V_MASK_CHANNELS}"
         )
-    pose = state["patch_embedding_pose.weight"]
-    if pose.shape[0] != weight.shape[0] or pose.shape[1] < latent_dim or pose.shape[2:] != weight.shape[2:]:
-        raise ValueError(
-            f"patch_embedding_pose.weight has shape {tuple(pose.shape)}; expected [{weight.shape[0]}, "
-            f">= {latent_dim}, {', '.join(map(str, weight.shape[2:]))}] like patch_embedding.weight"
-        )
+    driving = weight.new_zeros(weight.shape[0], latent_dim, *weight.shape[2:])
     if driving_init == "pose":
+        pose = state["patch_embedding_pose.weight"]
+        if pose.shape[0] != weight.shape[0] or pose.shape[1] < latent_dim or pose.shape[2:] != weight.shape[2:]:
+            raise ValueError(
+                f"patch_embedding_pose.weight has shape {tuple(pose.shape)}; expected [{weight.shape[0]}, "
+                f">= {latent_dim}, {', '.join(map(str, weight.shape[2:]))}] like patch_embedding.weight"
+            )
         driving = pose[:, :latent_dim].clone()
-    else:
-        driving = weight.new_zeros(weight.shape[0], latent_dim, *weight.shape[2:])
     pieces = [weight, driving]
     if "patch_embedding_mask.weight" in state:
         pieces.append(state["patch_embedding_mask.weight"])
