@@ -1,0 +1,62 @@
+"""tools/compare_bases.py: several bundles sampled on the same test clips, paired per mode, bad bundles named first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from scail_lab.checkpoints.bundle import sha256_file
+from tools import compare_bases
+from tools.toy_stages import BUNDLE, VAE_FILE
+
+
+def test_two_copies_of_the_shipped_base_tie_and_both_are_scored_against_copy_source(tmp_path):
+    twin = tmp_path / "twin"
+    shutil.copytree(BUNDLE, twin)
+    out = tmp_path / "cmp"
+    argv = [f"a={BUNDLE}", f"b={twin}", "--out", str(out), "--precision", "32-true",
+            "--set", "num_test=4", "sample_steps=2"]  # fmt: skip
+    assert compare_bases.main(argv) == 0
+
+    result = json.loads((out / "compare.json").read_text())
+    assert set(result["pairs"]) == {"b - a", "a - copy_source", "b - copy_source"}
+    modes = {json.loads(p.read_text())["mode"] for p in (out / "world" / "folders" / "test").glob("*/gt.json")}
+    assert len(list((out / "samples_a").glob("test_??????.mp4"))) == 4
+    same = result["pairs"]["b - a"]
+    assert set(same) == {"all", *modes}
+    # the same weights, seed and clips: the same videos up to sampling's run-to-run jitter (~0.07 uint8 levels)
+    tolerance = {"psnr": 0.01, "mask_iou": 0.005, "joint_error_px": 0.05, "identity_color_hist": 0.005}
+    for metric in compare_bases.METRICS:
+        assert abs(same["all"][metric]["diff"]) < tolerance[metric], metric
+        assert same["all"][metric]["n"] == 4 and same["all"][metric]["verdict"] == "n.s."
+    psnr = result["table"]["a"]["psnr"]["mean"]
+    assert 14.0 < psnr < 24.0 and psnr == pytest.approx(result["table"]["b"]["psnr"]["mean"], abs=0.01)
+    copy = result["table"]["copy_source"]["psnr"]["mean"]
+    assert result["pairs"]["a - copy_source"]["all"]["psnr"]["diff"] == pytest.approx(psnr - copy)
+    assert (out / "contact_sheet.png").stat().st_size > 0 and "| b - a | all | psnr |" in (out / "compare.md").read_text()
+
+    records = {n: json.loads((out / f"samples_{n}" / "stage.json").read_text()) for n in "ab"}
+    assert compare_bases.main(argv) == 0  # a rerun samples nothing again
+    assert all(json.loads((out / f"samples_{n}" / "stage.json").read_text()) == records[n] for n in "ab")
+
+
+def test_bad_model_lists_and_bundles_with_another_vae_are_named_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="NAME=BUNDLE_FOLDER, got 'data/toy_base'"):
+        compare_bases.main(["data/toy_base", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="'copy_source' is repeated or names a baseline"):
+        compare_bases.main([f"copy_source={BUNDLE}", "--out", str(tmp_path / "x")])
+    other = tmp_path / "other"
+    shutil.copytree(BUNDLE, other)
+    weights = load_file(other / VAE_FILE)
+    first = next(iter(weights))
+    weights[first] = weights[first] + 1.0
+    save_file(weights, str(other / VAE_FILE))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"][VAE_FILE] = {"sha256": sha256_file(other / VAE_FILE), "bytes": (other / VAE_FILE).stat().st_size}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"{other}: its light VAE differs from {BUNDLE.resolve()}'s"):
+        compare_bases.main([f"a={BUNDLE}", f"b={other}", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,164 @@
+"""Several toy bases on the same held-out test clips: one report with paired CIs per mode and a contact sheet.
+
+    git worktree add /tmp/v3 49b0dc3          # or any folder holding an older bundle
+    python tools/compare_bases.py --out runs/cmp v3=/tmp/v3/data/toy_base v4=data/toy_base
+
+Each model is NAME=BUNDLE (a folder with manifest.json, as tools/pretrain_toy.py writes it). The bundles must
+share the light VAE (the samples are decoded and scored through it) and the world's frame size. The test clips are
+the base world's test split (the budget and world seed of the first bundle; only the test folders are rendered,
+which are the same clips as the full world's), or `--world FOLDER` (a world folder with folders/test/). Stages:
+world, samples_<NAME> (each resumable and skipped on a rerun with the same settings), report. Writes
+<out>/compare.md (means per mode; every model against the first and against copy_source, overall and per mode,
+95% paired-bootstrap CIs), <out>/compare.json and <out>/contact_sheet.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/compare_bases.py` from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from tools import toy_report  # noqa: E402
+from tools.toy_stages import (  # noqa: E402
+    BASE_WEIGHTS,
+    JOINT_FILE,
+    VAE_FILE,
+    budget_from_dict,
+    resolve_precision,
+    run_stage,
+    stage_sample,
+    stage_world,
+    with_overrides,
+    write_json,
+)
+
+log = logging.getLogger("compare_bases")
+METRICS = ("psnr", "mask_iou", "joint_error_px", "identity_color_hist")
+SHARED = ("size", "frames")  # budget fields every compared bundle must agree on
+
+
+def parse_models(items: list[str]) -> dict[str, Path]:
+    """NAME=BUNDLE items -> {name: bundle folder}, checked before any work."""
+    models: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"models are NAME=BUNDLE_FOLDER, got {item!r}")
+        if name in models or name in toy_report.BASELINES:
+            raise ValueError(f"model name {name!r} is repeated or names a baseline ({', '.join(toy_report.BASELINES)})")
+        models[name] = Path(path).resolve()
+    if not models:
+        raise ValueError("name at least one model: NAME=BUNDLE_FOLDER")
+    return models
+
+
+def load_bundles(models: dict[str, Path]) -> dict[str, dict]:
+    """{name: manifest} after checking every file's hash, one light VAE for all and matching frame sizes."""
+    from scail_lab.checkpoints.bundle import verify_bundle
+
+    manifests = {name: verify_bundle(folder) for name, folder in models.items()}
+    first = next(iter(manifests))
+    for name, manifest in manifests.items():
+        if manifest["files"][VAE_FILE]["sha256"] != manifests[first]["files"][VAE_FILE]["sha256"]:
+            raise ValueError(f"{models[name]}: its light VAE differs from {models[first]}'s; compared bases must "
+                             "share one VAE (the clips are decoded and scored through it)")  # fmt: skip
+        for field in SHARED:
+            mine, theirs = manifest["budget"][field], manifests[first]["budget"][field]
+            if mine != theirs:
+                raise ValueError(f"{models[name]}: budget {field}={mine} differs from {models[first]}'s {theirs}")
+    return manifests
+
+
+def paired_tables(table: dict, models: list[str], modes: dict[str, str]) -> dict[str, dict]:
+    """{"A - B": {"all" | mode: {metric: paired row}}} for every model against the first one and copy_source."""
+    pairs = {}
+    for name in models:
+        for other in (models[0], "copy_source"):
+            if other != name:
+                rows = toy_report.compare_by_mode(table, name, other, modes)  # keyed "<other>", "<other> (<mode> only)"
+                pairs[f"{name} - {other}"] = {"all": rows.pop(other), **{k.split("(")[1].split()[0]: v for k, v in rows.items()}}
+    return pairs
+
+
+def markdown(table: dict, pairs: dict[str, dict], runs: list[str], models: dict[str, Path], world: Path) -> str:
+    lines = ["# Toy bases compared", "", f"Test clips: {world / 'folders' / 'test'}. Models: "
+             + ", ".join(f"`{n}` = {p}" for n, p in models.items()) + ".", "", "## Means (95% bootstrap CI)", "",
+             *toy_report.results_table(table, runs, METRICS), "", "## Means per mode", "",
+             *toy_report.mode_table(table, runs, METRICS), "",
+             "## Paired differences (A - B; better / worse for A when the CI excludes 0)", "",
+             "| pair | subset | metric | diff | 95% CI | n | verdict |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for pair, subsets in pairs.items():
+        for subset, rows in subsets.items():
+            for metric in METRICS:
+                r = rows.get(metric)
+                if r is not None:
+                    ci = "-" if None in r["ci"] else f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"  # None: no spread
+                    lines.append(f"| {pair} | {subset} | {metric} | {r['diff']:+.3f} | {ci} | {r['n']} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", metavar="NAME=BUNDLE", help="the first one is the reference of the pairs")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--world", type=Path, default=None, help="a world folder with folders/test/ (default: render "
+                   "the first bundle's test split)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=None, help="world seed (default: the first bundle's) and sampling seed")
+    p.add_argument("--precision", default="auto", help="sampling: auto (bf16 autocast on a CPU with bf16 units), "
+                   "bf16-mixed or 32-true")  # fmt: skip
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="sampling budget fields for every model, e.g. sample_steps=16 num_test=32")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models = parse_models(args.models)
+    manifests = load_bundles(models)  # a bad bundle stops here, before any work
+    precision = resolve_precision(args.precision)
+    budgets = {n: with_overrides(dataclasses.replace(budget_from_dict(m["budget"]), precision=precision), args.set)
+               for n, m in manifests.items()}  # fmt: skip
+    first = next(iter(models))
+    seed = manifests[first]["seeds"]["world"] if args.seed is None else args.seed
+    torch.set_num_threads(args.threads)
+    out = args.out.resolve()
+    vae, joint = models[first] / VAE_FILE, models[first] / JOINT_FILE
+    if args.world is None:
+        b = budgets[first]
+        world = out / "world"
+        run_stage(out, "world", {"seed": seed, **{k: getattr(b, k) for k in (
+                  "num_test", "size", "frames", "p_two_characters", "p_pan", "families")}},
+                  lambda f: stage_world(f, b, seed, ("test",)))  # fmt: skip
+    else:
+        world = args.world.resolve()
+        if not (world / "folders" / "test").is_dir():
+            raise FileNotFoundError(f"--world {world}: no folders/test/ in it")
+    records = {}
+    for name, folder in models.items():
+        b, weights = budgets[name], folder / BASE_WEIGHTS
+        signature = {"weights_sha256": manifests[name]["files"][BASE_WEIGHTS]["sha256"], "world": str(world),
+                     "seed": seed, **{k: getattr(b, k) for k in ("interface", "pose_downsample", "precision",
+                                                                 "sampler", "shift", "sample_steps")}}  # fmt: skip
+        records[name] = run_stage(out, f"samples_{name}", signature,
+                                  lambda f, b=b, w=weights: stage_sample(f, world, b, vae, w, seed))  # fmt: skip
+    tests = toy_report.test_folders(world)
+    table, modes, _ = toy_report.evaluate_runs(out / "report", tests, {n: out / f"samples_{n}" for n in models},
+                                               vae, joint, reference=first)  # fmt: skip
+    runs = [*models, *(r for r in ("copy_source", "vae_recon") if r in table)]
+    pairs = paired_tables(table, list(models), modes)
+    toy_report.contact_sheet(out / "contact_sheet.png", tests, {n: out / f"samples_{n}" for n in models})
+    result = {"models": {n: str(p) for n, p in models.items()}, "world": str(world), "precision": precision,
+              "table": toy_report.stripped(table), "pairs": pairs}  # fmt: skip
+    write_json(out / "compare.json", result)
+    (out / "compare.md").write_text(markdown(table, pairs, runs, models, world))
+    log.info("wrote %s, %s and %s", out / "compare.md", out / "compare.json", out / "contact_sheet.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
