@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from tools import toy_demo
@@ -215,6 +216,27 @@ def test_finetune_objective_fields_reach_the_training_config(tmp_path):
     cfg = toy_stages.compose_config("train", overrides)
     assert cfg.objective.sigma_sampler.mean == 1.0 and cfg.objective.region_weight == 2.0
     assert budget.train_args()["sigma_mean"] == 1.0  # in the training stage's signature
-    assert base.concat_init == "zero"  # the shipped base was converted with a zero driving block (its manifest)
+    assert base.concat_init == "pose"  # the shipped base (version 4) started its driving block from the pose conv
     with pytest.raises(ValueError, match="concat_init must be one of"):
         toy_stages.with_overrides(toy_stages.BUDGETS["micro"], ["concat_init=random"])
+
+
+def test_budget_fps_renders_the_same_motion_with_more_frames(tmp_path):
+    """Budget.fps reaches the world and its stage signature; motion is in seconds, so a 16-fps world's even frames
+    are the 8-fps world's frames (joints exactly) and its joints move half as far per frame."""
+    from tools import toy_stages
+
+    joints = {}
+    for fps, frames in ((8.0, 9), (16.0, 17)):
+        budget = toy_stages.with_overrides(toy_stages.BUDGETS["micro"], [f"fps={fps}", f"frames={frames}", "num_test=2"])
+        assert budget.world_args()["fps"] == fps
+        toy_stages.stage_world(tmp_path / str(fps), budget, 0, ("test",))
+        gts = [json.loads(p.read_text()) for p in sorted((tmp_path / str(fps)).glob("folders/test/*/gt.json"))]
+        assert [gt["fps"] for gt in gts] == [fps, fps]
+        joints[fps] = [np.array(gt["joints"], dtype=np.float64) for gt in gts]
+    for slow, fast in zip(joints[8.0], joints[16.0], strict=True):
+        assert fast.shape[0] == 17 and np.array_equal(fast[::2], slow)
+        step_slow, step_fast = (np.abs(np.diff(j, axis=0)).mean() for j in (slow, fast))
+        assert step_fast == pytest.approx(step_slow / 2, rel=0.15)
+    with pytest.raises(ValueError, match="fps must be positive"):
+        toy_stages.with_overrides(toy_stages.BUDGETS["micro"], ["fps=0"])

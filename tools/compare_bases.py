@@ -41,7 +41,7 @@ from tools.toy_stages import (  # noqa: E402
 
 log = logging.getLogger("compare_bases")
 METRICS = ("psnr", "mask_iou", "joint_error_px", "identity_color_hist")
-SHARED = ("size", "frames")  # budget fields every compared bundle must agree on
+SHARED = ("size", "frames", "fps")  # budget fields every compared bundle must agree on
 
 
 def parse_models(items: list[str]) -> dict[str, Path]:
@@ -70,7 +70,7 @@ def load_bundles(models: dict[str, Path]) -> dict[str, dict]:
             raise ValueError(f"{models[name]}: its light VAE differs from {models[first]}'s; compared bases must "
                              "share one VAE (the clips are decoded and scored through it)")  # fmt: skip
         for field in SHARED:
-            mine, theirs = manifest["budget"][field], manifests[first]["budget"][field]
+            mine, theirs = (getattr(budget_from_dict(m["budget"]), field) for m in (manifest, manifests[first]))
             if mine != theirs:
                 raise ValueError(f"{models[name]}: budget {field}={mine} differs from {models[first]}'s {theirs}")
     return manifests
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         b = budgets[first]
         world = out / "world"
         run_stage(out, "world", {"seed": seed, **{k: getattr(b, k) for k in (
-                  "num_test", "size", "frames", "p_two_characters", "p_pan", "families")}},
+                  "num_test", "size", "frames", "fps", "p_two_characters", "p_pan", "families")}},
                   lambda f: stage_world(f, b, seed, ("test",)))  # fmt: skip
     else:
         world = args.world.resolve()

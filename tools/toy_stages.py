@@ -57,6 +57,7 @@ class Budget:
     num_test: int
     size: int = 64  # pixels (H = W); latents are size / 8
     frames: int = 17
+    fps: float = 8.0  # motion is in seconds: more fps = less motion between frames (and within a latent's 4 frames)
     p_two_characters: float = 0.2
     p_pan: float = 0.3
     families: tuple[str, ...] = BASE_FAMILIES  # motion families of the world (the held-out one is left out)
@@ -95,8 +96,8 @@ class Budget:
         from scail_lab.data.synthetic.world import WorldConfig
         from scail_lab.model.interfaces import DRIVING_INITS, check_pose_downsample
 
-        WorldConfig(height=self.size, width=self.size, num_frames=self.frames, p_two_characters=self.p_two_characters,
-                    p_pan=self.p_pan, families=self.families)  # fmt: skip
+        WorldConfig(height=self.size, width=self.size, num_frames=self.frames, fps=self.fps,
+                    p_two_characters=self.p_two_characters, p_pan=self.p_pan, families=self.families)  # fmt: skip
         if len(self.vae_widths) not in (2, 3):
             raise ValueError(f"vae_widths must be 2 (4x) or 3 (8x) widths, got {self.vae_widths}")
         object.__setattr__(self, "precision", resolve_precision(self.precision))  # stage signatures hold the resolved one
@@ -123,7 +124,7 @@ class Budget:
             )
 
     def world_args(self) -> dict:
-        return {k: getattr(self, k) for k in ("num_train", "num_val", "num_test", "size", "frames",
+        return {k: getattr(self, k) for k in ("num_train", "num_val", "num_test", "size", "frames", "fps",
                                                "p_two_characters", "p_pan", "families")}  # fmt: skip
 
     def vae_args(self) -> dict:
@@ -332,8 +333,8 @@ def stage_world(folder: Path, budget: Budget, seed: int, splits: Sequence[str] =
     test_only = "train" not in splits and "val" not in splits
     make_synthetic.main([
         "--out", str(folder), "--train", str(n["train"]), "--val", str(n["val"]), "--test", str(n["test"]),
-        "--height", str(b.size), "--width", str(b.size), "--frames", str(b.frames), "--seed", str(seed),
-        "--p-two-characters", str(b.p_two_characters), "--p-pan", str(b.p_pan), "--samples-per-shard", "64",
+        "--height", str(b.size), "--width", str(b.size), "--frames", str(b.frames), "--fps", str(b.fps),
+        "--seed", str(seed), "--p-two-characters", str(b.p_two_characters), "--p-pan", str(b.p_pan), "--samples-per-shard", "64",
         "--families", *b.families, *(["--format", "folders"] if test_only else []),
     ])  # fmt: skip
     counts = {s: len(list((folder / "folders" / s).glob(f"{s}_*"))) for s in SPLITS}
