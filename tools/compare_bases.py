@@ -6,7 +6,8 @@
 Each model is NAME=BUNDLE (a folder with manifest.json, as tools/pretrain_toy.py writes it). The bundles must
 share the light VAE (the samples are decoded and scored through it) and the world's frame size. The test clips are
 the base world's test split (the budget and world seed of the first bundle; only the test folders are rendered,
-which are the same clips as the full world's), or `--world FOLDER` (a world folder with folders/test/). Stages:
+which are the same clips as the full world's), or `--world FOLDER` (a world folder with folders/test/; every model
+samples its clips at their length and frame rate, e.g. an 8-fps base on a 16-fps world). Stages:
 world, samples_<NAME> (each resumable and skipped on a rerun with the same settings), report. Writes
 <out>/compare.md (means per mode; every model against the first and against copy_source, overall and per mode,
 95% paired-bootstrap CIs), <out>/compare.json and <out>/contact_sheet.png.
@@ -41,7 +42,7 @@ from tools.toy_stages import (  # noqa: E402
 
 log = logging.getLogger("compare_bases")
 METRICS = ("psnr", "mask_iou", "joint_error_px", "identity_color_hist")
-SHARED = ("size", "frames", "fps")  # budget fields every compared bundle must agree on
+SHARED = ("size",)  # budget fields every compared bundle must agree on (frames and fps: the test clips decide)
 
 
 def parse_models(items: list[str]) -> dict[str, Path]:
