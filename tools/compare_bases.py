@@ -2,6 +2,7 @@
 
     git worktree add /tmp/v3 49b0dc3          # or any folder holding an older bundle
     python tools/compare_bases.py --out runs/cmp v3=/tmp/v3/data/toy_base v4=data/toy_base
+    python tools/compare_bases.py v5=data/toy_base --out runs/cmp16 --set fps=16 frames=33   # models before --set
 
 Each model is NAME=BUNDLE (a folder with manifest.json, as tools/pretrain_toy.py writes it). The bundles must
 share the light VAE (the samples are decoded and scored through it) and the world's frame size. The test clips are
