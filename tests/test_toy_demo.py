@@ -216,7 +216,7 @@ def test_finetune_objective_fields_reach_the_training_config(tmp_path):
     cfg = toy_stages.compose_config("train", overrides)
     assert cfg.objective.sigma_sampler.mean == 1.0 and cfg.objective.region_weight == 2.0
     assert budget.train_args()["sigma_mean"] == 1.0  # in the training stage's signature
-    assert base.concat_init == "pose"  # the shipped base (version 4) started its driving block from the pose conv
+    assert base.concat_init == "pose"  # the shipped base (from version 4a on) started its driving block from the pose conv
     with pytest.raises(ValueError, match="concat_init must be one of"):
         toy_stages.with_overrides(toy_stages.BUDGETS["micro"], ["concat_init=random"])
 

@@ -80,12 +80,13 @@ def load_bundles(models: dict[str, Path]) -> dict[str, dict]:
 
 def paired_tables(table: dict, models: list[str], modes: dict[str, str]) -> dict[str, dict]:
     """{"A - B": {"all" | mode: {metric: paired row}}} for every model against the first one and copy_source."""
+    subsets = {"all": None, **{m: {k for k, v in modes.items() if v == m} for m in sorted(set(modes.values()))}}
     pairs = {}
     for name in models:
         for other in (models[0], "copy_source"):
             if other != name:
-                rows = toy_report.compare_by_mode(table, name, other, modes)  # keyed "<other>", "<other> (<mode> only)"
-                pairs[f"{name} - {other}"] = {"all": rows.pop(other), **{k.split("(")[1].split()[0]: v for k, v in rows.items()}}
+                pairs[f"{name} - {other}"] = {s: toy_report.compare(table, other, keys, run=name)
+                                              for s, keys in subsets.items()}  # fmt: skip
     return pairs
 
 
@@ -133,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.world is None:
         b = budgets[first]
         world = out / "world"
-        run_stage(out, "world", {"seed": seed, **{k: getattr(b, k) for k in (
-                  "num_test", "size", "frames", "fps", "p_two_characters", "p_pan", "families")}},
+        run_stage(out, "world", {**b.world_args(), "seed": seed, "test_only": True},
                   lambda f: stage_world(f, b, seed, ("test",)))  # fmt: skip
     else:
         world = args.world.resolve()
