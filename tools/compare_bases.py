@@ -140,14 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         world = args.world.resolve()
         if not (world / "folders" / "test").is_dir():
             raise FileNotFoundError(f"--world {world}: no folders/test/ in it")
-    records = {}
     for name, folder in models.items():
         b, weights = budgets[name], folder / BASE_WEIGHTS
         signature = {"weights_sha256": manifests[name]["files"][BASE_WEIGHTS]["sha256"], "world": str(world),
                      "seed": seed, **{k: getattr(b, k) for k in ("interface", "pose_downsample", "precision",
                                                                  "sampler", "shift", "sample_steps")}}  # fmt: skip
-        records[name] = run_stage(out, f"samples_{name}", signature,
-                                  lambda f, b=b, w=weights: stage_sample(f, world, b, vae, w, seed))  # fmt: skip
+        run_stage(out, f"samples_{name}", signature,
+                  lambda f, b=b, w=weights: stage_sample(f, world, b, vae, w, seed))  # fmt: skip
     tests = toy_report.test_folders(world)
     table, modes, _ = toy_report.evaluate_runs(out / "report", tests, {n: out / f"samples_{n}" for n in models},
                                                vae, joint, reference=first)  # fmt: skip
