@@ -108,10 +108,10 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     sig["train"] = {**sig["vae"], **budget.train_args(), "data": data_kind, "pose_downsample": budget.pose_downsample}
     extra = []
     if budget.init:  # a copy outside any bundle: the weights start the run, the bundle's model config does not bind
-        sig["train"]["init_sha256"] = sha256_file(budget.init)
-        if budget.interface == "channel_concat":  # an in-context init is converted (prepare_init)
-            sig["train"]["concat_init"] = budget.concat_init
-        extra = [f"weights={prepare_init(budget, out / 'init' / 'denoiser.safetensors')}"]
+        start = prepare_init(budget, out / "init" / "denoiser.safetensors")
+        sig["train"]["init_sha256"] = sha256_file(budget.init)  # the lineage a bundle's manifest records
+        sig["train"]["start_sha256"] = sha256_file(start)  # the weights training starts from (converted or not)
+        extra = [f"weights={start}"]
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, data_kind, seed, extra))  # fmt: skip
     weights = out / "train" / "export" / "denoiser.safetensors"
