@@ -30,13 +30,22 @@ from scail_lab.pipeline.outputs import write_result
 log = logging.getLogger("sample")
 
 
-def default_example(out_dir: Path, seed: int) -> Path:
-    """Write one synthetic test-split example folder (the built-in default input)."""
+def default_example(out_dir: Path, seed: int, weights: str | None = None) -> Path:
+    """Write one synthetic test-split example folder (the built-in default input). When `weights` sit in a bundle
+    whose manifest records the world it was trained on (data/toy_base), the clip has that world's frame size,
+    length and frame rate."""
+    from scail_lab.checkpoints.bundle import bundle_of, read_manifest
     from scail_lab.data.media import atomic_write_folder
     from scail_lab.data.synthetic.export import sample_files
     from scail_lab.data.synthetic.world import SyntheticWorld, WorldConfig
 
-    world = SyntheticWorld(WorldConfig(seed=seed))
+    world_args = {}
+    folder = bundle_of(weights) if weights else None
+    budget = read_manifest(folder).get("budget", {}) if folder else {}
+    for key, field in (("size", "height"), ("size", "width"), ("frames", "num_frames"), ("fps", "fps")):
+        if key in budget:
+            world_args[field] = budget[key]
+    world = SyntheticWorld(WorldConfig(seed=seed, **world_args))
     sample = world.sample("test", 0)
     return atomic_write_folder(sample_files(sample, world.config.fps), out_dir / "input" / "synthetic_test_0")
 
@@ -62,7 +71,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
                                      mask_video=cfg.mask_video, prompt=cfg.prompt, mode=cfg.mode,
                                      extra_refs=extra))  # fmt: skip
     if not explicit and not folders:
-        folders = [default_example(out_dir, cfg.seed)]
+        folders = [default_example(out_dir, cfg.seed, cfg.weights)]
     examples += [load_example(f, prompt=cfg.prompt, mode=cfg.mode) for f in folders]
 
     parallel = bool(cfg.sequence_parallel or cfg.get("cfg_parallel"))

@@ -123,3 +123,19 @@ def test_pretrain_continues_a_base_as_channel_concat_with_its_vae_and_estimator(
     assert not (out / "vae" / "checkpoints").exists()
     with pytest.raises(ValueError, match="interface 'concat'"):
         pretrain_toy.main([*argv[:-3], "interface=concat"])
+
+
+def test_the_built_in_example_follows_the_world_the_bundle_was_trained_on(bundle_copy, tmp_path):
+    """`python sample.py` with no inputs draws its synthetic clip with the bundle's frame size, length and frame rate
+    (from the manifest's budget), so a base trained on 33-frame clips at 16 fps samples one."""
+    import sample
+    from scail_lab.data import media
+
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    manifest["budget"].update(frames=9, fps=4.0)
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    cfg = sample_cfg(f"weights={bundle_copy / BASE_WEIGHTS}", f"vae.path={bundle_copy / VAE_FILE}",
+                     "pipeline.num_steps=1", "pipeline.progress=false")  # fmt: skip
+    (written,) = sample.run(cfg, tmp_path / "samples")
+    assert media.decode_video(written["video"]).shape == (9, 64, 64, 3)
+    assert media.probe_video(tmp_path / "samples" / "input" / "synthetic_test_0" / "target.mp4").fps == pytest.approx(4.0)
