@@ -58,8 +58,9 @@ def _part_mask(part: Part, hw: tuple[int, int]) -> tuple[int, int, np.ndarray] |
     pts_r = [_prim_points(p) for p in part.prims]
     allpts = np.concatenate([p for p, _ in pts_r])
     pad = max(r for _, r in pts_r) + 2
-    x0, y0 = int(math.floor(allpts[:, 0].min() - pad)), int(math.floor(allpts[:, 1].min() - pad))
-    x1, y1 = int(math.ceil(allpts[:, 0].max() + pad)), int(math.ceil(allpts[:, 1].max() + pad))
+    (lo_x, lo_y), (hi_x, hi_y) = allpts.min(0), allpts.max(0)
+    x0, y0 = int(math.floor(lo_x - pad)), int(math.floor(lo_y - pad))
+    x1, y1 = int(math.ceil(hi_x + pad)), int(math.ceil(hi_y + pad))
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, hw[1]), min(y1, hw[0])
     if x1 <= x0 or y1 <= y0:
         return None
@@ -80,7 +81,7 @@ def _part_mask(part: Part, hw: tuple[int, int]) -> tuple[int, int, np.ndarray] |
             cv2.ellipse(local, _fx(prim[1] - off), (r, r), 0, 180, 360, 1, -1, cv2.LINE_8, _SHIFT)
         else:
             raise ValueError(f"unknown primitive {kind!r}")
-    return y0, x0, local.astype(bool)
+    return y0, x0, local.view(bool)  # cv2 drew 0 / 1
 
 
 def _paint(mat: Material, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -111,34 +112,39 @@ def rasterize(
     rgb_out = np.zeros((n, h, w, 3), np.float32)
     alpha_out = np.zeros((n, h, w), np.float32)
     person_out = np.full((n, h, w), -1, np.int16)
+    person_big = np.full((n, *big), -1, np.int16)
     for i, parts in enumerate(frames):
         rgb = np.zeros((*big, 3), np.float32)
-        person = np.full(big, -1, np.int16)
+        person = person_big[i]
         for part in sorted(parts, key=lambda p: p.depth):
             hit = _part_mask(part, big)
             if hit is None:
                 continue
             y0, x0, mask = hit
-            ys, xs = np.nonzero(mask)
-            ys, xs = ys + y0, xs + x0
-            rgb[ys, xs] = _paint(part.material, ys.astype(np.float64), xs.astype(np.float64))
-            person[ys, xs] = part.person
+            box = np.s_[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
+            mat = part.material
+            if mat.pattern == "solid" or mat.colour2 is None:
+                rgb[box][mask] = np.array(mat.colour, dtype=np.float32)
+            else:  # the pattern needs the pixels' coordinates
+                ys, xs = np.nonzero(mask)
+                rgb[box][ys, xs] = _paint(mat, (ys + y0).astype(np.float64), (xs + x0).astype(np.float64))
+            person[box][mask] = part.person
         cover = (person >= 0).astype(np.float32)
         rgb_out[i] = cv2.resize(rgb * cover[..., None], (w, h), interpolation=cv2.INTER_AREA)
         alpha_out[i] = cv2.resize(cover, (w, h), interpolation=cv2.INTER_AREA)
-        person_out[i] = _majority_person(person, ss)
+    person_out[:] = _majority_person(person_big, ss)
     return rgb_out, alpha_out, person_out
 
 
 def _majority_person(person: np.ndarray, ss: int) -> np.ndarray:
-    """Supersampled person map [H*ss, W*ss] -> [H, W]: the most-covering person where coverage >= 1/2, else -1."""
-    h, w = person.shape[0] // ss, person.shape[1] // ss
-    blocks = person.reshape(h, ss, w, ss).transpose(0, 2, 1, 3).reshape(h, w, ss * ss)
-    out = np.full((h, w), -1, np.int16)
-    covered = (blocks >= 0).sum(-1) * 2 >= ss * ss
-    best = np.zeros((h, w), np.int64)
-    for actor in np.unique(blocks[blocks >= 0]):  # ascending: a later (front) actor wins ties
-        count = (blocks == actor).sum(-1)
+    """Supersampled person maps [N, H*ss, W*ss] -> [N, H, W]: the most-covering person where coverage >= 1/2,
+    else -1."""
+    subs = [person[:, dy::ss, dx::ss] for dy in range(ss) for dx in range(ss)]  # one sub-pixel of each pixel
+    out = np.full(subs[0].shape, -1, np.int16)
+    covered = sum((sub >= 0).astype(np.int16) for sub in subs) * 2 >= ss * ss
+    best = np.zeros(out.shape, np.int16)
+    for actor in np.unique(person[person >= 0]):  # ascending: a later (front) actor wins ties
+        count = sum((sub == actor).astype(np.int16) for sub in subs)
         take = covered & (count >= best) & (count > 0)
         out[take], best[take] = actor, count[take]
     return out
