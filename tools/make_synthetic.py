@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples-per-shard", type=int, default=64)
     p.add_argument("--rgb-quality", default=LOSSLESS, help="'lossless' or a yuv420p CRF for RGB videos")
     p.add_argument("--contact-sheet", type=int, default=8, help="rows (train samples) in contact_sheet.png")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that render folders and write shards (the world does not depend on it)")
     p.add_argument("--families", nargs="+", default=list(MOTION_FAMILIES), choices=MOTION_FAMILIES,
                    help="motion families the samples draw from (e.g. all but one, for a held-out family)")  # fmt: skip
     for name, default in (("p-replace", 0.3), ("p-pose-driven", 0.25), ("p-two-characters", 0.2),
@@ -78,8 +81,51 @@ def synthetic_jobs(world: SyntheticWorld, split: str, count: int, per_shard: int
     return jobs
 
 
+def _write_folders(world: SyntheticWorld, split: str, indices: list[int], root: Path, quality) -> int:
+    """Render and write the folders of `indices` that do not exist yet (each written whole, then renamed)."""
+    done = 0
+    for index in indices:
+        folder = root / f"{split}_{index:06d}"
+        if not folder.exists():
+            atomic_write_folder(sample_files(world.sample(split, index), world.config.fps, quality), folder)
+        done += 1
+    return done
+
+
+def _in_workers(fn, parts: list, workers: int) -> None:
+    """fn(part) for each part, in `workers` forked processes (one numpy / torch thread each) when workers > 1."""
+    if workers <= 1:
+        for part in parts:
+            fn(part)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_one_thread) as pool:
+        list(pool.map(fn, parts))
+
+
+def _shard_part(root: Path, out: Path, samples_per_shard: int, num_parts: int, part: int) -> None:
+    make_shards(root, out, samples_per_shard=samples_per_shard, part=part, num_parts=num_parts, progress=False)
+
+
+def _synthetic_part(world, split, count, samples_per_shard, quality, out, num_parts, part) -> None:
+    jobs = synthetic_jobs(world, split, count, samples_per_shard, quality)
+    run_jobs(jobs, out, config={"world": dataclasses.asdict(world.config)}, part=part, num_parts=num_parts,
+             progress=False)  # fmt: skip
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quality = args.rgb_quality if args.rgb_quality == LOSSLESS else int(args.rgb_quality)
     config = WorldConfig(
@@ -96,16 +142,25 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.format in ("folders", "both"):
             root = args.out / "folders" / split
-            for index in tqdm(range(counts[split]), desc=f"{split} folders", unit="sample"):
-                folder = root / f"{split}_{index:06d}"
-                if not folder.exists():
-                    atomic_write_folder(sample_files(world.sample(split, index), config.fps, quality), folder)
+            if args.workers == 1:
+                for index in tqdm(range(counts[split]), desc=f"{split} folders", unit="sample"):
+                    _write_folders(world, split, [index], root, quality)
+            else:  # interleaved index sets: every process gets a like share of one- and two-character samples
+                chunks = [list(range(w, counts[split], args.workers)) for w in range(args.workers)]
+                print(f"[{split}] rendering {counts[split]} folders in {args.workers} processes")
+                _in_workers(partial(_write_folders, world, split, root=root, quality=quality), chunks, args.workers)
             if args.format == "both":
-                report = make_shards(
-                    root, args.out / "shards" / split, samples_per_shard=args.samples_per_shard
-                )
+                shards = args.out / "shards" / split
+                if args.workers > 1:  # each process validates and writes every workers-th shard
+                    part = partial(_shard_part, root, shards, args.samples_per_shard, args.workers)
+                    _in_workers(part, list(range(args.workers)), args.workers)
+                report = make_shards(root, shards, samples_per_shard=args.samples_per_shard)  # the report of all parts
                 print(f"[{split}] {summarize(report)}")
         else:
+            if args.workers > 1:
+                part = partial(_synthetic_part, world, split, counts[split], args.samples_per_shard, quality,
+                               args.out / "shards" / split, args.workers)  # fmt: skip
+                _in_workers(part, list(range(args.workers)), args.workers)
             jobs = synthetic_jobs(world, split, counts[split], args.samples_per_shard, quality)
             report = run_jobs(jobs, args.out / "shards" / split, config={"world": dataclasses.asdict(config)})
             print(f"[{split}] {summarize(report)}")

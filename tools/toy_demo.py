@@ -168,22 +168,26 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
     sig = {"world": {**budget.world_args(), "seed": seed},
            "world_regular": {**regular.world_args(), "seed": seed, "test_only": True}}  # fmt: skip
     sig["latents"] = {**sig["world"], "bundle": bundle_sig}
-    worlds = {"world": (out, "world", sig["world"], partial(stage_world, budget=budget, seed=seed)),
+    # the data stages run one after another, each split over `workers` processes (better balanced than one stage
+    # per process: the family world is larger than the other two together)
+    worlds = {"world": (out, "world", sig["world"], partial(stage_world, budget=budget, seed=seed, workers=workers)),
               "world_regular": (out, "world_regular", sig["world_regular"],
-                                partial(stage_world, budget=regular, seed=seed, splits=("test",)))}  # fmt: skip
+                                partial(stage_world, budget=regular, seed=seed, splits=("test",), workers=workers))}  # fmt: skip
     latents = {"latents": (out, latents_name(budget.pose_downsample), sig["latents"],
-                           partial(stage_latents, world=out / "world", budget=budget, vae_path=vae_path))}  # fmt: skip
+                           partial(stage_latents, world=out / "world", budget=budget, vae_path=vae_path,
+                                   workers=workers))}  # fmt: skip
     if ft.replay:  # pairs of the families the base knows, so the fine-tune does not forget them
         replay = ft.replay_budget(base)
         sig["world_replay"] = {**replay.world_args(), "seed": seed + 1, "splits": ["train"]}  # other draws
         sig["latents_replay"] = {**sig["world_replay"], "bundle": bundle_sig}
         worlds["world_replay"] = (out, "world_replay", sig["world_replay"],
-                                  partial(stage_world, budget=replay, seed=seed + 1, splits=("train",)))
+                                  partial(stage_world, budget=replay, seed=seed + 1, splits=("train",),
+                                          workers=workers))  # fmt: skip
         latents["latents_replay"] = (out, "latents_replay", sig["latents_replay"],
                                      partial(stage_latents, world=out / "world_replay", budget=replay,
-                                             vae_path=vae_path, splits=("train",)))  # fmt: skip
-    records = run_keyed(worlds, workers)
-    records.update(run_keyed(latents, workers))
+                                             vae_path=vae_path, splits=("train",), workers=workers))  # fmt: skip
+    records = run_keyed(worlds, 1)
+    records.update(run_keyed(latents, 1))
     replay_shards = [out / "latents_replay" / "train"] if ft.replay else []
     sig["train"] = {**sig["latents"], **budget.train_args(), "lora": ft.lora, "lora_rank": ft.lora_rank,
                     "replay": sig.get("latents_replay"), "train_seed": train_seed}  # fmt: skip

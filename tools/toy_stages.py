@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,9 +324,9 @@ def model_overrides(budget: Budget, vae_path: Path) -> list[str]:
     ]
 
 
-def stage_world(folder: Path, budget: Budget, seed: int, splits: Sequence[str] = SPLITS) -> dict:
+def stage_world(folder: Path, budget: Budget, seed: int, splits: Sequence[str] = SPLITS, workers: int = 1) -> dict:
     """The world's folders and shards, for `splits` only (("test",): just the test folders, for evaluation;
-    ("train",): just training pairs)."""
+    ("train",): just training pairs); rendered in `workers` processes (the world does not depend on it)."""
     from tools import make_synthetic
 
     b = budget
@@ -335,7 +336,7 @@ def stage_world(folder: Path, budget: Budget, seed: int, splits: Sequence[str] =
         "--out", str(folder), "--train", str(n["train"]), "--val", str(n["val"]), "--test", str(n["test"]),
         "--height", str(b.size), "--width", str(b.size), "--frames", str(b.frames), "--fps", str(b.fps),
         "--seed", str(seed), "--p-two-characters", str(b.p_two_characters), "--p-pan", str(b.p_pan),
-        "--samples-per-shard", "64",
+        "--samples-per-shard", "64", "--workers", str(workers),
         "--families", *b.families, *(["--format", "folders"] if test_only else []),
     ])  # fmt: skip
     counts = {s: len(list((folder / "folders" / s).glob(f"{s}_*"))) for s in SPLITS}
@@ -372,24 +373,41 @@ def stage_vae(folder: Path, world: Path, budget: Budget, seed: int, source: Path
 
 
 def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path,
-                  splits: Sequence[str] = ("train", "val")) -> dict:  # fmt: skip
+                  splits: Sequence[str] = ("train", "val"), workers: int = 1) -> dict:  # fmt: skip
+    """Latent shards of `splits`; with workers > 1 each of that many one-thread processes encodes every
+    workers-th pixel shard (the latents do not depend on it)."""
+    from scail_lab.data.caching import make_latent_shards
+
+    counts = {}
+    for split in splits:
+        if workers > 1:
+            parallel_map(partial(_latent_part, folder / split, world / "shards" / split, budget, vae_path, workers),
+                         list(range(workers)), workers)  # fmt: skip
+        report = make_latent_shards(_latent_cacher(budget, vae_path), folder / split,
+                                    shards=str(world / "shards" / split))  # with workers > 1: the report of all parts
+        counts[split] = {"samples": report["num_samples"], "skipped": report["num_skipped"]}
+    return counts
+
+
+def _latent_cacher(budget: Budget, vae_path: Path):
     from scail_lab.build import build_encoder, build_model, data_mask_scheme
     from scail_lab.data import FrameSampling, LatentCacher, ResolutionBuckets
-    from scail_lab.data.caching import make_latent_shards
 
     cfg = compose_config("train", model_overrides(budget, vae_path))
     model = build_model(cfg)
     encoder = build_encoder(cfg, model)  # the very encoders training and sampling use
-    cacher = LatentCacher(
+    return LatentCacher(
         vae=encoder.vae, mask_scheme=data_mask_scheme(model), text_encoder=encoder.text_encoder,
         image_encoder=encoder.image_encoder, sampling=FrameSampling(frame_buckets=(budget.frames,), random_start=False),
         buckets=ResolutionBuckets(sizes=((budget.size, budget.size),)), pose_downsample=budget.pose_downsample,
     )  # fmt: skip
-    counts = {}
-    for split in splits:
-        report = make_latent_shards(cacher, folder / split, shards=str(world / "shards" / split))
-        counts[split] = {"samples": report["num_samples"], "skipped": report["num_skipped"]}
-    return counts
+
+
+def _latent_part(out: Path, shards: Path, budget: Budget, vae_path: Path, num_parts: int, part: int) -> None:
+    from scail_lab.data.caching import make_latent_shards
+
+    make_latent_shards(_latent_cacher(budget, vae_path), out, shards=str(shards), part=part, num_parts=num_parts,
+                       progress=False)  # fmt: skip
 
 
 def latents_name(pose_downsample: int) -> str:
