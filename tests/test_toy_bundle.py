@@ -19,6 +19,8 @@ from tests.conftest import CONFIGS
 from tools.toy_stages import BASE_WEIGHTS, BUNDLE, JOINT_FILE, VAE_FILE, budget_from_dict
 
 MAX_BYTES = 25 * 1024 * 1024
+BUNDLE_16FPS = BUNDLE.parent / "toy_base_16fps"  # version 6: the base continued on 33-frame clips at 16 fps
+SHIPPED = pytest.mark.parametrize("bundle", [BUNDLE, BUNDLE_16FPS], ids=["toy_base", "toy_base_16fps"])
 
 
 def sample_cfg(*overrides):
@@ -26,26 +28,37 @@ def sample_cfg(*overrides):
         return compose("sample", overrides=list(overrides))
 
 
-def test_manifest_pins_every_shipped_file():
-    manifest = json.loads((BUNDLE / MANIFEST).read_text())
+@SHIPPED
+def test_manifest_pins_every_shipped_file(bundle):
+    manifest = json.loads((bundle / MANIFEST).read_text())
     assert set(manifest["files"]) == {BASE_WEIGHTS, VAE_FILE, "light_vae.json", JOINT_FILE}
-    assert set(p.name for p in BUNDLE.iterdir()) == {*manifest["files"], MANIFEST}
+    assert set(p.name for p in bundle.iterdir()) == {*manifest["files"], MANIFEST}
     for name, record in manifest["files"].items():
-        assert (BUNDLE / name).stat().st_size == record["bytes"] <= MAX_BYTES, name
-        assert sha256_file(BUNDLE / name) == record["sha256"], name
+        assert (bundle / name).stat().st_size == record["bytes"] <= MAX_BYTES, name
+        assert sha256_file(bundle / name) == record["sha256"], name
     assert manifest["held_out_family"] not in manifest["budget"]["families"]
     for key in ("command", "seeds", "train", "test_metrics", "model_config", "budget"):
         assert manifest[key], key
+    if bundle != BUNDLE:  # the 16-fps base: toy_base's VAE and estimator, and its lineage runs through toy_base's denoiser
+        main = json.loads((BUNDLE / MANIFEST).read_text())
+        for name in (VAE_FILE, "light_vae.json", JOINT_FILE):
+            assert manifest["files"][name]["sha256"] == main["files"][name]["sha256"], name
+        lineage, record = [], manifest["init"]
+        while record:
+            lineage.append(record["sha256"])
+            record = record.get("init")
+        assert main["files"][BASE_WEIGHTS]["sha256"] in lineage
 
 
-def test_the_default_sample_config_rebuilds_the_base_and_loads_it_strictly():
-    cfg = sample_cfg()
+@SHIPPED
+def test_the_default_sample_config_rebuilds_the_base_and_loads_it_strictly(bundle):
+    cfg = sample_cfg(*([] if bundle == BUNDLE else [f"weights={bundle / BASE_WEIGHTS}", f"vae.path={bundle / VAE_FILE}"]))
     model = build_model(cfg)  # checks the bundle, then strict loading (every key, every shape)
-    manifest = verify_bundle(BUNDLE)
+    manifest = verify_bundle(bundle)
     assert json.loads(json.dumps(model_signature(model))) == manifest["model_config"]  # tuples as stored: lists
     from safetensors.torch import load_file
 
-    shipped = load_file(str(BUNDLE / BASE_WEIGHTS))
+    shipped = load_file(str(bundle / BASE_WEIGHTS))
     assert set(shipped) == set(model.state_dict())
     for name, value in model.state_dict().items():
         assert torch.equal(value, shipped[name].to(value.dtype)), name
@@ -54,8 +67,9 @@ def test_the_default_sample_config_rebuilds_the_base_and_loads_it_strictly():
     budget = budget_from_dict(manifest["budget"])
     assert (cfg.pipeline.height, cfg.pipeline.width) == (budget.size, budget.size)
     assert cfg.pipeline.num_steps == budget.sample_steps and cfg.sampler.shift == budget.shift
-    joints = JointHeatmapEstimator.load(BUNDLE / JOINT_FILE)
+    joints = JointHeatmapEstimator.load(bundle / JOINT_FILE)
     assert joints.heldout["test"]["mean_px"] < 2.0
+    assert (budget.frames, budget.fps) == ((17, 8.0) if bundle == BUNDLE else (33, 16.0))
 
 
 @pytest.fixture
