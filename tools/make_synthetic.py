@@ -28,6 +28,7 @@ from scail_lab.data.media import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_folder,  # noqa: E402
 )
+from scail_lab.data.parallel import parallel_map  # noqa: E402
 from scail_lab.data.shards import ShardJob, make_shards, run_jobs, shard_name, signature_of, summarize  # noqa: E402
 from scail_lab.data.synthetic.export import contact_sheet, sample_files, write_png  # noqa: E402
 from scail_lab.data.synthetic.motion import MOTION_FAMILIES  # noqa: E402
@@ -92,20 +93,6 @@ def _write_folders(world: SyntheticWorld, split: str, indices: list[int], root: 
     return done
 
 
-def _in_workers(fn, parts: list, workers: int) -> None:
-    """fn(part) for each part, in `workers` forked processes (one numpy / torch thread each) when workers > 1."""
-    if workers <= 1:
-        for part in parts:
-            fn(part)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_one_thread) as pool:
-        list(pool.map(fn, parts))
-
-
 def _shard_part(root: Path, out: Path, samples_per_shard: int, num_parts: int, part: int) -> None:
     make_shards(root, out, samples_per_shard=samples_per_shard, part=part, num_parts=num_parts, progress=False)
 
@@ -114,12 +101,6 @@ def _synthetic_part(world, split, count, samples_per_shard, quality, out, num_pa
     jobs = synthetic_jobs(world, split, count, samples_per_shard, quality)
     run_jobs(jobs, out, config={"world": dataclasses.asdict(world.config)}, part=part, num_parts=num_parts,
              progress=False)  # fmt: skip
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,19 +129,19 @@ def main(argv: list[str] | None = None) -> int:
             else:  # interleaved index sets: every process gets a like share of one- and two-character samples
                 chunks = [list(range(w, counts[split], args.workers)) for w in range(args.workers)]
                 print(f"[{split}] rendering {counts[split]} folders in {args.workers} processes")
-                _in_workers(partial(_write_folders, world, split, root=root, quality=quality), chunks, args.workers)
+                parallel_map(partial(_write_folders, world, split, root=root, quality=quality), chunks, args.workers)
             if args.format == "both":
                 shards = args.out / "shards" / split
                 if args.workers > 1:  # each process validates and writes every workers-th shard
                     part = partial(_shard_part, root, shards, args.samples_per_shard, args.workers)
-                    _in_workers(part, list(range(args.workers)), args.workers)
+                    parallel_map(part, list(range(args.workers)), args.workers)
                 report = make_shards(root, shards, samples_per_shard=args.samples_per_shard)  # the report of all parts
                 print(f"[{split}] {summarize(report)}")
         else:
             if args.workers > 1:
                 part = partial(_synthetic_part, world, split, counts[split], args.samples_per_shard, quality,
                                args.out / "shards" / split, args.workers)  # fmt: skip
-                _in_workers(part, list(range(args.workers)), args.workers)
+                parallel_map(part, list(range(args.workers)), args.workers)
             jobs = synthetic_jobs(world, split, counts[split], args.samples_per_shard, quality)
             report = run_jobs(jobs, args.out / "shards" / split, config={"world": dataclasses.asdict(config)})
             print(f"[{split}] {summarize(report)}")

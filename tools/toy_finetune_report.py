@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scail_lab.data import media
+from scail_lab.data.parallel import parallel_map
 from tools.toy_report import (
     FOREGROUND_THRESHOLD,
     RUN_NOTES,
@@ -26,7 +27,6 @@ from tools.toy_report import (
     stripped,
     test_folders,
 )
-from tools.toy_stages import parallel_map
 
 SPLIT_NOTES = {
     "family": "pairs of the held-out motion family (new to the base)",

@@ -25,6 +25,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from scail_lab.data.media import atomic_write_bytes  # noqa: E402
+from scail_lab.data.parallel import parallel_map  # noqa: E402
 from scail_lab.hardware import cpu_has_bf16_units  # noqa: E402
 
 log = logging.getLogger("toy_stages")
@@ -269,30 +270,6 @@ def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict
 
 
 Job = tuple[Path, str, dict, Callable[[Path], dict]]  # run_stage's arguments
-
-
-def _one_thread_worker() -> None:
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def parallel_map(fn: Callable, items: Sequence, workers: int = 1) -> list:
-    """[fn(item) for item in items]; with workers > 1, in that many worker processes of one torch thread each.
-
-    On a small CPU, two one-thread processes get more from two cores than one two-thread process: a toy model's
-    matrices are too small for the second thread to pay. `fn` and the items must pickle (module functions or
-    functools.partial of them, not lambdas)."""
-    if workers <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fork where the platform has it (as DataLoader workers do: one torch thread in the child); spawn re-imports
-    # torch and the stack per pool, seconds each
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(min(workers, len(items)), mp_context=context, initializer=_one_thread_worker) as pool:
-        return list(pool.map(fn, items))
 
 
 def _run_job(job: Job) -> dict:
