@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--joint-steps", type=int, default=2500, help="joint estimator fitting steps")
     p.add_argument("--joint-samples", type=int, default=600, help="train-split samples rendered for it")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for training, and processes for the world and latent stages")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override budget fields")
     p.add_argument("--reuse", type=Path, default=None, metavar="BUNDLE",
                    help="take the joint estimator and light VAE from this bundle instead of fitting them "
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         joint = run_stage(out, "joint", {"reuse_sha256": reused["files"][JOINT_FILE]["sha256"]},
                           lambda f: copy_joint(f, args.reuse.resolve(), reused))  # fmt: skip
     vae_source = args.reuse.resolve() / VAE_FILE if reused else None
-    records = {"joint": joint, **run_demo(out, budget, "latent", args.seed, out / "joint" / JOINT_FILE, vae_source)}
+    records = {"joint": joint, **run_demo(out, budget, "latent", args.seed, out / "joint" / JOINT_FILE, vae_source,
+                                             workers=args.threads)}  # fmt: skip
     manifest = write_bundle(args.bundle.resolve(), out, budget, records, args.seed, argv, reused)
     log.info("bundle %s written in %.0f s: %s", args.bundle, time.perf_counter() - start,
              {k: v["bytes"] for k, v in manifest["files"].items()})  # fmt: skip

@@ -82,9 +82,10 @@ def prepare_init(budget: Budget, path: Path) -> Path:
 
 
 def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0,
-             joint_weights: Path | None = None, vae_source: Path | None = None) -> dict:
+             joint_weights: Path | None = None, vae_source: Path | None = None, workers: int = 1) -> dict:
     """Every stage in order; returns the stage records (also in <out>/<stage>/stage.json). `vae_source`: a fitted
-    light VAE to use instead of fitting one (e.g. a shipped base's, when continuing it)."""
+    light VAE to use instead of fitting one (e.g. a shipped base's, when continuing it). `workers`: processes for the
+    world and latent stages (the data do not depend on it)."""
     from tools import toy_report
 
     if data_kind not in ("latent", "pixel"):
@@ -94,7 +95,7 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     out = out.resolve()  # manifests and stage records hold absolute paths
     out.mkdir(parents=True, exist_ok=True)
     sig = {"world": {**budget.world_args(), "seed": seed}}
-    records = {"world": run_stage(out, "world", sig["world"], lambda f: stage_world(f, budget, seed))}
+    records = {"world": run_stage(out, "world", sig["world"], lambda f: stage_world(f, budget, seed, workers=workers))}
     world = out / "world"
     vae_sig = budget.vae_args() if vae_source is None else {"vae_source_sha256": sha256_file(vae_source)}
     sig["vae"] = {**sig["world"], **vae_sig}
@@ -104,7 +105,7 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
         sig["latents"] = {**sig["vae"], "size": budget.size, "frames": budget.frames,
                           "pose_downsample": budget.pose_downsample}  # fmt: skip
         records["latents"] = run_stage(out, latents_name(budget.pose_downsample), sig["latents"],
-                                       lambda f: stage_latents(f, world, budget, vae_path))  # fmt: skip
+                                       lambda f: stage_latents(f, world, budget, vae_path, workers=workers))  # fmt: skip
     sig["train"] = {**sig["vae"], **budget.train_args(), "data": data_kind, "pose_downsample": budget.pose_downsample}
     extra = []
     if budget.init:  # a copy outside any bundle: the weights start the run, the bundle's model config does not bind
@@ -250,9 +251,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="from scratch: joint estimator weights for the pose-following metric (default: the "
                         "bundle's, when it has one)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2,
-                   help="torch CPU threads for training, and (fine-tune demo) one-thread worker processes for the "
-                        "data, sampling and evaluation stages: 2 on an idle 2-core machine, 1 when another job "
-                        "shares the cores (docs/TOY_WORLD.md)")  # fmt: skip
+                   help="torch CPU threads for training, and one-thread worker processes for the data stages "
+                        "(and, fine-tune demo, the sampling and evaluation stages): 2 on an idle 2-core machine, 1 "
+                        "when another job shares the cores (docs/TOY_WORLD.md)")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override budget fields, e.g. --set train_steps=400 lr=2e-3")  # fmt: skip
     return p.parse_args(argv)
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                                    train_seed=args.train_seed, train_overrides=args.train_overrides,
                                    sample_overrides=args.sample_overrides)
         else:
-            records = run_demo(args.out, budget, args.data, args.seed, joints)
+            records = run_demo(args.out, budget, args.data, args.seed, joints, workers=args.threads)
     finally:
         torch.set_num_threads(threads)  # called in-process (tests): leave the caller's setting as it was
     log.info(

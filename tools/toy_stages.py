@@ -313,7 +313,7 @@ def stage_world(folder: Path, budget: Budget, seed: int, splits: Sequence[str] =
         "--out", str(folder), "--train", str(n["train"]), "--val", str(n["val"]), "--test", str(n["test"]),
         "--height", str(b.size), "--width", str(b.size), "--frames", str(b.frames), "--fps", str(b.fps),
         "--seed", str(seed), "--p-two-characters", str(b.p_two_characters), "--p-pan", str(b.p_pan),
-        "--samples-per-shard", "64", "--workers", str(workers),
+        "--samples-per-shard", "64", "--workers", str(max(1, workers)),
         "--families", *b.families, *(["--format", "folders"] if test_only else []),
     ])  # fmt: skip
     counts = {s: len(list((folder / "folders" / s).glob(f"{s}_*"))) for s in SPLITS}
