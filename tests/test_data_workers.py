@@ -11,7 +11,8 @@ from tools.toy_stages import BUDGETS, BUNDLE, VAE_FILE, stage_latents
 
 
 def tar_members(folder):
-    """{member name: bytes} over every shard under `folder`, minus meta.json's `source` (the writer's path)."""
+    """{member name: bytes} over every shard under `folder`, minus meta.json and checksums.json (they hold the
+    writer's folder path)."""
     out = {}
     for tar in sorted(folder.rglob("*.tar")):
         with tarfile.open(tar) as handle:

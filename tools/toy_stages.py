@@ -355,12 +355,13 @@ def stage_latents(folder: Path, world: Path, budget: Budget, vae_path: Path,
     workers-th pixel shard (the latents do not depend on it)."""
     from scail_lab.data.caching import make_latent_shards
 
+    cacher = _latent_cacher(budget, vae_path)
     counts = {}
     for split in splits:
         if workers > 1:
             parallel_map(partial(_latent_part, folder / split, world / "shards" / split, budget, vae_path, workers),
                          list(range(workers)), workers)  # fmt: skip
-        report = make_latent_shards(_latent_cacher(budget, vae_path), folder / split,
+        report = make_latent_shards(cacher, folder / split,
                                     shards=str(world / "shards" / split))  # with workers > 1: the report of all parts
         counts[split] = {"samples": report["num_samples"], "skipped": report["num_skipped"]}
     return counts
