@@ -82,15 +82,12 @@ def synthetic_jobs(world: SyntheticWorld, split: str, count: int, per_shard: int
     return jobs
 
 
-def _write_folders(world: SyntheticWorld, split: str, indices: list[int], root: Path, quality) -> int:
+def _write_folders(world: SyntheticWorld, split: str, indices: list[int], root: Path, quality) -> None:
     """Render and write the folders of `indices` that do not exist yet (each written whole, then renamed)."""
-    done = 0
     for index in indices:
         folder = root / f"{split}_{index:06d}"
         if not folder.exists():
             atomic_write_folder(sample_files(world.sample(split, index), world.config.fps, quality), folder)
-        done += 1
-    return done
 
 
 def _shard_part(root: Path, out: Path, samples_per_shard: int, num_parts: int, part: int) -> None:
