@@ -112,7 +112,7 @@ def test_pretrain_continues_a_base_as_channel_concat_with_its_vae_and_estimator(
     from safetensors.torch import load_file, save_file
 
     from tools import pretrain_toy
-    from tools.toy_stages import BUDGETS, compose_config, model_overrides, with_overrides
+    from tools.toy_stages import BUDGETS, compose_config, git_commit, model_overrides, with_overrides
 
     micro = with_overrides(BUDGETS["micro"], ["pose_downsample=1"])
     torch.manual_seed(0)
@@ -130,6 +130,9 @@ def test_pretrain_continues_a_base_as_channel_concat_with_its_vae_and_estimator(
     assert manifest["vae"] == shipped["vae"] and manifest["joint_estimator"]["reused_from"] == str(BUNDLE.resolve())
     assert manifest["model_config"]["interface"] == "channel_concat"
     assert manifest["init"]["sha256"] == sha256_file(init)
+    train_record = json.loads((out / "train" / "stage.json").read_text())["result"]
+    assert manifest["git_commit"] == train_record["git_commit"] == git_commit()  # recorded when training ran
+    assert manifest["bundle_written_at_commit"] == git_commit()
     widened = load_file(out / "init" / "denoiser.safetensors")
     assert "patch_embedding_pose.weight" not in widened
     assert widened["patch_embedding.weight"].shape[1] == 16 + 4 + 16 + 28

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from tools.toy_stages import (  # noqa: E402
     VAE_FILE,
     Budget,
     compose_config,
+    git_commit,
     model_overrides,
     run_stage,
     with_overrides,
@@ -76,14 +76,6 @@ def model_signature_for(budget: Budget, vae_path: Path) -> dict:
     return model_signature(model)
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: int, argv: list[str],
                  reused: dict | None = None) -> dict:
     """Copy the artifacts and write manifest.json into a temp folder next to `bundle`, then swap it in. `reused`:
@@ -109,7 +101,8 @@ def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: i
         "held_out_family": HOLDOUT_FAMILY,
         "seeds": {"world": seed, "training": seed},
         "command": "python tools/pretrain_toy.py " + " ".join(argv),
-        "git_commit": git_commit(),
+        "git_commit": train.get("git_commit"),  # where training ran (runs older than this field: None)
+        "bundle_written_at_commit": git_commit(),
         "train": {"steps": budget.train_steps, "seconds": train["fit_seconds"],
                   "seconds_per_step": train["seconds_per_step"], "final_metrics": train["metrics"]},
         "stage_seconds": {name: rec.get("seconds") for name, rec in records.items()},

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -424,6 +425,15 @@ def train_overrides(
     ]  # fmt: skip
 
 
+def git_commit() -> str | None:
+    """The repository's HEAD commit (None outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def stage_train(
     folder: Path, out: Path, budget: Budget, vae_path: Path, data_kind: str, seed: int, extra: Sequence[str] = (),
     extra_shards: Sequence[Path] = (),
@@ -435,13 +445,14 @@ def stage_train(
     cfg = compose_config("train", [*overrides, *extra])
     if (folder / "checkpoints").is_dir():  # a killed run: its newest complete checkpoint
         cfg.resume = "auto"
+    commit = git_commit()  # the code training runs with (a bundle written later may be at a later commit)
     start = time.perf_counter()
     metrics = train.train(cfg)
     seconds = time.perf_counter() - start
     weights = folder / "export" / ("lora_comfy.safetensors" if cfg.lora.enabled else "denoiser.safetensors")
     if not weights.is_file():
         raise FileNotFoundError(f"training finished without writing {weights}")
-    return {"weights": str(weights), "metrics": metrics, "fit_seconds": seconds,
+    return {"weights": str(weights), "metrics": metrics, "fit_seconds": seconds, "git_commit": commit,
             "seconds_per_step": seconds / max(1, budget.train_steps), "loss_curve": read_loss_curve(folder)}  # fmt: skip
 
 
