@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="ablation", choices=sorted(BUDGETS))
     p.add_argument("--bundle", type=Path, default=BUNDLE, help="the shipped VAE and joint estimator come from here")
     p.add_argument("--report", action="store_true", help="only (re)build the table from finished runs")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for training, and processes for the world and latent stages (same data)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     vae_path, joints = args.bundle / VAE_FILE, args.bundle / JOINT_FILE
     seed0 = 0
     world_sig = {**budget.world_args(), "seed": seed0}
-    run_stage(out, "world", world_sig, lambda f: stage_world(f, budget, seed0))
+    run_stage(out, "world", world_sig, lambda f: stage_world(f, budget, seed0, workers=args.threads))
     data_sig = {**world_sig, "vae": manifest["files"][VAE_FILE]["sha256"]}
     arms = [a for a in ARMS if a in args.arms]
     if "default" not in arms:
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in sorted({arm_budget(budget, a).pose_downsample for a in arms}, reverse=True):  # SCAIL-2's grid first
         variant = dataclasses.replace(budget, pose_downsample=d)
         run_stage(out, latents_name(d), data_sig if d == 2 else {**data_sig, "pose_downsample": d},
-                  lambda f, v=variant: stage_latents(f, out / "world", v, vae_path, splits=("train", "val", "test")))  # fmt: skip
+                  lambda f, v=variant: stage_latents(f, out / "world", v, vae_path, splits=("train", "val", "test"),
+                                                     workers=args.threads))  # fmt: skip
     init_notes = {}
     if not args.report:
         for arm in arms:

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                    "bf16-mixed or 32-true")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="sampling budget fields for every model, e.g. sample_steps=16 num_test=32")  # fmt: skip
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for sampling, and processes for the world stage (same data)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     models = parse_models(args.models)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         b = budgets[first]
         world = out / "world"
         run_stage(out, "world", {**b.world_args(), "seed": seed, "test_only": True},
-                  lambda f: stage_world(f, b, seed, ("test",)))  # fmt: skip
+                  lambda f: stage_world(f, b, seed, ("test",), workers=args.threads))  # fmt: skip
     else:
         world = args.world.resolve()
         if not (world / "folders" / "test").is_dir():
