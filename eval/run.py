@@ -26,7 +26,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from eval.evaluate import RunResult, evaluate_run
+from eval.evaluate import GroundTruthCache, RunResult, evaluate_run
 from eval.manifest import ManifestRow, match_folders, read_manifest, write_manifest
 from eval.report import (
     log_wandb,
@@ -132,17 +132,20 @@ def run_eval(cfg: DictConfig) -> list[RunResult]:
         raise ValueError(f"baseline {cfg.baseline!r} is not one of the runs {sorted(runs)}")
     if cfg.on_missing_weights not in ("error", "skip"):
         raise ValueError(f"on_missing_weights must be 'error' or 'skip', got {cfg.on_missing_weights!r}")
+    if cfg.gt_cache_mb < 0:
+        raise ValueError(f"gt_cache_mb must be >= 0, got {cfg.gt_cache_mb}")
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # all manifests are checked before any metric loads weights or any video is decoded
     manifests = {name: resolve_rows(path, cfg.gt_dir, cfg.max_samples) for name, path in runs.items()}
     with weights_dir_env(cfg.weights_dir):
         metrics = build_metrics(cfg.metrics)
+    cache = GroundTruthCache(int(cfg.gt_cache_mb * 2**20))  # every run reads the same ground truth
     results = []
     for name, (rows, unmatched) in manifests.items():
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         write_manifest(rows, out_dir / name / "manifest.csv")
-        result = evaluate_run(name, rows, metrics, cfg.frame_mismatch, cfg.size_mismatch)
+        result = evaluate_run(name, rows, metrics, cfg.frame_mismatch, cfg.size_mismatch, cache)
         result.unmatched = unmatched
         write_run_json(result, out_dir)
         results.append(result)

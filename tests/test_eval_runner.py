@@ -333,3 +333,51 @@ def test_paired_differences_verdicts() -> None:
     assert lower[0].verdict == "worse"  # an increase of a lower-is-better metric
     with pytest.raises(ValueError, match="baseline run 'zz'"):
         paired_differences([base, better], baseline="zz")
+
+
+def test_ground_truth_cache_decodes_once_copies_and_evicts(dataset, tmp_path) -> None:
+    from eval.evaluate import GroundTruthCache
+
+    path = tmp_path / "v.mp4"
+    shutil.copy(dataset / "gt" / "s0" / "video.mp4", path)
+    cache = GroundTruthCache()
+    first = cache.read(path)
+    first[:] = 0  # the caller's copy: the cached frames stay as decoded
+    again = cache.read(path)
+    assert cache.hits == 1 and np.array_equal(again, read_video(path)) and again.any()
+    shutil.copy(dataset / "gt" / "s1" / "video.mp4", path)  # rewritten: mtime and size change, decoded again
+    os.utime(path, ns=(1, 1))
+    assert np.array_equal(cache.read(path), read_video(dataset / "gt" / "s1" / "video.mp4")) and cache.hits == 1
+    small = GroundTruthCache(max_bytes=again.nbytes)  # room for one video
+    for name in ("s0", "s1", "s0"):
+        small.read(dataset / "gt" / name / "video.mp4")
+    assert small.hits == 0  # s0 was dropped when s1 came in
+    small.read(dataset / "gt" / "s0" / "video.mp4")
+    assert small.hits == 1
+    none = GroundTruthCache(max_bytes=0)
+    none.read(path), none.read(path)
+    assert none.hits == 0
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        cache.read(tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="gt_cache_mb"):
+        run_eval(_compose([f"+runs.same={dataset / 'same'}", f"gt_dir={dataset / 'gt'}", "gt_cache_mb=-1",
+                           f"out_dir={tmp_path / 'bad'}"]))  # fmt: skip
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_runs_share_decoded_ground_truth_with_the_same_values(dataset, tmp_path, monkeypatch) -> None:
+    """Two runs with the cache (the default) decode each ground-truth video once and score exactly what they score
+    without it."""
+    import eval.evaluate
+
+    decoded = []
+    monkeypatch.setattr(eval.evaluate, "read_video", lambda path: decoded.append(path) or read_video(path))
+    base = ["suite=synthetic", "on_missing_weights=skip", f"+runs.same={dataset / 'same'}",
+            f"+runs.shifted={dataset / 'shifted'}", f"gt_dir={dataset / 'gt'}", "plots=false", "ci.num_resamples=50"]  # fmt: skip
+    cached = run_eval(_compose([*base, f"out_dir={tmp_path / 'a'}"]))
+    assert len(decoded) == 3 * 2 + 3 * 2  # targets and masks once, each run's 3 videos
+    uncached = run_eval(_compose([*base, f"out_dir={tmp_path / 'b'}", "gt_cache_mb=0"]))
+    assert len(decoded) == 12 + 3 * 2 * 2 + 3 * 2
+    for a, b in zip(cached, uncached, strict=True):
+        assert [r["metrics"] for r in a.records] == [r["metrics"] for r in b.records]
+        assert a.records[0]["metrics"]["mask_iou"] > 0
