@@ -50,6 +50,13 @@ def test_toy_demo_micro_budget(tmp_path):
         for metric in METRICS:
             entry = results["table"][run][metric]
             assert entry["n"] == micro.num_test and math.isfinite(entry["mean"]), (run, metric)
+    # copy_source scores copy_ref's numbers on animation clips and driving's on replacement clips
+    table = results["table"]
+    for metric in METRICS:
+        for mode, source in (("animate", "copy_ref"), ("replace", "driving")):
+            if mode in table[source][metric]["by_mode"]:
+                got, want = table["copy_source"][metric]["by_mode"][mode], table[source][metric]["by_mode"][mode]
+                assert got["n"] == want["n"] and got["mean"] == pytest.approx(want["mean"], rel=1e-12)
     # the oracle (ground truth through the VAE) scores the VAE's own PSNR band, not the 100 dB cap
     assert 0.0 < results["table"]["vae_recon"]["psnr"]["mean"] < 60.0
     assert 0.0 < results["mask_estimator_ceiling_iou"] <= 1.0
@@ -240,3 +247,29 @@ def test_budget_fps_renders_the_same_motion_with_more_frames(tmp_path):
         assert step_fast == pytest.approx(step_slow / 2, rel=0.15)
     with pytest.raises(ValueError, match="fps must be positive"):
         toy_stages.with_overrides(toy_stages.BUDGETS["micro"], ["fps=0"])
+
+
+def test_copy_source_takes_copy_ref_on_animation_and_driving_on_replacement():
+    from tools.toy_report import collect, with_copy_source
+
+    class Res:  # the part of a MetricResult collect reads
+        def __init__(self, per_sample, higher=True):
+            self.per_sample, self.higher_is_better, self.skipped = per_sample, higher, None
+            self.value = float(np.mean(list(per_sample.values())))
+
+    class Run:
+        def __init__(self, name, results):
+            self.name, self.results = name, results
+
+    modes = {"a": "animate", "b": "replace", "c": "animate"}
+    runs = [Run("model", {"psnr": Res({"a": 5.0, "b": 6.0, "c": 7.0})}),
+            Run("copy_ref", {"psnr": Res({"a": 1.0, "b": 2.0, "c": 3.0}), "l1": Res({"a": 0.1, "b": 0.2, "c": 0.3}, False)}),
+            Run("driving", {"psnr": Res({"a": 10.0, "b": 20.0, "c": 30.0})}),
+            Run("vae_recon", {"psnr": Res({"a": 9.0, "b": 9.0, "c": 9.0})})]  # fmt: skip
+    table = with_copy_source(collect(runs, modes), modes)
+    assert list(table) == ["model", "copy_ref", "driving", "copy_source", "vae_recon"]
+    copy = table["copy_source"]
+    assert set(copy) == {"psnr"}  # l1 has no driving values: no copy_source row
+    assert copy["psnr"]["per_sample"] == {"a": 1.0, "b": 20.0, "c": 3.0}
+    assert copy["psnr"]["mean"] == pytest.approx(8.0) and copy["psnr"]["n"] == 3 and copy["psnr"]["higher"]
+    assert copy["psnr"]["by_mode"] == {"animate": {"mean": 2.0, "n": 2}, "replace": {"mean": 20.0, "n": 1}}

@@ -5,7 +5,8 @@ Runs compared on the held-out test split (every video written as yuv420p CRF 18,
     untrained   the same pipeline with the untrained (seeded random) denoiser
     copy_ref    the reference image repeated for every frame
     driving     the driving input itself (the driving video, or the pose render for pose-driven samples)
-    copy_source the better of the two for the sample's mode: copy_ref (animate), driving (replace)
+    copy_source the one of the two the sample's mode asks for: copy_ref (animate), driving (replace); its numbers
+                are taken per clip from those two runs (with_copy_source), not scored a third time
     vae_recon   the ground truth through the light VAE: the ceiling of anything decoded by this VAE (oracle)
 
 Foreground masks of generated videos: the eval runner's border-median estimator suits flat backgrounds; the
@@ -158,25 +159,48 @@ def run_eval(folder: Path, manifests: dict[str, Path], joint_weights: Path | Non
 def collect(results, modes: dict[str, str]) -> dict:
     """{run: {metric: {"mean", "ci", "n", "higher", "by_mode": {mode: mean}, "per_sample"}}} from RunResults;
     `modes`: sample id -> animate / replace."""
-    from eval.report import bootstrap_ci
 
     table: dict = {}
     for run in results:
-        table[run.name] = {}
-        for name, res in run.results.items():
-            if res.skipped or not res.per_sample:
-                continue
-            values = list(res.per_sample.values())
-            low, high = bootstrap_ci(values, 0.95, 2000, 0)
-            by_mode = {}
-            for mode in sorted(set(modes.values())):
-                picked = [v for k, v in res.per_sample.items() if modes.get(k) == mode]
-                if picked:
-                    by_mode[mode] = {"mean": float(np.mean(picked)), "n": len(picked)}
-            table[run.name][name] = {"mean": float(res.value), "ci": [low, high], "n": len(values),
-                                     "higher": bool(res.higher_is_better), "by_mode": by_mode,
-                                     "per_sample": dict(res.per_sample)}  # fmt: skip
+        table[run.name] = {name: _entry(res.per_sample, res.higher_is_better, modes, res.value)
+                           for name, res in run.results.items() if not res.skipped and res.per_sample}  # fmt: skip
     return table
+
+
+def _entry(per_sample: dict[str, float], higher: bool, modes: dict[str, str], mean: float | None = None) -> dict:
+    """One metric of one run in a table: mean (the metric's own aggregate when given), bootstrap CI, by mode."""
+    from eval.report import bootstrap_ci
+
+    values = list(per_sample.values())
+    low, high = bootstrap_ci(values, 0.95, 2000, 0)
+    by_mode = {}
+    for mode in sorted(set(modes.values())):
+        picked = [v for k, v in per_sample.items() if modes.get(k) == mode]
+        if picked:
+            by_mode[mode] = {"mean": float(np.mean(picked)), "n": len(picked)}
+    return {"mean": float(np.mean(values) if mean is None else mean), "ci": [low, high], "n": len(values),
+            "higher": bool(higher), "by_mode": by_mode, "per_sample": dict(per_sample)}  # fmt: skip
+
+
+def with_copy_source(table: dict, modes: dict[str, str]) -> dict:
+    """The table with a `copy_source` run made of copy_ref's values on animation samples and driving's on
+    replacement samples: the same numbers the copy_source videos score (they are those videos), without decoding
+    and scoring every clip a third time. Runs keep the order of BASELINES."""
+    source = {"animate": "copy_ref", "replace": "driving"}
+    derived = {}
+    for metric, entry in table["copy_ref"].items():
+        other = table["driving"].get(metric)
+        if other is None:
+            continue
+        per_sample = {k: table[source[m]][metric]["per_sample"][k] for k, m in modes.items()
+                      if k in table[source[m]][metric]["per_sample"]}  # fmt: skip
+        derived[metric] = _entry(per_sample, entry["higher"], modes)
+    out = {}
+    for run, entries in table.items():
+        out[run] = entries
+        if run == "driving":
+            out["copy_source"] = derived
+    return out
 
 
 def compare(table: dict, other: str, keys: set[str] | None = None, run: str = "model") -> dict[str, dict]:
@@ -322,7 +346,8 @@ def evaluate_runs(
 ) -> tuple[dict, dict[str, str], float]:
     """Baselines beside `runs`, manifests, the eval runner -> (table, sample modes, plate-mask ceiling)."""
     check_plates(tests)
-    runs = {**runs, **write_baselines(folder / "baselines", tests, vae_path)}
+    baselines = write_baselines(folder / "baselines", tests, vae_path)
+    runs = {**runs, **{k: v for k, v in baselines.items() if k != "copy_source"}}  # copy_source: from the others
     manifests, ceiling = write_manifests(folder, runs, tests)
     results = run_eval(folder, manifests, joint_weights, baseline=reference)
     for run in results:
@@ -332,7 +357,7 @@ def evaluate_runs(
                 f"eval of run {run.name}: {len(failed)} samples failed, e.g. {failed[0]['error']}"
             )
     modes = {t.name: json.loads((t / "gt.json").read_text())["mode"] for t in tests}
-    return collect(results, modes), modes, ceiling
+    return with_copy_source(collect(results, modes), modes), modes, ceiling
 
 
 def compare_by_mode(table: dict, run: str, other: str, modes: dict[str, str]) -> dict[str, dict]:
