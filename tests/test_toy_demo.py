@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from tools import toy_demo
 
@@ -107,6 +108,23 @@ def test_finetune_micro_without_replay(tmp_path):
     redone = {name for name in before if after[name] != before[name]}
     assert redone == {"train", "samples_finetuned_family", "samples_finetuned_regular", "report"}
     assert (out / "train" / "export" / "denoiser.safetensors").read_bytes() != tuned
+
+    # WiSE-FT: the same fine-tune sampled as base + 0.25 * (fine-tuned - base); training is not redone
+    from safetensors.torch import load_file
+
+    argv = ["--out", str(out), "--budget", "finetune_micro", "--threads", "1", "--train-seed", "7"]
+    assert toy_demo.main([*argv, "--set", "replay=0", "merge=0.25"]) == 0
+    merged_records = records()
+    assert {n for n in merged_records if merged_records[n] != after.get(n)} == {
+        "merge", "samples_finetuned_family", "samples_finetuned_regular", "report"}
+    base = load_file(toy_demo.BUNDLE / "denoiser.safetensors")
+    full = load_file(out / "train" / "export" / "denoiser.safetensors")
+    merged = load_file(out / "merge" / "denoiser.safetensors")
+    for k in base:
+        assert torch.allclose(merged[k], base[k] + 0.25 * (full[k] - base[k]), atol=1e-6), k
+    assert "merged with the base at 0.25" in (out / "report" / "report.md").read_text()
+    with pytest.raises(ValueError, match=r"merge must be in \(0, 1\]"):
+        toy_demo.main([*argv, "--set", "replay=0", "merge=0"])
     with pytest.raises(SystemExit, match="--train-seed, --train-overrides and --sample-overrides apply to the fine-tune budgets"):
         toy_demo.main(["--out", str(tmp_path / "x"), "--budget", "micro", "--train-seed", "1"])
     with pytest.raises(ValueError, match=r"--train-overrides .*meen"):  # before any stage runs

@@ -81,6 +81,25 @@ def prepare_init(budget: Budget, path: Path) -> Path:
     return path
 
 
+def stage_merge(folder: Path, base: Path, tuned: Path, share: float) -> dict:
+    """<folder>/denoiser.safetensors = base + share * (tuned - base), tensor by tensor in float32 (a weight-space
+    ensemble of the base and its fine-tune, WiSE-FT); both files must hold the same keys and shapes."""
+    from safetensors.torch import load_file, save_file
+
+    a, b = load_file(base), load_file(tuned)
+    if a.keys() != b.keys():
+        raise ValueError(f"cannot merge {tuned} into {base}: keys differ ({sorted(a.keys() ^ b.keys())[:4]} ...)")
+    wrong = [k for k in a if a[k].shape != b[k].shape]
+    if wrong:
+        raise ValueError(f"cannot merge {tuned} into {base}: shapes differ at {wrong[:4]}")
+    merged = {k: (a[k].float() + share * (b[k].float() - a[k].float())).to(b[k].dtype).contiguous() for k in a}
+    path = folder / "denoiser.safetensors"
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(merged, str(tmp))
+    tmp.replace(path)
+    return {"weights": str(path), "merge": share}
+
+
 def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0,
              joint_weights: Path | None = None, vae_source: Path | None = None, workers: int = 1) -> dict:
     """Every stage in order; returns the stage records (also in <out>/<stage>/stage.json). `vae_source`: a fitted
@@ -199,6 +218,11 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
                                  lambda f: stage_train(f, out, budget, vae_path, "latent", train_seed, extra,
                                                        replay_shards))  # fmt: skip
     export = Path(records["train"]["result"]["weights"])
+    if ft.merge != 1.0 and not ft.lora:  # WiSE-FT; a LoRA is merged at strength `merge` when sampling instead
+        sig["merge"] = {**sig["train"], "merge": ft.merge}
+        records["merge"] = run_stage(out, "merge", sig["merge"],
+                                     lambda f: stage_merge(f, base_weights, export, ft.merge))  # fmt: skip
+        export = Path(records["merge"]["result"]["weights"])
     tuned = (base_weights, export) if ft.lora else (export, None)
     # both models sample in the fine-tune's precision (bf16 autocast where the CPU has bf16 units, else fp32), not in
     # the one the base was trained in on another machine
@@ -207,7 +231,7 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
                 "precision": sampler.precision}  # fmt: skip
     if sample_overrides:  # only when given: the signatures of runs without them stay as they were
         sampling["sample_overrides"] = list(sample_overrides)
-    sig["sample"] = {**sig["train"], **sampling}
+    sig["sample"] = {**sig["train"], **sampling, **({"merge": ft.merge} if ft.merge != 1.0 else {})}
     # the base's samples depend on the test world, the bundle and the sampler only: a change of the fine-tuning
     # settings (pairs, replay, steps, train seed) reuses them
     base_sig = {"family": {**sig["latents"], **sampling}, "regular": {**sig["world_regular"], "bundle": bundle_sig,
@@ -217,7 +241,7 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, 
                                         "split": split},
                                        partial(stage_sample, world=world, budget=sampler, vae_path=vae_path,
                                                weights=weights, seed=seed, lora=lora,
-                                               arm_overrides=tuple(sample_overrides)))
+                                               arm_overrides=tuple(sample_overrides), lora_strength=ft.merge))
             for split, world in (("family", out / "world"), ("regular", out / "world_regular"))
             for run, (weights, lora) in (("base", (base_weights, None)), ("finetuned", tuned))}  # fmt: skip
     records.update(run_keyed(jobs, workers))

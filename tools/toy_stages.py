@@ -185,6 +185,7 @@ class Finetune:
     region_weight: float = 0.0  # objective.region_weight: extra loss weight on the characters' latent cells
     sigma_mean: float = 1.0  # objective.sigma_sampler.mean (Budget.sigma_mean): noisier training levels, chosen on
     # the seed-1 dev world over two training seeds (family joint error -0.13 px vs base; 0.0 left it +0.03)
+    merge: float = 1.0  # weight-space ensemble (WiSE-FT): sample with base + merge * (fine-tuned - base); 1: as trained
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_val", "num_test", "num_regular_test", "train_steps", "batch_size",
@@ -195,6 +196,8 @@ class Finetune:
             raise ValueError(f"lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
         if self.replay < 0:
             raise ValueError(f"fine-tune field replay must be >= 0, got {self.replay}")
+        if not 0.0 < self.merge <= 1.0:
+            raise ValueError(f"fine-tune field merge must be in (0, 1] (the fine-tune's share of the weights), got {self.merge}")
         object.__setattr__(self, "precision", resolve_precision(self.precision))  # stage signatures hold the resolved one
 
     def run_budget(self, base: Budget) -> Budget:
@@ -512,10 +515,10 @@ def read_loss_curve(run_dir: Path) -> list[dict]:
 
 def stage_sample(
     folder: Path, world: Path, budget: Budget, vae_path: Path, weights: Path | None, seed: int,
-    lora: Path | None = None, arm_overrides: Sequence[str] = (),
+    lora: Path | None = None, arm_overrides: Sequence[str] = (), lora_strength: float = 1.0,
 ) -> dict:
     """Sample every test folder of `world` (skipping finished ones) with `weights` (None: the untrained init),
-    plus a LoRA merged at strength 1; `arm_overrides` change config groups (interface, rope, mask)."""
+    plus a LoRA merged at `lora_strength`; `arm_overrides` change config groups (interface, rope, mask)."""
     import sample
 
     tests = sorted(p for p in (world / "folders" / "test").iterdir() if p.is_dir())
@@ -526,7 +529,7 @@ def stage_sample(
                  f"pipeline.precision={'bf16' if budget.precision == 'bf16-mixed' else 'fp32'}",  # autocast as trained
                  f"weights={weights if weights is not None else 'null'}", *arm_overrides]  # fmt: skip
     if lora is not None:
-        overrides.append(f"loras=[{{path: '{lora}', strength: 1.0}}]")
+        overrides.append(f"loras=[{{path: '{lora}', strength: {float(lora_strength)}}}]")
     seconds = 0.0
     if todo:
         cfg = compose_config("sample", [*overrides, f"inputs=[{','.join(str(p) for p in todo)}]"])
