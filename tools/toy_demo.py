@@ -64,7 +64,7 @@ def prepare_init(budget: Budget, path: Path) -> Path:
     """budget.init at `path` (copied once, not on every rerun). For a channel-concat budget, in-context (SCAIL-2)
     weights are converted on the way (interfaces.channel_concat_from_in_context with budget.concat_init: a SCAIL-2
     base continued as a channel-concat model)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from scail_lab.model.interfaces import channel_concat_from_in_context
 
@@ -74,17 +74,24 @@ def prepare_init(budget: Budget, path: Path) -> Path:
         state = channel_concat_from_in_context(state, latent_dim, budget.concat_init)
     elif path.is_file() and sha256_file(path) == sha256_file(budget.init):
         return path
+    save_weights(state, path)
+    return path
+
+
+def save_weights(state: dict, path: Path) -> None:
+    """A safetensors file written to a temp name, then renamed (no half-written weights on a crash)."""
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
-    return path
 
 
 def stage_merge(folder: Path, base: Path, tuned: Path, share: float) -> dict:
     """<folder>/denoiser.safetensors = base + share * (tuned - base), tensor by tensor in float32 (a weight-space
     ensemble of the base and its fine-tune, WiSE-FT); both files must hold the same keys and shapes."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     a, b = load_file(base), load_file(tuned)
     if a.keys() != b.keys():
@@ -94,9 +101,7 @@ def stage_merge(folder: Path, base: Path, tuned: Path, share: float) -> dict:
         raise ValueError(f"cannot merge {tuned} into {base}: shapes differ at {wrong[:4]}")
     merged = {k: (a[k].float() + share * (b[k].float() - a[k].float())).to(b[k].dtype).contiguous() for k in a}
     path = folder / "denoiser.safetensors"
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(merged, str(tmp))
-    tmp.replace(path)
+    save_weights(merged, path)
     return {"weights": str(path), "merge": share}
 
 
