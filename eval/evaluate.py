@@ -81,11 +81,9 @@ def _resize(video: Tensor, size: tuple[int, int]) -> Tensor:
     return out.clamp(0, 255)
 
 
-def _load_background(
-    path: str, num: int, size: tuple[int, int], notes: list[str], cache: GroundTruthCache | None = None
-) -> Tensor:
+def _load_background(path: str, num: int, size: tuple[int, int], notes: list[str], read=read_video) -> Tensor:
     """The background plate [N, 3, H, W] (or one frame [1, 3, H, W]) cut to `num` frames, at the target size."""
-    plate = torch.from_numpy(cache.read(path) if cache else read_video(path)).permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W]
+    plate = torch.from_numpy(read(path)).permute(0, 3, 1, 2).float()  # [N, H, W, 3] -> [N, 3, H, W]
     if plate.shape[0] != 1 and plate.shape[0] < num:
         raise ValueError(f"background plate {path} has {plate.shape[0]} frames, the videos have {num}")
     plate = plate[:num]
@@ -120,7 +118,7 @@ def load_pair(
     pred_mask = pred_mask[:num] if pred_mask is not None else None
     target_mask = target_mask[:num] if target_mask is not None else None
     size = tuple(target.shape[-2:])
-    background = _load_background(row.background, num, size, notes, cache) if row.background else None
+    background = _load_background(row.background, num, size, notes, read_gt) if row.background else None
     if pred.shape[-2:] != target.shape[-2:]:
         if size_mismatch == "error":
             raise ValueError(f"generated frames are {tuple(pred.shape[-2:])}, ground truth {size}")

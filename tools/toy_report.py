@@ -159,7 +159,6 @@ def run_eval(folder: Path, manifests: dict[str, Path], joint_weights: Path | Non
 def collect(results, modes: dict[str, str]) -> dict:
     """{run: {metric: {"mean", "ci", "n", "higher", "by_mode": {mode: mean}, "per_sample"}}} from RunResults;
     `modes`: sample id -> animate / replace."""
-
     table: dict = {}
     for run in results:
         table[run.name] = {name: _entry(res.per_sample, res.higher_is_better, modes, res.value)
@@ -189,8 +188,7 @@ def with_copy_source(table: dict, modes: dict[str, str]) -> dict:
     source = {"animate": "copy_ref", "replace": "driving"}
     derived = {}
     for metric, entry in table["copy_ref"].items():
-        other = table["driving"].get(metric)
-        if other is None:
+        if metric not in table["driving"]:
             continue
         per_sample = {k: table[source[m]][metric]["per_sample"][k] for k, m in modes.items()
                       if k in table[source[m]][metric]["per_sample"]}  # fmt: skip
