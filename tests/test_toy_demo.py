@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools import toy_demo
+from tools import toy_demo, toy_stages
 
 STAGES = ("world", "vae", "latents", "train", "heldout_loss", "samples_model", "samples_untrained", "report")
 RUNS = ("model", "untrained", "copy_ref", "driving", "copy_source", "vae_recon")
@@ -81,15 +81,20 @@ def test_the_micro_chain_learns(tmp_path):
     assert losses["trained"] < 0.9 * losses["untrained"], losses
 
 
-FINETUNE_STAGES = ("world", "world_regular", "world_replay", "latents_pose1", "latents_replay", "train",
+FINETUNE_STAGES = ("world", "world_regular", "world_replay", "latents_pose1", "latents_replay", "train", "merge",
                    "samples_base_family", "samples_finetuned_family", "samples_base_regular",
                    "samples_finetuned_regular", "report")  # fmt: skip
 
 
 def test_finetune_micro_without_replay(tmp_path):
+    """The 8-fps base (--bundle data/toy_base) fine-tuned without replay and sampled as trained (merge=1), then
+    another training seed, then the same fine-tune merged with the base."""
     out = tmp_path / "ft"
-    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", "--set", "replay=0"]) == 0
-    assert not (out / "world_replay").exists() and not (out / "latents_replay").exists()
+    bundle = ["--bundle", str(toy_stages.BUNDLE)]
+    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", *bundle,
+                          "--set", "replay=0", "merge=1"]) == 0  # fmt: skip
+    assert not (out / "world_replay").exists() and not (out / "latents_replay").exists() and not (out / "merge").exists()
+    assert json.loads((out / "world" / "stage.json").read_text())["signature"]["frames"] == 17  # the 8-fps world
     ft = toy_demo.FINETUNES["finetune_micro"]
     epoch = json.loads((out / "train" / "data_report.json").read_text())["epochs"]["0"]
     assert epoch["decoded"] == ft.num_train  # the new pairs only
@@ -102,8 +107,8 @@ def test_finetune_micro_without_replay(tmp_path):
 
     before = records()
     tuned = (out / "train" / "export" / "denoiser.safetensors").read_bytes()
-    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", "--set", "replay=0",
-                          "--train-seed", "7"]) == 0  # fmt: skip
+    assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", *bundle,
+                          "--set", "replay=0", "merge=1", "--train-seed", "7"]) == 0  # fmt: skip
     after = records()
     redone = {name for name in before if after[name] != before[name]}
     assert redone == {"train", "samples_finetuned_family", "samples_finetuned_regular", "report"}
@@ -112,12 +117,12 @@ def test_finetune_micro_without_replay(tmp_path):
     # WiSE-FT: the same fine-tune sampled as base + 0.25 * (fine-tuned - base); training is not redone
     from safetensors.torch import load_file
 
-    argv = ["--out", str(out), "--budget", "finetune_micro", "--threads", "1", "--train-seed", "7"]
+    argv = ["--out", str(out), "--budget", "finetune_micro", "--threads", "1", *bundle, "--train-seed", "7"]
     assert toy_demo.main([*argv, "--set", "replay=0", "merge=0.25"]) == 0
     merged_records = records()
     assert {n for n in merged_records if merged_records[n] != after.get(n)} == {
         "merge", "samples_finetuned_family", "samples_finetuned_regular", "report"}
-    base = load_file(toy_demo.BUNDLE / "denoiser.safetensors")
+    base = load_file(toy_stages.BUNDLE / "denoiser.safetensors")
     full = load_file(out / "train" / "export" / "denoiser.safetensors")
     merged = load_file(out / "merge" / "denoiser.safetensors")
     for k in base:
@@ -163,9 +168,14 @@ def test_finetune_micro_on_the_shipped_base(tmp_path):
     epoch = json.loads((out / "train" / "data_report.json").read_text())["epochs"]["0"]
     assert epoch["decoded"] == ft.num_train + ft.replay
 
-    base = load_file(toy_demo.BUNDLE / "denoiser.safetensors")
+    base = load_file(toy_stages.FINETUNE_BUNDLE / "denoiser.safetensors")  # the default: the 16-fps base
     tuned = load_file(out / "train" / "export" / "denoiser.safetensors")
     assert base.keys() == tuned.keys() and any(not base[k].equal(tuned[k]) for k in base)
+    assert json.loads((out / "world" / "stage.json").read_text())["signature"]["frames"] == 33
+    merged = load_file(out / "merge" / "denoiser.safetensors")  # sampled merged with the base at the default share
+    assert ft.merge == 0.7
+    for k in base:
+        assert torch.allclose(merged[k], base[k] + 0.7 * (tuned[k] - base[k]), atol=1e-6), k
 
     results = json.loads((out / "report" / "results.json").read_text())
     for split, n in (("family", ft.num_test), ("regular", ft.num_regular_test)):

@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from tools.toy_stages import BUNDLE, FINETUNES, JOINT_FILE, VAE_FILE, budget_from_dict  # noqa: E402
+from tools.toy_stages import FINETUNE_BUNDLE, FINETUNES, JOINT_FILE, VAE_FILE, budget_from_dict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a finished fine-tune demo run folder")
-    p.add_argument("--bundle", type=Path, default=BUNDLE, help="the base the run fine-tuned")
+    p.add_argument("--bundle", type=Path, default=FINETUNE_BUNDLE, help="the base the run fine-tuned")
     p.add_argument("--workers", type=int, default=2, help="processes (one per test set), as the demo runs it")
     args = p.parse_args(argv)
     from tools import toy_finetune_report

@@ -1,6 +1,7 @@
 """The toy-world demo: from nothing to a trained, sampled and evaluated denoiser on a 2-core CPU.
 
-    python tools/toy_demo.py --out runs/toy_small --budget small     # about 10 minutes
+    python tools/toy_demo.py --out runs/toy                          # fine-tune the shipped base: about 9 minutes
+    python tools/toy_demo.py --out runs/toy_small --budget small     # from scratch: about 10 minutes
     python tools/toy_demo.py --out runs/toy_medium --budget medium   # up to about 45 minutes
 
 Stages (each writes <out>/<stage>/stage.json last and is skipped on a rerun when that record exists with
@@ -34,7 +35,7 @@ from scail_lab.checkpoints.bundle import sha256_file  # noqa: E402
 from tools.toy_stages import (  # noqa: E402
     BASE_WEIGHTS,
     BUDGETS,
-    BUNDLE,
+    FINETUNE_BUNDLE,
     FINETUNES,
     JOINT_FILE,
     VAE_FILE,
@@ -161,7 +162,7 @@ def run_keyed(jobs: dict, workers: int) -> dict:
     return dict(zip(jobs, run_stages(list(jobs.values()), workers), strict=True))
 
 
-def run_finetune(out: Path, ft: Finetune, bundle: Path = BUNDLE, seed: int = 0, workers: int = 1,
+def run_finetune(out: Path, ft: Finetune, bundle: Path = FINETUNE_BUNDLE, seed: int = 0, workers: int = 1,
                  train_seed: int | None = None, train_overrides: Sequence[str] = (),
                  sample_overrides: Sequence[str] = ()) -> dict:
     """Fine-tune the shipped base on pairs of the motion family it never saw (plus replayed pairs of its own
@@ -263,7 +264,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", default="finetune", choices=sorted({*BUDGETS, *FINETUNES}),
                    help="finetune: the shipped base on a new motion family; micro / small / medium / base: the "
                         "whole chain from scratch (micro and finetune_micro are smoke tests)")  # fmt: skip
-    p.add_argument("--bundle", type=Path, default=BUNDLE, help="the shipped base the finetune budgets start from")
+    p.add_argument("--bundle", type=Path, default=FINETUNE_BUNDLE,
+                   help="the shipped base the finetune budgets start from: data/toy_base_16fps (default), or the "
+                        "8-fps data/toy_base, measured with --set train_steps=400 merge=1 (docs/TOY_WORLD.md)")  # fmt: skip
     p.add_argument("--data", default="latent", choices=("latent", "pixel"),
                    help="from scratch: train on latent shards (no encoder work per step) or pixel shards")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="draws the worlds, the training run and the sampling noise")
