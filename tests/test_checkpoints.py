@@ -346,3 +346,29 @@ def test_the_real_scail_preview_sat_layout_maps_onto_the_official_wan_layout():
         model = SCAILDiT(DiTConfig(), interface=InContextInterface("scail1", False, False), mask_scheme=NoMaskScheme())
     model.load_state_dict(state, strict=True, assign=True)
     assert sum(t.numel() for t in state.values()) == fixture["config"]["total_params_40_layers"]
+
+
+def test_save_safetensors_replaces_whole_files_only(tmp_path):
+    """scail_lab.files.save_safetensors: the tensors and metadata land, the file is not private, and a failed write
+    leaves the previous file as it was and no temp file behind."""
+    import os
+    import stat
+
+    from safetensors.torch import load_file
+
+    from scail_lab.files import save_safetensors
+
+    path = tmp_path / "sub" / "w.safetensors"
+    a = torch.arange(6, dtype=torch.float32).reshape(2, 3).t()  # not contiguous: written contiguous
+    assert save_safetensors({"a": a}, path, metadata={"format": "pt"}) == path
+    assert torch.equal(load_file(path)["a"], a)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    before = path.read_bytes()
+    b = torch.ones(3)
+    with pytest.raises(RuntimeError, match="share memory"):  # safetensors refuses tensors that share storage
+        save_safetensors({"b": b, "c": b}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["w.safetensors"]

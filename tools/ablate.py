@@ -89,9 +89,9 @@ def arm_budget(budget: Budget, arm: str) -> Budget:
 def stage_init(folder: Path, budget: Budget, vae_path: Path, arm: str, seed: int) -> dict:
     """The arm's initial weights: the default arm's seeded init for every shared (name, shape), fresh for the rest."""
     import lightning as L
-    from safetensors.torch import save_file
 
     from scail_lab.build import build_model
+    from scail_lab.files import save_safetensors
 
     def init(overrides: list[str]) -> dict:
         L.seed_everything(seed, workers=True)  # what train.py does before building the model
@@ -102,7 +102,7 @@ def stage_init(folder: Path, budget: Budget, vae_path: Path, arm: str, seed: int
     shared = [k for k, v in mine.items() if k in default and default[k].shape == v.shape]
     state = {k: (default[k] if k in shared else v).contiguous() for k, v in mine.items()}
     path = folder / "init.safetensors"
-    save_file(state, str(path))
+    save_safetensors(state, path)
     fresh = sorted(set(mine) - set(shared))
     return {"path": str(path), "shared_tensors": len(shared), "fresh_tensors": fresh}
 

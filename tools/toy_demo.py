@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from scail_lab.checkpoints.bundle import sha256_file  # noqa: E402
+from scail_lab.files import save_safetensors  # noqa: E402
 from tools.toy_stages import (  # noqa: E402
     BASE_WEIGHTS,
     BUDGETS,
@@ -75,18 +76,8 @@ def prepare_init(budget: Budget, path: Path) -> Path:
         state = channel_concat_from_in_context(state, latent_dim, budget.concat_init)
     elif path.is_file() and sha256_file(path) == sha256_file(budget.init):
         return path
-    save_weights(state, path)
+    save_safetensors(state, path)
     return path
-
-
-def save_weights(state: dict, path: Path) -> None:
-    """A safetensors file written to a temp name, then renamed (no half-written weights on a crash)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
 
 
 def stage_merge(folder: Path, base: Path, tuned: Path, share: float) -> dict:
@@ -102,7 +93,7 @@ def stage_merge(folder: Path, base: Path, tuned: Path, share: float) -> dict:
         raise ValueError(f"cannot merge {tuned} into {base}: shapes differ at {wrong[:4]}")
     merged = {k: (a[k].float() + share * (b[k].float() - a[k].float())).to(b[k].dtype).contiguous() for k in a}
     path = folder / "denoiser.safetensors"
-    save_weights(merged, path)
+    save_safetensors(merged, path)
     return {"weights": str(path), "merge": share}
 
 

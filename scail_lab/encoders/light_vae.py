@@ -38,6 +38,7 @@ from scail_lab.encoders.vae_base import (
     resolve_dtype,
 )
 from scail_lab.encoders.vae_blocks import CausalConv3d, RMSNorm, per_frame
+from scail_lab.files import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -191,18 +192,14 @@ class LightVAE(nn.Module):
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write `path` (.safetensors) and its config `path.with_suffix('.json')`, each atomically."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         if path.suffix != ".safetensors":
             raise ValueError(f"light VAE checkpoints are .safetensors files, got {str(path)!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
         config_path = path.with_suffix(".json")
         tmp_json = config_path.with_name(config_path.name + ".tmp")
         tmp_json.write_text(json.dumps({"kind": "light", "config": self.config, **(extra or {})}, indent=2))
-        tmp.replace(path)
+        save_safetensors(self.state_dict(), path)
         tmp_json.replace(config_path)
         return path
 

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from scail_lab.files import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -237,25 +238,13 @@ class JointHeatmapEstimator:
     # ------------------------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the weights, config and held-out error to one safetensors file (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         metadata = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
             "config": json.dumps(self.config.to_dict()),
             "heldout": json.dumps(self.heldout),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            umask = os.umask(0)  # safetensors creates 0600 files; give the usual permissions instead
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return save_safetensors(self.net.state_dict(), path, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, batch_size: int = 64) -> JointHeatmapEstimator:

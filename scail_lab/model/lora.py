@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from scail_lab.files import save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,4 @@ def export_lora(
         out[f"{prefix}.{up_key}.weight"] = up.contiguous()
         out[f"{prefix}.alpha"] = torch.tensor(float(alpha))
     meta = {"lora_alpha": str(alpha), "r": str(rank)} if style == "peft" else {}
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(out, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_safetensors(out, path, metadata=meta)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from safetensors.torch import save_file
 
 from scail_lab.data import media, schema
+from scail_lab.files import save_safetensors
 from scail_lab.model.lora import EXPORT_STYLES, export_lora
 from scail_lab.training.lora import adapter_tensors
 from scail_lab.training.module import tokens_per_sample
@@ -151,9 +151,7 @@ class ExportWeights(L.Callback):
             if self.ema is not None:
                 states["denoiser_ema"] = self.ema.averaged_state(model)
             for name, state in states.items():
-                tmp = self.out_dir / f"{name}.safetensors.tmp"
-                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
-                tmp.replace(self.out_dir / f"{name}.safetensors")
+                save_safetensors(state, self.out_dir / f"{name}.safetensors", metadata={"format": "pt"})
         meta = {"config": self.config, "step": trainer.global_step, "model": model.describe()}
         tmp = self.out_dir / "config.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2, default=str))
