@@ -301,3 +301,37 @@ def test_copy_source_takes_copy_ref_on_animation_and_driving_on_replacement():
     assert copy["psnr"]["per_sample"] == {"a": 1.0, "b": 20.0, "c": 3.0}
     assert copy["psnr"]["mean"] == pytest.approx(8.0) and copy["psnr"]["n"] == 3 and copy["psnr"]["higher"]
     assert copy["psnr"]["by_mode"] == {"animate": {"mean": 2.0, "n": 2}, "replace": {"mean": 20.0, "n": 1}}
+
+
+def test_lora_at_strength_a_is_the_wise_merge_at_a(tmp_path):
+    """A LoRA fine-tune samples with its LoRA merged at strength `merge` (Finetune.merge); a full fine-tune with
+    stage_merge's base + a * (tuned - base). For a LoRA the two are the same weights."""
+    from safetensors.torch import load_file
+
+    from scail_lab.files import save_safetensors
+    from scail_lab.model.dit import SCAILDiT
+    from scail_lab.model.lora import export_lora, merge_lora
+    from tests.conftest import randomize_, tiny_config
+
+    base = randomize_(SCAILDiT(tiny_config()), seed=3)
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    adapters = {f"blocks.{i}.{m}": (0.1 * torch.randn(4, 64, generator=g), 0.1 * torch.randn(64, 4, generator=g))
+                for i in range(2) for m in ("self_attn.q", "self_attn.o")}  # fmt: skip
+    assert state["blocks.0.self_attn.q.weight"].shape == (64, 64)
+    export_lora(adapters, alpha=8.0, path=tmp_path / "lora.safetensors", style="peft")
+    save_safetensors(state, tmp_path / "base.safetensors")
+    full = SCAILDiT(tiny_config())
+    full.load_state_dict(state)
+    assert merge_lora(full, tmp_path / "lora.safetensors", strength=1.0) == 4  # the LoRA as a full fine-tune
+    save_safetensors(full.state_dict(), tmp_path / "tuned.safetensors")
+    wise = load_file(toy_demo.stage_merge(tmp_path, tmp_path / "base.safetensors", tmp_path / "tuned.safetensors",
+                                          0.7)["weights"])  # fmt: skip
+    at = SCAILDiT(tiny_config())
+    at.load_state_dict(state)
+    merge_lora(at, tmp_path / "lora.safetensors", strength=0.7)
+    changed = 0
+    for k, v in at.state_dict().items():
+        assert torch.allclose(wise[k], v, atol=1e-6), k
+        changed += not torch.equal(v, state[k])
+    assert changed == 4
