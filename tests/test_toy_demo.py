@@ -211,6 +211,26 @@ def test_run_stages_in_worker_processes(tmp_path):
     assert run_stages(jobs, workers=2) == records  # done before: the stored records come back
 
 
+def test_a_copied_run_folder_reads_its_own_files(tmp_path):
+    """A finished stage's result paths inside the run folder follow the folder when it is copied (cp -r runs/toy
+    runs/toy_t1), so the copy never reads, or depends on, the original's files; paths outside it stay."""
+    import shutil
+
+    from tools.toy_stages import run_stage
+
+    def work(folder):
+        (folder / "w.bin").write_text("x")
+        return {"weights": str(folder / "w.bin"), "files": [str(folder / "w.bin")], "outside": "/elsewhere/a", "n": 3}
+
+    run_stage(tmp_path / "a", "train", {"s": 1}, work)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    copied = run_stage(tmp_path / "b", "train", {"s": 1}, lambda f: pytest.fail("a finished stage ran again"))
+    moved = str(tmp_path / "b" / "train" / "w.bin")
+    assert copied["result"] == {"weights": moved, "files": [moved], "outside": "/elsewhere/a", "n": 3}
+    assert copied["status"] == "done"
+
+
 def test_auto_precision_follows_the_cpu_flags(tmp_path, monkeypatch):
     """`precision=auto` trains in bf16 only where the CPU has bf16 units (emulated bf16 is 10x slower); the budget then
     carries the resolved precision, so stage signatures and reports name what ran."""

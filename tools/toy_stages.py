@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -242,11 +243,24 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, default=str).encode())
 
 
+def rebase_paths(value, old: str, new: str):
+    """`value` (JSON: dicts, lists, strings) with every string path under folder `old` moved under `new`."""
+    if isinstance(value, dict):
+        return {k: rebase_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rebase_paths(v, old, new) for v in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old):]
+    return value
+
+
 def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict]) -> dict:
     """Run `work(stage_dir)` unless <out>/<name>/stage.json records a finished run with `signature`.
 
     A stage whose record is missing or says "running" with the same signature resumes in place; one whose
-    settings changed starts from an empty folder (its tools would otherwise keep stale files).
+    settings changed starts from an empty folder (its tools would otherwise keep stale files). The record keeps the
+    run folder it was written in: a run folder copied elsewhere (`cp -r runs/toy runs/toy_t1`) reads its results'
+    paths inside the copy, not the original.
     """
     signature = json.loads(json.dumps(signature))  # as stored (tuples become lists), so reruns compare equal
     folder = out / name
@@ -255,6 +269,9 @@ def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict
         record = json.loads(marker.read_text())
         if record.get("signature") == signature and record.get("status") == "done":
             log.info("[%s] done before (%.0f s): skipped", name, record.get("seconds", 0.0))
+            written_in, here = record.get("out"), str(out.resolve())
+            if written_in and written_in != here:
+                record["result"] = rebase_paths(record.get("result"), written_in, here)
             return record
         if record.get("signature") != signature:
             log.warning("[%s] settings changed since the last run: starting this stage again", name)
@@ -268,6 +285,7 @@ def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict
         "signature": signature,
         "status": "done",
         "seconds": time.perf_counter() - start,
+        "out": str(out.resolve()),
         "result": result,
     }
     write_json(marker, record)
