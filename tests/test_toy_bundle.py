@@ -138,6 +138,11 @@ def test_pretrain_continues_a_base_as_channel_concat_with_its_vae_and_estimator(
     assert widened["patch_embedding.weight"].shape[1] == 16 + 4 + 16 + 28
     assert torch.equal(widened["blocks.0.ffn.0.weight"], source.state_dict()["blocks.0.ffn.0.weight"])
     assert not (out / "vae" / "checkpoints").exists()
+    init_record = (out / "init" / "stage.json").read_text()
+    assert json.loads(init_record)["result"]["sha256"] == sha256_file(out / "init" / "denoiser.safetensors")
+    assert pretrain_toy.main(argv) == 0  # a rerun converts nothing again and trains nothing again
+    assert (out / "init" / "stage.json").read_text() == init_record
+    assert json.loads((out / "train" / "stage.json").read_text())["result"] == train_record
     with pytest.raises(ValueError, match="interface 'concat'"):
         pretrain_toy.main([*argv[:-3], "interface=concat"])
 

@@ -62,10 +62,10 @@ log = logging.getLogger("toy_demo")
 # ---------------------------------------------------------------------------------------------- main
 
 
-def prepare_init(budget: Budget, path: Path) -> Path:
-    """budget.init at `path` (copied once, not on every rerun). For a channel-concat budget, in-context (SCAIL-2)
-    weights are converted on the way (interfaces.channel_concat_from_in_context with budget.concat_init: a SCAIL-2
-    base continued as a channel-concat model)."""
+def prepare_init(folder: Path, budget: Budget) -> dict:
+    """The init stage: budget.init copied to <folder>/denoiser.safetensors. For a channel-concat budget, in-context
+    (SCAIL-2) weights are converted on the way (interfaces.channel_concat_from_in_context with budget.concat_init: a
+    SCAIL-2 base continued as a channel-concat model)."""
     from safetensors.torch import load_file
 
     from scail_lab.model.interfaces import channel_concat_from_in_context
@@ -74,10 +74,8 @@ def prepare_init(budget: Budget, path: Path) -> Path:
     if budget.interface == "channel_concat" and "patch_embedding_pose.weight" in state:
         latent_dim = state["head.head.weight"].shape[0] // budget.patch**2
         state = channel_concat_from_in_context(state, latent_dim, budget.concat_init)
-    elif path.is_file() and sha256_file(path) == sha256_file(budget.init):
-        return path
-    save_safetensors(state, path)
-    return path
+    path = save_safetensors(state, folder / "denoiser.safetensors")
+    return {"weights": str(path), "sha256": sha256_file(path)}
 
 
 def stage_merge(folder: Path, base: Path, tuned: Path, share: float) -> dict:
@@ -125,10 +123,13 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
     sig["train"] = {**sig["vae"], **budget.train_args(), "data": data_kind, "pose_downsample": budget.pose_downsample}
     extra = []
     if budget.init:  # a copy outside any bundle: the weights start the run, the bundle's model config does not bind
-        start = prepare_init(budget, out / "init" / "denoiser.safetensors")
-        sig["train"]["init_sha256"] = sha256_file(budget.init)  # the lineage a bundle's manifest records
-        sig["train"]["start_sha256"] = sha256_file(start)  # the weights training starts from (converted or not)
-        extra = [f"weights={start}"]
+        init_sha = sha256_file(budget.init)
+        records["init"] = run_stage(out, "init", {"init_sha256": init_sha, "interface": budget.interface,
+                                                  "concat_init": budget.concat_init, "patch": budget.patch},
+                                    lambda f: prepare_init(f, budget))  # converted once, not on every rerun
+        sig["train"]["init_sha256"] = init_sha  # the lineage a bundle's manifest records
+        sig["train"]["start_sha256"] = records["init"]["result"]["sha256"]  # what training starts from
+        extra = [f"weights={records['init']['result']['weights']}"]
     records["train"] = run_stage(out, "train", sig["train"],
                                  lambda f: stage_train(f, out, budget, vae_path, data_kind, seed, extra))  # fmt: skip
     weights = out / "train" / "export" / "denoiser.safetensors"
