@@ -141,7 +141,7 @@ def test_finetune_micro_without_replay(tmp_path):
     assert not (tmp_path / "y").exists()
 
 
-def test_finetune_micro_on_the_shipped_base(tmp_path):
+def test_finetune_micro_on_the_shipped_base(tmp_path, capsys):
     """The README main command's path at the smoke-test size: the shipped base fine-tuned on the held-out family
     with replayed pairs of its own families mixed in, then both models evaluated on both test sets (two worker
     processes, as the README command runs)."""
@@ -183,6 +183,12 @@ def test_finetune_micro_on_the_shipped_base(tmp_path):
             entry = results["tables"][split][run]["joint_error_px"]
             assert entry["n"] == n and math.isfinite(entry["mean"]), (split, run)
     assert len(results["criteria"]) == 4 and all(isinstance(c["pass"], bool) for c in results["criteria"])
+    printed = capsys.readouterr().out.splitlines()  # the verdicts, where the command ends
+    start = printed.index("pass criteria (paired 95% CIs; report.md has the tables):")
+    for line, c in zip(printed[start + 1:], results["criteria"], strict=True):
+        assert line.startswith(f"{'PASS' if c['pass'] else 'FAIL'} {c['criterion']}"), line
+        failed = [k["check"] for k in c["checks"] if not k["ok"]]
+        assert all(k in line for k in failed) and ("not met" in line) == bool(failed), line
     assert "replayed pairs" in (out / "report" / "report.md").read_text()
     for stage in ("samples_base_family", "samples_finetuned_regular"):  # the fine-tune's precision, not the base's
         assert json.loads((out / stage / "stage.json").read_text())["signature"]["precision"] == ft.precision

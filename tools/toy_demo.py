@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -307,9 +308,13 @@ def main(argv: list[str] | None = None) -> int:
             records = run_demo(args.out, budget, args.data, args.seed, joints, workers=args.threads)
     finally:
         torch.set_num_threads(threads)  # called in-process (tests): leave the caller's setting as it was
-    log.info(
-        "demo finished in %.0f s: %s", time.perf_counter() - start, records["report"]["result"]["report"]
-    )
+    report = records["report"]["result"]
+    log.info("demo finished in %.0f s: %s", time.perf_counter() - start, report["report"])
+    if finetune:  # the verdicts where the command ends, the numbers behind them in report.md
+        from tools.toy_finetune_report import criteria_summary
+
+        criteria = json.loads(Path(report["results"]).read_text())["criteria"]
+        print("\n".join(["pass criteria (paired 95% CIs; report.md has the tables):", *criteria_summary(criteria)]))
     return 0
 
 

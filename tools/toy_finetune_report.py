@@ -108,6 +108,23 @@ def finetune_report(
             "criteria_passed": sum(c["pass"] for c in criteria), "criteria": len(criteria)}  # fmt: skip
 
 
+def criteria_summary(criteria: list[dict]) -> list[str]:
+    """One line per pass criterion for the console: PASS / FAIL, its name, and the checks it failed (all its checks
+    when it passed), each as difference [95% CI] and verdict."""
+
+    def check(k: dict) -> str:
+        if k.get("diff") is None:
+            return f"{k['check']}: no paired samples"
+        ci = "" if not k["ci"] or k["ci"][0] is None else f" [{k['ci'][0]:+.3f}, {k['ci'][1]:+.3f}]"
+        return f"{k['check']} {k['diff']:+.3f}{ci} {k['verdict']}"
+
+    lines = []
+    for c in criteria:
+        checks = "; ".join(check(k) for k in c["checks"] if c["pass"] or not k["ok"])
+        lines.append(f"PASS {c['criterion']}: {checks}" if c["pass"] else f"FAIL {c['criterion']}; not met: {checks}")
+    return lines
+
+
 def _paired_rows(comparisons: dict, run: str, metrics: Sequence[str]) -> list[str]:
     lines = [f"| {run} vs | metric | difference | 95% CI | n | verdict for {run} |", "|---|---|---|---|---|---|"]
     for other, rows in comparisons.items():
