@@ -282,6 +282,26 @@ def test_finetune_objective_fields_reach_the_training_config(tmp_path):
         toy_stages.with_overrides(toy_stages.BUDGETS["micro"], ["concat_init=random"])
 
 
+def test_finetune_learning_rate_defaults_to_the_kind_of_fine_tune(tmp_path):
+    """Finetune.lr unset: 2e-4 for a full fine-tune, 1e-3 for a LoRA; a given lr wins for both. The resolved rate is
+    the run budget's and the composed optimizer's."""
+    from tools import toy_stages
+
+    base = toy_stages.budget_from_dict(json.loads((toy_stages.FINETUNE_BUNDLE / "manifest.json").read_text())["budget"])
+    ft = toy_stages.FINETUNES["finetune"]
+    for items, lr in (([], 2e-4), (["lora=true"], 1e-3), (["lora=true", "lr=5e-4"], 5e-4), (["lr=3e-4"], 3e-4)):
+        budget = toy_stages.with_overrides(ft, items).run_budget(base)
+        assert budget.lr == lr and budget.train_args()["lr"] == lr, items
+    budget = toy_stages.with_overrides(ft, ["lora=true"]).run_budget(base)
+    cfg = toy_stages.compose_config("train", toy_stages.train_overrides(budget, tmp_path / "v.safetensors", tmp_path,
+                                                                        "latent", tmp_path, 0))  # fmt: skip
+    assert cfg.optimizer.lr == 1e-3
+    with pytest.raises(ValueError, match="lr takes a float, got 'fast'"):
+        toy_stages.with_overrides(ft, ["lr=fast"])
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        toy_stages.with_overrides(ft, ["lr=0"])
+
+
 def test_budget_fps_renders_the_same_motion_with_more_frames(tmp_path):
     """Budget.fps reaches the world and its stage signature; motion is in seconds, so a 16-fps world's even frames
     are the 8-fps world's frames (joints exactly) and its joints move half as far per frame."""

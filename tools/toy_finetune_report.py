@@ -146,7 +146,7 @@ def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) ->
         f"{f' plus {ft.replay} replayed pairs of its own families' if ft.replay else ''} "
         f"({'LoRA rank ' + str(ft.lora_rank) if ft.lora else 'full'}, "
         f"{f'sampled merged with the base at {ft.merge} of the fine-tune (WiSE-FT), ' if ft.merge != 1.0 else ''}"
-        f"{ft.train_steps} steps, batch {ft.batch_size}, lr {ft.lr}, {ft.precision}, "
+        f"{ft.train_steps} steps, batch {ft.batch_size}, lr {ft.learning_rate}, {ft.precision}, "
         f"train seed {records['train']['signature']['train_seed']}"
         f"{''.join(f', train override {o}' for o in records['train']['signature'].get('train_overrides', []))}"
         f"{''.join(f', sampling override {o}' for o in records['samples_base_family']['signature'].get('sample_overrides', []))}; "
