@@ -83,3 +83,20 @@ def test_target_mask_is_binary_white_on_black(two_person_replace):
     tm = decode_video(encode_video(two_person_replace.target_mask, 8.0))
     assert set(np.unique(tm)) <= {0, 255}
     assert (tm[..., 0] == tm[..., 1]).all() and (tm[..., 1] == tm[..., 2]).all()
+
+
+def test_x264_runs_below_avx512_and_repeats_its_output(tmp_path):
+    """x264's AVX-512 routines wrote different bytes for the same frames from one encode to the next (9 of 12
+    33-frame world clips over 20 encodes); where the CPU has AVX-512, encode_video caps x264 at AVX2
+    (scail_lab.hardware.x264_asm)."""
+    from scail_lab.hardware import x264_asm
+
+    flags = {"avx512": "fpu sse2 avx avx2 avx512f avx512bw", "avx2": "fpu sse2 avx avx2", "old": "fpu sse2"}
+    for name, line in flags.items():
+        (tmp_path / name).write_text(f"processor\t: 0\nflags\t\t: {line}\n")
+    assert [x264_asm(tmp_path / n) for n in flags] == ["AVX2", None, None]
+    assert x264_asm(tmp_path / "missing") is None  # not Linux: x264 detects by itself
+    sample = SyntheticWorld(WorldConfig(num_frames=33, p_two_characters=1.0, p_replace=1.0)).sample("train", 0)
+    for clip in (sample.target, sample.driving):
+        first = encode_video(clip, 16.0, quality=18)
+        assert all(encode_video(clip, 16.0, quality=18) == first for _ in range(12))

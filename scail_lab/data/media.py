@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scail_lab.hardware import x264_asm
+
 LOSSLESS = "lossless"
 
 
@@ -53,8 +55,9 @@ def encode_video(frames: np.ndarray, fps: float, quality: str | int = LOSSLESS) 
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        asm = x264_asm()  # capped below AVX-512, whose x264 routines do not repeat their output
         stream.options = {**options, "preset": "veryfast", "threads": "1",
-                          "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}  # fmt: skip
+                          "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0" + (f":asm={asm}" if asm else "")}  # fmt: skip
         stream.codec_context.thread_count = 1  # one encoder thread (threaded x264 output depends on scheduling)
         for index, frame in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
