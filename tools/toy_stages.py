@@ -175,7 +175,7 @@ class Finetune:
     num_val: int = 8
     num_test: int = 80  # held-out family test pairs (test identities, scenes and motions): 64 animate, 16 replace
     num_regular_test: int = 80  # test pairs of the families the base was trained on (the same 64 / 16 split)
-    train_steps: int = 300  # on the 16-fps base with merge 0.7: both fine-tune criteria, 8.7 min (docs/TOY_WORLD.md)
+    train_steps: int = 300  # on the 16-fps base with merge 0.7: both fine-tune criteria, about 9 min (docs/TOY_WORLD.md)
     batch_size: int = 4
     lr: float | None = None  # None: 2e-4 for a full fine-tune, 1e-3 for a LoRA (`learning_rate`)
     warmup_steps: int = 20
