@@ -230,3 +230,61 @@ def test_fit_tool_sets_the_latent_width(tmp_path: Path) -> None:
     model = LightVAE.from_checkpoint(out)
     assert model.config["z_dim"] == 8
     assert tuple(model.encode(torch.zeros(1, 3, 5, 16, 16)).shape) == (1, 8, 2, 2, 2)
+
+
+def test_fit_tool_decoder_only_keeps_the_encoder_and_its_latents(tmp_path: Path) -> None:
+    """--decoder-only: encoder weights and latent statistics stay --init's bit for bit (latents made with it stay
+    valid), the decoder moves and its reconstruction loss falls; without --init it is refused."""
+    from scail_lab.encoders.light_vae import LightVAE
+
+    common = ["--synthetic", "8", "--batch", "4", "--frames", "5", "--size", "16", "--eval-clips", "2",
+              "--eval-frames", "5", "--widths", "8", "8"]  # fmt: skip
+    first = tmp_path / "a" / "light_vae.safetensors"
+    fit_main(["--out", str(first), "--steps", "2", *common])
+    second = tmp_path / "b" / "light_vae.safetensors"
+    fit_main(["--out", str(second), "--steps", "40", "--lr", "3e-3", "--init", str(first), "--decoder-only", *common])
+    a, b = LightVAE.from_checkpoint(first), LightVAE.from_checkpoint(second)
+    decoder = {f"{name}." for name in ("decoder_in", "decoder_mix", "decoder")}
+    moved = []
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        if any(name.startswith(prefix) for prefix in decoder):
+            moved.append(not torch.equal(pa, pb))
+        else:
+            assert torch.equal(pa, pb), name
+    assert moved and all(moved)
+    clips = moving_shapes(8, 5, 16, seed=0)  # the training clips (the tool's seed 0)
+    with torch.no_grad():
+        torch.testing.assert_close(a.encode(clips), b.encode(clips), rtol=0, atol=0)
+        loss_a = torch.nn.functional.mse_loss(a.decode(a.encode(clips)), clips)
+        loss_b = torch.nn.functional.mse_loss(b.decode(b.encode(clips)), clips)
+    assert loss_b < 0.9 * loss_a
+    with pytest.raises(SystemExit):
+        fit_main(["--out", str(tmp_path / "c" / "x.safetensors"), "--steps", "1", "--decoder-only", *common])
+
+
+def test_refine_blocks_grow_a_fitted_decoder_without_changing_it(tmp_path: Path) -> None:
+    """Added decoder refine blocks start as the identity: same latents, same reconstructions, then they train;
+    the config round-trips through the checkpoint; a refit cannot drop blocks."""
+    from scail_lab.encoders.light_vae import LightVAE
+    from tools.fit_light_vae import grow_decoder
+
+    torch.manual_seed(0)
+    base = LightVAE(widths=(8, 8), z_dim=4)
+    for p in base.parameters():  # away from the identity-like init so the check has teeth
+        p.data.add_(0.05 * torch.randn_like(p))
+    grown = grow_decoder(base, 2)
+    assert grown.config == {"widths": [8, 8], "z_dim": 4, "refine_blocks": 2} and len(grown.decoder_refine) == 2
+    clips = moving_shapes(2, 5, 16, seed=3)
+    with torch.no_grad():
+        assert torch.equal(grown.encode_raw(clips), base.encode_raw(clips))
+        torch.testing.assert_close(grown(clips), base(clips), rtol=0, atol=0)
+        for block in grown.decoder_refine:  # a non-zero block changes the output: the blocks are on the path
+            block.body[-1].weight.normal_()
+        assert not torch.allclose(grown(clips), base(clips))
+    grown.save(tmp_path / "g.safetensors")
+    again = LightVAE.from_checkpoint(tmp_path / "g.safetensors")
+    assert again.config["refine_blocks"] == 2
+    torch.testing.assert_close(again(clips), grown(clips), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cannot drop"):
+        grow_decoder(again, 1)
+    assert grow_decoder(again, None) is again

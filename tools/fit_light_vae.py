@@ -191,6 +191,20 @@ def latent_stats(model: LightVAE, clips: torch.Tensor, batch: int = 8) -> tuple[
     return z.mean(dim=1), z.std(dim=1).clamp_min(1e-4)
 
 
+def grow_decoder(model: LightVAE, refine_blocks: int | None) -> LightVAE:
+    """`model` with `refine_blocks` decoder refine blocks (None: as it has); added blocks start as the identity."""
+    have = model.config.get("refine_blocks", 0)
+    if refine_blocks is None or refine_blocks == have:
+        return model
+    if refine_blocks < have:
+        raise ValueError(f"--refine-blocks {refine_blocks} < the {have} the --init VAE has: a refit cannot drop them")
+    grown = LightVAE(**{**model.config, "refine_blocks": refine_blocks})
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("decoder_refine.") for key in missing):
+        raise ValueError(f"growing the decoder: unexpected keys {unexpected}, missing {missing}")
+    return grown
+
+
 def fit(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -221,9 +235,14 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
                 "z_dim": model.config["z_dim"]}  # fmt: skip
         if have != wanted:
             raise ValueError(f"--init {args.init} has {have}; --widths / --blocks / --z-dim say {wanted}: pass the same")
+        model = grow_decoder(model, args.refine_blocks)
     else:
-        model = LightVAE(widths=args.widths, blocks=args.blocks, z_dim=args.z_dim)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+        model = LightVAE(widths=args.widths, blocks=args.blocks, z_dim=args.z_dim, refine_blocks=args.refine_blocks or 0)
+    if args.decoder_only:  # the encoder and the latent statistics stay: latents made with --init stay valid
+        model.requires_grad_(False)
+        model.decoder_parts().requires_grad_(True)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     start = time.time()
     bar = tqdm(range(args.steps), desc="fit light VAE", unit="step")
@@ -236,7 +255,7 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
         loss, mse = model.reconstruction_loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         sched.step()
         if step % 10 == 0:
@@ -245,7 +264,8 @@ def fit(args: argparse.Namespace) -> dict[str, float]:
             )
     train_seconds = time.time() - start
 
-    model.set_latent_stats(*latent_stats(model, stats_clips))
+    if not args.decoder_only:
+        model.set_latent_stats(*latent_stats(model, stats_clips))
     metrics = {f"heldout_synthetic_{k}": v for k, v in evaluate(model, held_out).items()}
     if held_out_files is not None:
         metrics.update({f"heldout_files_{k}": v for k, v in evaluate(model, held_out_files).items()})
@@ -284,6 +304,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 96],
                         help="3 widths: 8x spatial compression (the Wan factor); 2 widths: 4x")  # fmt: skip
     parser.add_argument("--blocks", type=int, default=1, help="residual blocks per level")
+    parser.add_argument("--refine-blocks", type=int, default=None, help="extra decoder blocks at the finest level "
+                        "(default 0, or --init's); with --init, added blocks start as the identity")
     parser.add_argument("--z-dim", type=int, default=16, help="latent channels (16: Wan 2.1's; the denoiser's "
                         "latent_dim must match)")
     parser.add_argument("--eval-clips", type=int, default=32)
@@ -291,11 +313,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--max-frames", type=int, default=200, help="frames read per video file")
     parser.add_argument("--init", default=None, help="start from this fitted light VAE (.safetensors, its .json "
                         "next to it) instead of a fresh one; --widths / --blocks / --z-dim must match it")
+    parser.add_argument("--decoder-only", action="store_true", help="with --init: train the decoder alone; the "
+                        "encoder and latent statistics stay --init's, so latents and models made with it stay valid")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if not str(args.out).endswith(".safetensors"):
         parser.error(f"--out must end in .safetensors, got {args.out}")
+    if args.decoder_only and not args.init:
+        parser.error("--decoder-only trains the decoder of a fitted VAE: pass --init")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

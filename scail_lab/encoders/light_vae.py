@@ -80,23 +80,29 @@ class LightVAE(nn.Module):
         widths: channels at 1/2, 1/4 (and 1/8) resolution; 3 widths give f = 8 (the Wan factor), 2 give f = 4.
         z_dim: latent channels (16, like the Wan VAE).
         blocks: residual blocks per level (1 as first released; more is more capacity at the same shapes).
+        refine_blocks: extra residual blocks in the decoder only, at its finest level (0 as first released; a
+            decoder-only refit can add them to a fitted VAE without changing its latents).
     """
 
     temporal_factor = GROUP
 
-    def __init__(self, *, widths: Sequence[int] = (32, 64, 96), z_dim: int = 16, blocks: int = 1) -> None:
+    def __init__(
+        self, *, widths: Sequence[int] = (32, 64, 96), z_dim: int = 16, blocks: int = 1, refine_blocks: int = 0
+    ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
-        if len(widths) not in (2, 3) or min(widths) <= 0 or z_dim <= 0 or blocks < 1:
+        if len(widths) not in (2, 3) or min(widths) <= 0 or z_dim <= 0 or blocks < 1 or refine_blocks < 0:
             raise ValueError(
-                f"LightVAE needs 2 or 3 positive widths, z_dim > 0 and blocks >= 1, got widths={widths}, "
-                f"z_dim={z_dim}, blocks={blocks}"
+                f"LightVAE needs 2 or 3 positive widths, z_dim > 0, blocks >= 1 and refine_blocks >= 0, got "
+                f"widths={widths}, z_dim={z_dim}, blocks={blocks}, refine_blocks={refine_blocks}"
             )
         self.latent_channels = int(z_dim)
         self.spatial_factor = 2 ** len(widths)
         self.config: dict[str, Any] = {"widths": widths, "z_dim": int(z_dim)}
         if blocks != 1:
             self.config["blocks"] = int(blocks)
+        if refine_blocks:
+            self.config["refine_blocks"] = int(refine_blocks)
         packed = 3 * GROUP * 4  # 3 colours x 4 frames x (2x2 pixel unshuffle)
         res = lambda dim: [ResBlock2d(dim) for _ in range(blocks)]  # noqa: E731
         encoder: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(packed, widths[0], 3, padding=1), *res(widths[0])]
@@ -114,6 +120,12 @@ class LightVAE(nn.Module):
         decoder += [RMSNorm(widths[0], images=True), nn.SiLU(), nn.Conv2d(widths[0], packed, 3, padding=1),
                     nn.PixelShuffle(2)]  # fmt: skip
         self.decoder = nn.Sequential(*decoder)
+        # extra residual blocks at the decoder's finest level, before its output head; each starts as the identity
+        # (last conv zeroed), so growing a fitted VAE's decoder starts from exactly its reconstructions
+        self.decoder_refine = nn.Sequential(*[ResBlock2d(widths[0]) for _ in range(refine_blocks)])
+        for block in self.decoder_refine:
+            nn.init.zeros_(block.body[-1].weight)
+            nn.init.zeros_(block.body[-1].bias)
         self.register_buffer("latents_mean", torch.zeros(z_dim))
         self.register_buffer("latents_std", torch.ones(z_dim))
 
@@ -124,6 +136,19 @@ class LightVAE(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.decoder_in.weight.device
+
+    def decoder_parts(self) -> nn.ModuleList:
+        """The modules `decode_raw` uses (a decoder-only refit trains these and nothing else)."""
+        return nn.ModuleList([self.decoder_in, self.decoder_mix, self.decoder, self.decoder_refine])
+
+    def _decode_frames(self, x: Tensor) -> Tensor:
+        """Decoder on [N, top width, h, w] -> packed groups [N, 3 G, H, W]; the refine blocks sit before the head."""
+        head = len(self.decoder) - 4  # RMSNorm, SiLU, conv to 3 G x 4 channels, pixel shuffle
+        for i, layer in enumerate(self.decoder):
+            if i == head:
+                x = self.decoder_refine(x)
+            x = layer(x)
+        return x
 
     # ------------------------------------------------------------------ raw (unnormalised) maps
 
@@ -144,7 +169,7 @@ class LightVAE(nn.Module):
         """Unnormalised latents [B, Z, T, h, w] -> unclamped pixels [B, 3, 4 (T - 1) + 1, f h, f w]."""
         x = self.decoder_mix(per_frame(self.decoder_in, z))  # [B, w2, T, h, w]
         b, _, t = x.shape[:3]
-        frames = per_frame(self.decoder, x)  # [B, 3 G, T, H, W]
+        frames = per_frame(self._decode_frames, x)  # [B, 3 G, T, H, W]
         h, w = frames.shape[-2:]
         frames = frames.reshape(b, 3, GROUP, t, h, w).transpose(2, 3)  # [B, 3, T, G, H, W]
         return frames.reshape(b, 3, t * GROUP, h, w)[:, :, GROUP - 1 :]  # drop frame 0's 3 padding copies

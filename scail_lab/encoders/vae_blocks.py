@@ -22,7 +22,7 @@ Temporal resampling rules (the first frame is special, so 4k+1 pixel frames <-> 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -54,8 +54,8 @@ def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
     return out  # type: ignore[return-value]
 
 
-def per_frame(module: nn.Module, x: Tensor) -> Tensor:
-    """Apply a 2-D module to every frame: [B, C, T, H, W] -> [B, C', T, H', W']."""
+def per_frame(module: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Apply a 2-D module (or function) to every frame: [B, C, T, H, W] -> [B, C', T, H', W']."""
     b, c, t, h, w = x.shape
     frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # [(B T), C, H, W]
     frames = module(frames)
