@@ -161,3 +161,32 @@ def test_the_built_in_example_follows_the_world_the_bundle_was_trained_on(bundle
     (written,) = sample.run(cfg, tmp_path / "samples")
     assert media.decode_video(written["video"]).shape == (9, 64, 64, 3)
     assert media.probe_video(tmp_path / "samples" / "input" / "synthetic_test_0" / "target.mp4").fps == pytest.approx(4.0)
+
+
+def test_a_decoder_refit_enters_a_bundle_and_a_new_encoder_is_refused(bundle_copy, tmp_path):
+    """tools/bundle_vae.py: a --decoder-only refit of the bundle's VAE (with refine blocks) is written into a new
+    bundle that verifies, keeps the denoiser and chains the VAE record; a VAE with another encoder is refused
+    before anything is written."""
+    from tools.bundle_vae import main as bundle_vae
+    from tools.fit_light_vae import main as fit
+
+    common = ["--synthetic", "2", "--batch", "1", "--frames", "5", "--eval-clips", "1", "--eval-frames", "5",
+              "--widths", "64", "128", "--steps", "1"]  # fmt: skip
+    refit = tmp_path / "refit" / "light_vae.safetensors"
+    fit(["--out", str(refit), "--init", str(bundle_copy / VAE_FILE), "--decoder-only", "--refine-blocks", "1",
+         *common])  # fmt: skip
+    out = tmp_path / "bundle_refit"
+    bundle_vae(["--bundle", str(bundle_copy), "--vae", str(refit), "--out", str(out), "--command", "fit ..."])
+    manifest = verify_bundle(out)
+    old = json.loads((bundle_copy / MANIFEST).read_text())
+    assert manifest["files"][BASE_WEIGHTS] == old["files"][BASE_WEIGHTS]
+    assert manifest["files"][VAE_FILE]["sha256"] == sha256_file(refit) != old["files"][VAE_FILE]["sha256"]
+    assert manifest["vae"]["replaces"] == {"sha256": old["files"][VAE_FILE]["sha256"], "record": old["vae"]}
+    assert manifest["vae"]["decoder_refit"]["command"] == "fit ..."
+    assert LightVAE.from_checkpoint(out / VAE_FILE).config["refine_blocks"] == 1
+
+    fresh = tmp_path / "fresh" / "light_vae.safetensors"
+    fit(["--out", str(fresh), *common])
+    with pytest.raises(ValueError, match=r"encoder\.\S+ differs from .*the latents would change"):
+        bundle_vae(["--bundle", str(bundle_copy), "--vae", str(fresh), "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()

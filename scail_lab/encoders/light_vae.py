@@ -43,6 +43,7 @@ from scail_lab.files import save_safetensors
 logger = logging.getLogger(__name__)
 
 GROUP = 4  # pixel frames per latent frame
+DECODER_MODULES = ("decoder_in", "decoder_mix", "decoder", "decoder_refine")  # what decode_raw uses
 
 
 class ResBlock2d(nn.Module):
@@ -139,7 +140,7 @@ class LightVAE(nn.Module):
 
     def decoder_parts(self) -> nn.ModuleList:
         """The modules `decode_raw` uses (a decoder-only refit trains these and nothing else)."""
-        return nn.ModuleList([self.decoder_in, self.decoder_mix, self.decoder, self.decoder_refine])
+        return nn.ModuleList([getattr(self, name) for name in DECODER_MODULES])
 
     def _decode_frames(self, x: Tensor) -> Tensor:
         """Decoder on [N, top width, h, w] -> packed groups [N, 3 G, H, W]; the refine blocks sit before the head."""
