@@ -128,6 +128,25 @@ def test_same_seed_same_video_and_a_different_seed_differs():
     assert (a.video.int() - c.video.int()).abs().float().mean() > 5
 
 
+def test_paste_back_keeps_the_driving_scene_where_the_replace_mask_is_white():
+    """pipeline.paste_back: in replacement the driving pixels wherever every mask channel is above the threshold
+    (SCAIL-2's white = take the scene), the generated pixels elsewhere; animation and the default are untouched."""
+    example = make_example(mode="replace")
+    mask = torch.full_like(example.driving_mask, 255)  # white: the scene
+    mask[:, :, 16:48, 20:40] = 0
+    mask[0, :, 16:48, 20:40] = 255  # a red person (not white: one channel on)
+    mask[:, 4, 0, 0] = 225  # the threshold is strict: 225 is off, so this pixel is generated
+    example = example.replace(driving_mask=mask)
+    plain, pasted = make_pipeline()(example, seed=3).video, make_pipeline(paste_back=True)(example, seed=3).video
+    white = (mask > 225).all(dim=0)  # [N, H, W]
+    assert white.sum() == 9 * 64 * 64 - 9 * 32 * 20 - 1
+    assert torch.equal(pasted[:, white], example.driving[:, white])
+    assert torch.equal(pasted[:, ~white], plain[:, ~white])
+    assert (plain[:, white].int() - example.driving[:, white].int()).abs().float().mean() > 5  # it did change
+    animate = example.replace(mode="animate")
+    assert torch.equal(make_pipeline(paste_back=True)(animate, seed=3).video, make_pipeline()(animate, seed=3).video)
+
+
 def test_guide_scale_one_runs_one_forward_per_step_and_above_one_batches_cond_and_uncond():
     model = CountingModel(randomize_(SCAILDiT(tiny_config()), seed=0, std=0.02))
     make_pipeline(model, guide_scale=1.0, num_steps=4)(make_example())

@@ -75,6 +75,7 @@ class AnimationPipeline:
         step_cache_coefficients: tuple[float, ...] = (1.0, 0.0),
         progress: bool = True,
         cfg_parallel: CfgParallel | None = None,
+        paste_back: bool = False,
     ) -> None:
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -102,6 +103,7 @@ class AnimationPipeline:
         self.builder = ConditionBuilder()
         self.num_steps, self.guide_scale, self.negative_prompt = num_steps, guide_scale, negative_prompt
         self.pose_guide_scale = float(pose_guide_scale)
+        self.paste_back = bool(paste_back)
         self.height, self.width, self.max_frames = height, width, max_frames
         self.segment_len, self.segment_overlap = segment_len, segment_overlap
         self.device, self.progress = torch.device(device), progress
@@ -221,6 +223,15 @@ class AnimationPipeline:
         params = next(vae.parameters(), None) if isinstance(vae, nn.Module) else None
         return params.device if params is not None else torch.device("cpu")
 
+    def pasted_back(self, frames: Tensor, example: MotionExample) -> Tensor:
+        """Replacement: the driving clip's own pixels wherever its mask is white ("take the scene from the driving
+        video", SCAIL-2's environment switch; white = every channel above the mask scheme's threshold), the
+        generated frames elsewhere. Animation, or no driving mask: `frames` unchanged. uint8 [3, N, H, W]."""
+        if example.mode != "replace" or example.driving_mask is None:
+            return frames
+        white = self.encoder.mask_scheme.channel_bits(example.driving_mask).amin(dim=0) > 0  # [N, H, W]
+        return torch.where(white.unsqueeze(0), example.driving, frames)
+
     # --- the whole thing -----------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, example: MotionExample, seed: int = 0) -> AnimationResult:
@@ -257,4 +268,6 @@ class AnimationPipeline:
         bar.close()
         frames = _to_uint8(torch.cat(pieces, dim=1))
         assert frames.shape[1] == example.num_frames, (frames.shape, example.num_frames)
+        if self.paste_back:
+            frames = self.pasted_back(frames, example)
         return AnimationResult(frames, example, seed, time.perf_counter() - start, plans, cache_stats, self.precision)
