@@ -189,9 +189,12 @@ def test_finetune_micro_on_the_shipped_base(tmp_path, capsys):
         assert line.startswith(f"{'PASS' if c['pass'] else 'FAIL'} {c['criterion']}"), line
         failed = [k["check"] for k in c["checks"] if not k["ok"]]
         assert all(k in line for k in failed) and ("not met" in line) == bool(failed), line
-    assert "replayed pairs" in (out / "report" / "report.md").read_text()
+    report = (out / "report" / "report.md").read_text()
+    assert "replayed pairs" in report and "wherever its mask is white" in report
     for stage in ("samples_base_family", "samples_finetuned_regular"):  # the fine-tune's precision, not the base's
-        assert json.loads((out / stage / "stage.json").read_text())["signature"]["precision"] == ft.precision
+        signature = json.loads((out / stage / "stage.json").read_text())["signature"]
+        assert signature["precision"] == ft.precision
+        assert signature["sample_overrides"] == ["pipeline.paste_back=true"]  # replacement keeps the driving scene
 
 
 def _stage_work(folder, value):

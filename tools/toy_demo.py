@@ -228,6 +228,8 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = FINETUNE_BUNDLE, seed: 
     sampler = dataclasses.replace(base, precision=budget.precision)
     sampling = {"sampler": base.sampler, "shift": base.shift, "sample_steps": base.sample_steps,
                 "precision": sampler.precision}  # fmt: skip
+    if ft.paste_back:  # a sampling override like any other (a later pipeline.paste_back=false wins)
+        sample_overrides = ["pipeline.paste_back=true", *sample_overrides]
     if sample_overrides:  # only when given: the signatures of runs without them stay as they were
         sampling["sample_overrides"] = list(sample_overrides)
     sig["sample"] = {**sig["train"], **sampling, **({"merge": ft.merge} if ft.merge != 1.0 else {})}

@@ -138,6 +138,8 @@ def _paired_rows(comparisons: dict, run: str, metrics: Sequence[str]) -> list[st
 
 def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) -> str:
     train = records["train"]["result"]
+    sampled = records["samples_base_family"]["signature"].get("sample_overrides", [])
+    paste_back = [o for o in sampled if o.startswith("pipeline.paste_back=")][-1:] == ["pipeline.paste_back=true"]
     counts = {s: {m: sum(1 for v in modes[s].values() if v == m) for m in ("animate", "replace")} for s in modes}
     lines = [
         "# Fine-tuning the toy base on a new motion family", "",
@@ -149,10 +151,12 @@ def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) ->
         f"{ft.train_steps} steps, batch {ft.batch_size}, lr {ft.learning_rate}, {ft.precision}, "
         f"train seed {records['train']['signature']['train_seed']}"
         f"{''.join(f', train override {o}' for o in records['train']['signature'].get('train_overrides', []))}"
-        f"{''.join(f', sampling override {o}' for o in records['samples_base_family']['signature'].get('sample_overrides', []))}; "
+        f"{''.join(f', sampling override {o}' for o in sampled)}; "
         f"{train['seconds_per_step']:.2f} s/step) and evaluates both models on two held-out test sets. "
         "Means with 95% bootstrap CIs; paired differences with 95% paired-bootstrap CIs (better / worse only when "
-        "the CI excludes 0).", "",
+        "the CI excludes 0)."
+        + (" Replacement samples keep the driving clip's pixels wherever its mask is white (the scene; "
+           "`pipeline.paste_back`), the model's elsewhere." if paste_back else ""), "",
         "## Pass criteria", "",
     ]  # fmt: skip
     for c in criteria:
