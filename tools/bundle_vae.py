@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a plain checkout
 
-from scail_lab.checkpoints.bundle import MANIFEST, sha256_file, verify_bundle  # noqa: E402
+from scail_lab.checkpoints.bundle import MANIFEST, sha256_file, swap_in, verify_bundle  # noqa: E402
 from tools.toy_stages import VAE_FILE, git_commit  # noqa: E402
 
 VAE_JSON = "light_vae.json"
@@ -66,12 +66,7 @@ def write(bundle: Path, vae: Path, out: Path, command: str) -> dict:
         "replaces": {"sha256": sha256_file(bundle / VAE_FILE), "record": manifest.get("vae")},
     }  # fmt: skip
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    swap_in(tmp, out)
     return manifest
 
 
