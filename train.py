@@ -29,8 +29,8 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from scail_lab.build import build_encoder, build_model, build_pipeline, data_mask_scheme, plain
-from scail_lab.data.media import atomic_write_bytes
 from scail_lab.data.report import write_data_report
+from scail_lab.files import atomic_write_bytes
 from scail_lab.training.callbacks import ExportWeights, Throughput, ValidationVideos
 from scail_lab.training.checkpoint_io import AtomicCheckpointIO, checkpoint_problem, find_resume
 from scail_lab.training.data import MotionPairDataModule, data_parallel_factory

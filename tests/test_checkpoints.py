@@ -372,3 +372,20 @@ def test_save_safetensors_replaces_whole_files_only(tmp_path):
     with pytest.raises(RuntimeError, match="share memory"):  # safetensors refuses tensors that share storage
         save_safetensors({"b": b, "c": b}, path)
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["w.safetensors"]
+
+
+def test_atomic_writes_land_whole_with_ordinary_permissions(tmp_path):
+    """scail_lab.files.atomic_write_bytes / _text (every JSON, report and mp4 writer, and the light VAE's config): the
+    content lands, the file is not private, a failed write keeps the previous file and leaves no temp file."""
+    import stat
+
+    from scail_lab.files import atomic_write_bytes, atomic_write_text, current_umask
+
+    path = tmp_path / "sub" / "config.json"
+    atomic_write_text(path, '{"a": "é"}')
+    assert path.read_text(encoding="utf-8") == '{"a": "é"}'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~current_umask()
+
+    with pytest.raises(TypeError):  # the write fails after the temp file exists
+        atomic_write_bytes(path, object())
+    assert path.read_text(encoding="utf-8") == '{"a": "é"}' and [p.name for p in path.parent.iterdir()] == [path.name]

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from scail_lab.data import AugmentConfig, FolderDataset, FrameSampling, build_dataloader, make_shards
-from scail_lab.data.media import current_umask, decode_video, encode_video
+from scail_lab.data.media import decode_video, encode_video
 from scail_lab.data.shards import ShardJob, list_shards, run_jobs, signature_of
+from scail_lab.files import current_umask
 from tests.test_data_fixtures import write_synthetic
 
 EVAL = {"sampling": FrameSampling(frame_buckets=(9,), random_start=False), "augment": AugmentConfig.off()}

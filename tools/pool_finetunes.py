@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(result, args.runs)
     print(text)
     if args.out is not None:
-        from scail_lab.data.media import atomic_write_bytes
+        from scail_lab.files import atomic_write_bytes
 
         atomic_write_bytes(args.out, text.encode())
         atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(result, indent=2).encode())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scail_lab.data.media import atomic_write_bytes  # noqa: E402
+from scail_lab.files import atomic_write_bytes  # noqa: E402
 from scail_lab.preprocess.backends import BACKENDS, build_backend  # noqa: E402
 from scail_lab.preprocess.captions import OpenAICompatibleCaptioner, TemplateCaptioner  # noqa: E402
 from scail_lab.preprocess.prepare import KINDS, MODES, PrepareOptions, prepare_example  # noqa: E402

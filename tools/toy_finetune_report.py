@@ -13,8 +13,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from scail_lab.data import media
 from scail_lab.data.parallel import parallel_map
+from scail_lab.files import atomic_write_bytes
 from tools.toy_report import (
     FOREGROUND_THRESHOLD,
     RUN_NOTES,
@@ -101,9 +101,9 @@ def finetune_report(
     criteria = pass_criteria(comparisons)
     numbers = {"tables": {k: stripped(t) for k, t in tables.items()}, "comparisons": comparisons,
                "criteria": criteria, "modes": modes, "mask_estimator_ceiling_iou": ceilings}  # fmt: skip
-    media.atomic_write_bytes(folder / "results.json", json.dumps(numbers, indent=2).encode())
+    atomic_write_bytes(folder / "results.json", json.dumps(numbers, indent=2).encode())
     text = render(ft, base, records, tables, comparisons, criteria, modes, ceilings)
-    media.atomic_write_bytes(folder / "report.md", text.encode())
+    atomic_write_bytes(folder / "report.md", text.encode())
     return {"report": str(folder / "report.md"), "results": str(folder / "results.json"),
             "criteria_passed": sum(c["pass"] for c in criteria), "criteria": len(criteria)}  # fmt: skip
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from scail_lab.data import media, schema
+from scail_lab.files import atomic_write_bytes
 
 log = logging.getLogger("toy_report")
 CRF = 18  # the quality sample.py writes results with; every run is encoded the same way
@@ -65,7 +66,7 @@ def check_plates(tests: Sequence[Path]) -> None:
 
 def write_video(path: Path, frames: np.ndarray, fps: float, quality: str | int = CRF) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    media.atomic_write_bytes(path, media.encode_video(frames, fps, quality))
+    atomic_write_bytes(path, media.encode_video(frames, fps, quality))
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -282,7 +283,7 @@ def contact_sheet(
     sheet = cv2.resize(sheet, (sheet.shape[1] * 2, sheet.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
     names = ("ref", "driving", *results, "ground truth")
     header = np.concatenate([_label(n, w) for n, w in zip(names, widths, strict=True)], axis=1)
-    media.atomic_write_bytes(path, media.encode_image(np.concatenate([header, sheet], axis=0), ".png"))
+    atomic_write_bytes(path, media.encode_image(np.concatenate([header, sheet], axis=0), ".png"))
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -382,9 +383,9 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path,
     contact_sheet(folder / "contact_sheet.png", tests, {"result": runs["model"]})
     numbers = {"table": stripped(table), "model_vs": comparisons, "mask_estimator_ceiling_iou": ceiling,
                "modes": modes}  # fmt: skip
-    media.atomic_write_bytes(folder / "results.json", json.dumps(numbers, indent=2).encode())
+    atomic_write_bytes(folder / "results.json", json.dumps(numbers, indent=2).encode())
     text = render_markdown(budget, records, table, comparisons, ceiling, len(tests))
-    media.atomic_write_bytes(folder / "report.md", text.encode())
+    atomic_write_bytes(folder / "report.md", text.encode())
     return {"report": str(folder / "report.md"), "results": str(folder / "results.json"),
             "contact_sheet": str(folder / "contact_sheet.png"), "eval": str(folder / "eval" / "summary.md")}  # fmt: skip
 

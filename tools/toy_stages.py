@@ -26,8 +26,8 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from scail_lab.data.media import atomic_write_bytes  # noqa: E402
 from scail_lab.data.parallel import parallel_map  # noqa: E402
+from scail_lab.files import atomic_write_bytes  # noqa: E402
 from scail_lab.hardware import cpu_has_bf16_units  # noqa: E402
 
 log = logging.getLogger("toy_stages")

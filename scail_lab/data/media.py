@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scail_lab.files import current_umask
 from scail_lab.hardware import x264_asm
 
 LOSSLESS = "lossless"
@@ -126,45 +127,6 @@ def decode_image(data: bytes) -> np.ndarray:
     if arr is None:
         raise ValueError("unreadable image")
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Make a rename in `folder` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and `os.replace` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp files are private; these are ordinary data files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def atomic_write_folder(files: dict[str, bytes], folder: str | Path) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scail_lab.data import schema
-from scail_lab.data.media import atomic_write_bytes
+from scail_lab.files import atomic_write_bytes
 
 REPORT_JSON, REPORT_MD = "data_report.json", "data_report.md"
 MAX_LISTED_SKIPS = 50  # rows of the markdown skip table (the JSON keeps all)

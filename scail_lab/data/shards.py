@@ -30,7 +30,7 @@ from scail_lab.data.folders import (
     validate_sample,
     with_validated_meta,
 )
-from scail_lab.data.media import atomic_write_bytes
+from scail_lab.files import atomic_write_bytes
 from scail_lab.model.masks import resolve_mask_scheme
 
 logger = logging.getLogger(__name__)

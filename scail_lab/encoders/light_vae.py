@@ -38,7 +38,7 @@ from scail_lab.encoders.vae_base import (
     resolve_dtype,
 )
 from scail_lab.encoders.vae_blocks import CausalConv3d, RMSNorm, per_frame
-from scail_lab.files import save_safetensors
+from scail_lab.files import atomic_write_text, save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +223,9 @@ class LightVAE(nn.Module):
             raise ValueError(f"light VAE checkpoints are .safetensors files, got {str(path)!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         config_path = path.with_suffix(".json")
-        tmp_json = config_path.with_name(config_path.name + ".tmp")
-        tmp_json.write_text(json.dumps({"kind": "light", "config": self.config, **(extra or {})}, indent=2))
+        text = json.dumps({"kind": "light", "config": self.config, **(extra or {})}, indent=2)  # fails before writing
         save_safetensors(self.state_dict(), path)
-        tmp_json.replace(config_path)
+        atomic_write_text(config_path, text)
         return path
 
     @classmethod

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from scail_lab.data import media
+from scail_lab.files import atomic_write_bytes
 from scail_lab.pipeline.animation import AnimationResult
 
 
@@ -46,12 +47,12 @@ def write_result(
         "grid": out / f"{name}_side_by_side.png",
         "meta": out / f"{name}.json",
     }
-    media.atomic_write_bytes(paths["video"], media.encode_video(_frames(result.video), fps, quality=crf))
+    atomic_write_bytes(paths["video"], media.encode_video(_frames(result.video), fps, quality=crf))
     triptych = side_by_side(result)
-    media.atomic_write_bytes(paths["side_by_side"], media.encode_video(_frames(triptych), fps, quality=crf))
+    atomic_write_bytes(paths["side_by_side"], media.encode_video(_frames(triptych), fps, quality=crf))
     picks = np.linspace(0, triptych.shape[1] - 1, num=min(4, triptych.shape[1])).round().astype(int)
     grid = torch.cat([triptych[:, int(i)] for i in picks], dim=1)  # [3, 4H, 3W]
-    media.atomic_write_bytes(
+    atomic_write_bytes(
         paths["grid"], media.encode_image(grid.permute(1, 2, 0).contiguous().numpy(), ".png")
     )
     meta = {
@@ -70,5 +71,5 @@ def write_result(
         "precision": result.precision,  # resolved (the config may say auto)
         "config": config or {},
     }
-    media.atomic_write_bytes(paths["meta"], json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(paths["meta"], json.dumps(meta, indent=2).encode())
     return {k: str(v) for k, v in paths.items()}

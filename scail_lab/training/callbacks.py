@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from scail_lab.data import media, schema
-from scail_lab.files import save_safetensors
+from scail_lab.files import atomic_write_text, save_safetensors
 from scail_lab.model.lora import EXPORT_STYLES, export_lora
 from scail_lab.training.lora import adapter_tensors
 from scail_lab.training.module import tokens_per_sample
@@ -153,7 +153,5 @@ class ExportWeights(L.Callback):
             for name, state in states.items():
                 save_safetensors(state, self.out_dir / f"{name}.safetensors", metadata={"format": "pt"})
         meta = {"config": self.config, "step": trainer.global_step, "model": model.describe()}
-        tmp = self.out_dir / "config.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        tmp.replace(self.out_dir / "config.json")
+        atomic_write_text(self.out_dir / "config.json", json.dumps(meta, indent=2, default=str))
         log.info("exported weights to %s", self.out_dir)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from scail_lab.data.media import fsync_dir
+from scail_lab.files import fsync_dir
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "SCAIL_COMPLETE"  # written last into a DeepSpeed checkpoint folder

@@ -30,7 +30,7 @@ from lightning.pytorch.strategies import (
     SingleDeviceStrategy,
 )
 
-from scail_lab.data.media import fsync_dir
+from scail_lab.files import fsync_dir
 from scail_lab.training.checkpoint_io import COMPLETE_MARKER
 
 log = logging.getLogger(__name__)

@@ -95,7 +95,7 @@ def contact_sheet(samples: Sequence[SyntheticSample], frames_shown: int = 3) -> 
 
 def write_png(image: np.ndarray, path: str | Path, scale: int = 2) -> None:
     """Save an RGB array as PNG (nearest-neighbour upscaled by `scale` for viewing)."""
-    from scail_lab.data.media import atomic_write_bytes
+    from scail_lab.files import atomic_write_bytes
 
     if scale > 1:
         image = cv2.resize(
