@@ -23,16 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from scail_lab.data.folders import collect_files, validate_sample, with_validated_meta  # noqa: E402
-from scail_lab.data.media import (  # noqa: E402
-    LOSSLESS,
-    atomic_write_bytes,
-    atomic_write_folder,  # noqa: E402
-)
+from scail_lab.data.media import LOSSLESS, atomic_write_folder  # noqa: E402
 from scail_lab.data.parallel import parallel_map  # noqa: E402
 from scail_lab.data.shards import ShardJob, make_shards, run_jobs, shard_name, signature_of, summarize  # noqa: E402
 from scail_lab.data.synthetic.export import contact_sheet, sample_files, write_png  # noqa: E402
 from scail_lab.data.synthetic.motion import MOTION_FAMILIES  # noqa: E402
 from scail_lab.data.synthetic.world import SPLITS, SyntheticWorld, WorldConfig  # noqa: E402
+from scail_lab.files import atomic_write_bytes  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
