@@ -20,10 +20,13 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dic
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:  # on disk before the rename, as atomic_write_bytes does
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
     return path
 
 
