@@ -51,6 +51,7 @@ def write(bundle: Path, vae: Path, out: Path, command: str) -> dict:
             raise ValueError(f"{path}: missing (a light VAE is a .safetensors with its .json next to it)")
     check_same_encoder(bundle / VAE_FILE, vae)
     fit = json.loads(vae.with_suffix(".json").read_text())
+    replaced = {"sha256": manifest["files"][VAE_FILE]["sha256"], "record": manifest.get("vae")}  # verified above
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -63,7 +64,7 @@ def write(bundle: Path, vae: Path, out: Path, command: str) -> dict:
         "decoder_refit": {"config": fit.get("config"), "metrics": fit.get("metrics"), "train": fit.get("train"),
                           "command": command, "sha256": manifest["files"][VAE_FILE]["sha256"],
                           "bundle_written_at_commit": git_commit()},
-        "replaces": {"sha256": sha256_file(bundle / VAE_FILE), "record": manifest.get("vae")},
+        "replaces": replaced,
     }  # fmt: skip
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     swap_in(tmp, out)
