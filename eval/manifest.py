@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scail_lab.data import schema
+from scail_lab.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +193,9 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
 
 
 def write_manifest(rows: list[ManifestRow], path: str | os.PathLike) -> None:
-    """Write rows as CSV (temp file + os.replace)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    """Write rows as CSV, whole (`files.atomic_path`)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
-    os.replace(tmp, path)

@@ -12,7 +12,6 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from eval.evaluate import RunResult
+from scail_lab.files import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -155,17 +155,11 @@ def paired_differences(
     return rows
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_run_json(run: RunResult, out_dir: Path) -> None:
     """<out>/<run>/per_sample.json (one record per sample) and <out>/<run>/metrics.json (results + protocol)."""
     run_dir = out_dir / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(run_dir / "per_sample.json", json.dumps(run.records, indent=1))
+    atomic_write_text(run_dir / "per_sample.json", json.dumps(run.records, indent=1))
     metrics = {name: result.to_dict() for name, result in run.results.items()}
     payload = {
         "run": run.name,
@@ -173,7 +167,7 @@ def write_run_json(run: RunResult, out_dir: Path) -> None:
         "unmatched": run.unmatched,
         "failed_samples": run.num_failed,
     }
-    _atomic_write_text(run_dir / "metrics.json", json.dumps(payload, indent=1))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(payload, indent=1))
 
 
 def _fmt(value: float | None) -> str:
@@ -188,8 +182,7 @@ def write_tables(
     """summary.csv (long format), paired.csv and summary.md (runs x metrics with value [CI], the paired
     differences against the baseline run, and each metric's protocol)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "summary.csv.tmp"
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(out_dir / "summary.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             [
@@ -218,7 +211,6 @@ def write_tables(
                     json.dumps(r.protocol, sort_keys=True),
                 ]
             )
-    os.replace(tmp, out_dir / "summary.csv")
 
     runs = list(dict.fromkeys(r.run for r in rows))
     metrics = list(dict.fromkeys(r.metric for r in rows))
@@ -255,8 +247,7 @@ def write_tables(
             lines.append(
                 f"| {p.run} | {p.metric} | {p.mean_diff:+.4g} | {ci} | {p.num_common} | {p.verdict} |"
             )
-        tmp = out_dir / "paired.csv.tmp"
-        with tmp.open("w", newline="") as handle:
+        with atomic_path(out_dir / "paired.csv") as tmp, tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(
                 ["run", "baseline", "metric", "mean_diff", "ci_low", "ci_high", "num_common", "verdict"]
@@ -266,7 +257,6 @@ def write_tables(
                     [p.run, p.baseline, p.metric, _fmt(p.mean_diff), _fmt(p.ci_low), _fmt(p.ci_high)]
                     + [p.num_common, p.verdict]
                 )
-        os.replace(tmp, out_dir / "paired.csv")
     lines.append("\n## Protocols\n")
     for m in metrics:
         first = next(r for r in rows if r.metric == m)
@@ -274,7 +264,7 @@ def write_tables(
         for r in rows:
             if r.metric == m and r.skipped:
                 lines.append(f"  - skipped in {r.run}: {r.skipped}")
-    _atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
 
 
 def plot_metrics(rows: list[SummaryRow], out_dir: Path) -> list[Path]:
@@ -301,10 +291,9 @@ def plot_metrics(rows: list[SummaryRow], out_dir: Path) -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         path = plot_dir / f"{metric}.png"
-        tmp = plot_dir / f".{metric}.tmp.png"
-        fig.savefig(tmp, dpi=100)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-        os.replace(tmp, path)
         written.append(path)
     return written
 

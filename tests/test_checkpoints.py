@@ -389,3 +389,42 @@ def test_atomic_writes_land_whole_with_ordinary_permissions(tmp_path):
     with pytest.raises(TypeError):  # the write fails after the temp file exists
         atomic_write_bytes(path, object())
     assert path.read_text(encoding="utf-8") == '{"a": "é"}' and [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_atomic_path_gives_writers_their_suffix_and_keeps_the_old_file_on_failure(tmp_path):
+    """files.atomic_path, used by every writer that needs a file name (np.savez appends .npz unless the name has it,
+    savefig picks its format from the suffix, torch.save, save_file, tarfile)."""
+    import numpy as np
+
+    from scail_lab.files import atomic_path
+
+    path = tmp_path / "cache.npz"
+    with atomic_path(path, suffix=".npz") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".cache.npz.") and tmp.suffix == ".npz"
+        np.savez(tmp, x=np.arange(3))
+    assert np.load(path)["x"].tolist() == [0, 1, 2] and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
+    with pytest.raises(RuntimeError, match="killed"), atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, x=np.arange(5))
+        raise RuntimeError("killed")
+    assert np.load(path)["x"].tolist() == [0, 1, 2] and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
+
+
+def test_replace_folder_swaps_whole_folders_even_beside_a_stale_old_one(tmp_path):
+    """files.replace_folder (bundles, converted checkpoints, sample folders): the new folder takes the name, the old
+    one is gone afterwards; a folder left aside by a killed swap does not block the next one."""
+    from scail_lab.files import replace_folder
+
+    folder, new = tmp_path / "bundle", tmp_path / "bundle.tmp"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    (tmp_path / "bundle.old").mkdir()  # what the earlier fixed-name swap left behind after a kill
+    (tmp_path / "bundle.old" / "x").write_text("x")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    assert replace_folder(new, folder) == folder
+    assert [p.name for p in folder.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.old"]  # only the stranger is left
+    fresh = tmp_path / "fresh.tmp"
+    fresh.mkdir()
+    replace_folder(fresh, tmp_path / "fresh")  # no folder there yet
+    assert (tmp_path / "fresh").is_dir() and not fresh.exists()

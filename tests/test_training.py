@@ -434,7 +434,7 @@ def test_a_kill_inside_a_save_keeps_the_last_good_checkpoint_and_resume_auto_use
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     last = out / "checkpoints" / "last.ckpt"
     assert checkpoint_problem(last) is None and torch.load(last, weights_only=False)["global_step"] == 2
-    assert list((out / "checkpoints").glob(".last.ckpt.tmp-*"))  # the half-written temp file, never renamed
+    assert list((out / "checkpoints").glob(".last.ckpt.*.tmp"))  # the half-written temp file, never renamed
     found, skipped = find_resume(out / "checkpoints")  # step 4's own file was complete before last.ckpt's save
     assert found.name == "step0000004.ckpt" and torch.load(found, weights_only=False)["global_step"] == 4
     assert skipped == []
@@ -443,7 +443,7 @@ def test_a_kill_inside_a_save_keeps_the_last_good_checkpoint_and_resume_auto_use
     after = losses(out)
     for step in range(4, 6):
         assert after[step] == pytest.approx(reference[step], rel=1e-6), step
-    assert not list((out / "checkpoints").glob(".*.tmp-*"))  # the next save removed the stale temp file
+    assert not list((out / "checkpoints").glob(".*.tmp"))  # the next save removed the stale temp file
 
 
 def test_truncated_checkpoints_are_refused_or_skipped_with_a_reason(tmp_path, caplog):

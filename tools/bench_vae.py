@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch
 from tqdm import tqdm
 
+from scail_lab.files import atomic_write_text  # noqa: E402
+
 # name -> (kind, arch, frames, size, precision)
 CASES: dict[str, tuple[str, dict, int, int, str]] = {
     "light-64": ("light", {}, 17, 64, "fp32"),
@@ -112,9 +114,7 @@ def write_doc(doc: Path, text: str) -> None:
         raise ValueError(f"{doc} has no {start} ... {end} markers")
     head, rest = content.split(start, 1)
     tail = rest.split(end, 1)[1]
-    tmp = doc.with_name(doc.name + ".tmp")
-    tmp.write_text(f"{head}{start}\n{text}\n{end}{tail}")
-    tmp.replace(doc)
+    atomic_write_text(doc, f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a plain checkout
 
-from scail_lab.checkpoints.bundle import MANIFEST, sha256_file, swap_in, verify_bundle  # noqa: E402
+from scail_lab.checkpoints.bundle import MANIFEST, sha256_file, verify_bundle  # noqa: E402
+from scail_lab.files import replace_folder  # noqa: E402
 from tools.toy_stages import VAE_FILE, git_commit  # noqa: E402
 
 VAE_JSON = "light_vae.json"
@@ -67,7 +68,7 @@ def write(bundle: Path, vae: Path, out: Path, command: str) -> dict:
         "replaces": replaced,
     }  # fmt: skip
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    swap_in(tmp, out)
+    replace_folder(tmp, out)
     return manifest
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from tqdm import tqdm
 from scail_lab.data import schema
 from scail_lab.data.synthetic import SyntheticWorld, WorldConfig
 from scail_lab.data.synthetic.skeleton import BONES, JOINT_NAMES
+from scail_lab.files import atomic_path, atomic_write_text
 from scail_lab.metrics.joint_estimator import JointEstimatorConfig, JointHeatmapEstimator, num_parameters
 from scail_lab.metrics.joint_training import AugmentConfig, FitConfig, fit_estimator, summarize_errors
 from scail_lab.metrics.synthetic import estimate_top_down
@@ -78,10 +78,8 @@ def collect(
             "two_character_samples_skipped": two, "videos": len(frames)}  # fmt: skip
     out = np.concatenate(frames), np.concatenate(joints), info
     if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{name}.tmp.npz"
-        np.savez(tmp, frames=out[0], joints=out[1], info=json.dumps(info))
-        os.replace(tmp, cache_dir / name)
+        with atomic_path(cache_dir / name, suffix=".npz") as tmp:
+            np.savez(tmp, frames=out[0], joints=out[1], info=json.dumps(info))
     return out
 
 
@@ -114,9 +112,8 @@ def preview(frames: np.ndarray, target: np.ndarray, estimated: np.ndarray, path:
     cols = 8
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)
     grid = np.concatenate([np.concatenate(tiles[r : r + cols], 1) for r in range(0, len(tiles), cols)], 0)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    iio.imwrite(tmp, grid)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        iio.imwrite(tmp, grid)
 
 
 def evaluate(estimator: JointHeatmapEstimator, frames: np.ndarray, joints: np.ndarray, pck: tuple) -> dict:
@@ -211,9 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     estimator.heldout = heldout
     estimator.save(args.out)
     report = args.out.with_name(args.out.name + ".json")
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text(json.dumps(heldout, indent=2))
-    os.replace(tmp, report)
+    atomic_write_text(report, json.dumps(heldout, indent=2))
     test_frames, test_joints, _ = heldout_data["test"]
     pick = np.linspace(0, test_frames.shape[0] - 1, 32).astype(int)
     preview(test_frames[pick], test_joints[pick], estimator(test_frames[pick]),

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from scail_lab.encoders.light_vae import LightVAE  # noqa: E402
+from scail_lab.files import atomic_path  # noqa: E402
 
 logger = logging.getLogger("fit_light_vae")
 
@@ -178,9 +179,8 @@ def write_grid(model: LightVAE, clips: torch.Tensor, path: Path, num: int = 4) -
     r, c, n, s, _ = rows.shape
     grid = rows.permute(0, 3, 2, 4, 1).reshape(r * s, n * s, c)  # [rows * S, N * S, 3]
     pixels = ((grid + 1) * 127.5).round().clamp(0, 255).byte().numpy()
-    tmp = path.with_name(path.name + ".tmp.png")
-    iio.imwrite(tmp, pixels)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        iio.imwrite(tmp, pixels)
 
 
 @torch.no_grad()

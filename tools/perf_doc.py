@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
+
+from scail_lab.files import atomic_write_text
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 HEADER = "# Performance\n\nBenchmarks write their own sections; rerun a tool to refresh its section.\n"
@@ -30,8 +31,4 @@ def update_section(name: str, body: str, path: Path = DOC) -> None:
         text = before + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

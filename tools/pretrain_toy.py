@@ -80,7 +80,8 @@ def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: i
                  reused: dict | None = None) -> dict:
     """Copy the artifacts and write manifest.json into a temp folder next to `bundle`, then swap it in. `reused`:
     the manifest of the bundle whose VAE and joint estimator this run took (their fitting records come from it)."""
-    from scail_lab.checkpoints.bundle import MANIFEST, sha256_file, swap_in
+    from scail_lab.checkpoints.bundle import MANIFEST, sha256_file
+    from scail_lab.files import replace_folder
 
     tmp = bundle.with_name(bundle.name + ".tmp")
     if tmp.exists():
@@ -113,7 +114,7 @@ def write_bundle(bundle: Path, out: Path, budget: Budget, records: dict, seed: i
         "joint_estimator": records["joint"]["result"],
     }  # fmt: skip
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    swap_in(tmp, bundle)
+    replace_folder(tmp, bundle)
     return manifest
 
 

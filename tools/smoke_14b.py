@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scail_lab.files import atomic_write_text, replace_folder  # noqa: E402
+
 GB = 1e9
 DIM, FFN, LAYERS = 5120, 13824, 40  # SCAIL-2 14B
 PIXELS, FRAMES = "128x128", 5  # the step's clip: latent 2 x 16 x 16
@@ -63,8 +65,7 @@ def write_random(folder: Path, layers: int, seed: int = 0) -> dict:
         total += sum(t.numel() for t in tensors.values())
         weight_map.update(dict.fromkeys(keys, name))
     (tmp / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    replace_folder(tmp, folder)
     return {"parameters": total, "bytes": sum(p.stat().st_size for p in folder.iterdir())}
 
 
@@ -119,9 +120,7 @@ def stage(dir_: Path, name: str, fn) -> dict:
         return json.loads(record.read_text())
     print(f"[{name}] running", file=sys.stderr, flush=True)
     result = fn()
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.rename(record)
+    atomic_write_text(record, json.dumps(result, indent=2))
     return result
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,17 +25,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def swap_in(tmp: Path, folder: Path) -> None:
-    """Make the finished folder `tmp` the bundle `folder`: an existing one is renamed aside, then removed, so a reader
-    sees the old bundle or the new one, never a half-written one."""
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def bundle_of(path: str | Path) -> Path | None:

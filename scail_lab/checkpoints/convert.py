@@ -32,6 +32,7 @@ from scail_lab.checkpoints.keys import (
     infer_denoiser_config,
     official_key_shapes,
 )
+from scail_lab.files import replace_folder
 from scail_lab.model.dit import DiTConfig
 from scail_lab.model.fp8 import QUANTIZED, fp8_transform
 
@@ -95,14 +96,7 @@ def _publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
             raise ValueError(
                 f"output folder {out_dir} is not empty; pass overwrite=True (--overwrite) to replace it"
             )
-        backup = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, backup)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(backup)
-    else:
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
+    replace_folder(tmp, out_dir)
 
 
 def convert_checkpoint(

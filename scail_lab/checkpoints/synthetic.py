@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from scail_lab.checkpoints.keys import official_key_shapes
 from scail_lab.checkpoints.sat import wan_to_sat_state_dict
+from scail_lab.files import atomic_write_text
 from scail_lab.model.dit import DiTConfig
 
 FORMATS = (
@@ -85,8 +85,6 @@ def write_denoiser_checkpoint(
             save_file({k: state[k].contiguous() for k in chunk}, str(root / name))
             weight_map.update(dict.fromkeys(chunk, name))
         path = root / "model.safetensors.index.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"metadata": {}, "weight_map": weight_map}))
         return path
     raise ValueError(f"unknown checkpoint format {fmt!r}; choose from {FORMATS}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scail_lab.files import current_umask
+from scail_lab.files import current_umask, replace_folder
 from scail_lab.hardware import x264_asm
 
 LOSSLESS = "lossless"
@@ -141,9 +141,7 @@ def atomic_write_folder(files: dict[str, bytes], folder: str | Path) -> Path:
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

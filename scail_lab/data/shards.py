@@ -2,7 +2,7 @@
 
 A shard set is planned up front: job i owns a fixed list of candidate samples (or one input shard).
 For each job the writer loads every candidate (a loader raising ValueError/FileNotFoundError marks the
-sample bad, with the reason), writes the good ones to `<name>.tar.tmp`, reads the tar back to check the
+sample bad, with the reason), writes the good ones to a temp file beside `<name>.tar`, reads the tar back to check the
 member count, then renames it to `<name>.tar` and writes a record `<name>.json` (candidates, written
 keys, skipped keys with reasons, bytes, the job's signature, a blake2b checksum of every member). Each sample also
 carries its checksums as a `checksums.json` member, which the loader verifies (`verify_checksums`). A rerun skips every job whose tar and
@@ -30,7 +30,7 @@ from scail_lab.data.folders import (
     validate_sample,
     with_validated_meta,
 )
-from scail_lab.files import atomic_write_bytes
+from scail_lab.files import atomic_path, atomic_write_bytes
 from scail_lab.model.masks import resolve_mask_scheme
 
 logger = logging.getLogger(__name__)
@@ -137,9 +137,8 @@ def _count_members(path: Path) -> int:
 def write_job(out_dir: Path, job: ShardJob) -> dict:
     """Load, validate and stream one shard to a temp file; check it; rename it into place; write its record."""
     final = out_dir / f"{job.name}.tar"
-    tmp = out_dir / f".{job.name}.tar.tmp"
     keys, skipped, members, sums = [], {}, 0, {}
-    try:
+    with atomic_path(final) as tmp:
         with tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, load in job.units():
                 try:
@@ -159,10 +158,6 @@ def write_job(out_dir: Path, job: ShardJob) -> dict:
         if found != members:  # never publish a truncated shard
             raise RuntimeError(f"shard {job.name}: tar holds {found} members, expected {members}")
         size = tmp.stat().st_size
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     record = {
         "name": job.name,
         "signature": job.signature,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scail_lab.files import atomic_path
+
 
 def _as_f64(x: Tensor | np.ndarray) -> Tensor:
     return (
@@ -106,14 +108,12 @@ class FeatureStats:
         return self.mean.clone(), self.m2 / (self.count - ddof)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write count/mean/m2 and `meta` to an npz (temp file + os.replace, so no half-written cache)."""
+        """Write count/mean/m2 and `meta` to an npz (`files.atomic_path`: no half-written cache)."""
         if self.mean is None:
             raise ValueError("FeatureStats.save: no features accumulated")
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
         meta = np.array(json.dumps(self.meta, sort_keys=True, default=str))
-        np.savez(tmp, count=self.count, mean=self.mean.numpy(), m2=self.m2.numpy(), meta=meta)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, count=self.count, mean=self.mean.numpy(), m2=self.m2.numpy(), meta=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:

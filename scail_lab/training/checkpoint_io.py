@@ -12,7 +12,6 @@ it skipped and why.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -21,30 +20,20 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from scail_lab.files import fsync_dir
+from scail_lab.files import atomic_path
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "SCAIL_COMPLETE"  # written last into a DeepSpeed checkpoint folder
-TMP_INFIX = ".tmp-"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file beside `path`, fsync, rename over `path`, fsync the folder."""
+    """torch.save to a temp file beside `path`, then rename it over `path` (`files.atomic_path`); temp files left
+    beside `path` by a killed save are removed first."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}{TMP_INFIX}*"):  # left by a killed save
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed save
         stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_INFIX}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -82,7 +71,7 @@ def find_resume(folder: str | Path) -> tuple[Path | None, list[tuple[Path, str]]
     folder = Path(folder)
     if not folder.is_dir():
         return None, []
-    candidates = [p for p in folder.iterdir() if (p.suffix == ".ckpt" or p.is_dir()) and TMP_INFIX not in p.name
+    candidates = [p for p in folder.iterdir() if (p.suffix == ".ckpt" or p.is_dir())
                   and not p.name.endswith((".tmp", ".old"))]  # fmt: skip
     candidates.sort(key=lambda p: (p.stat().st_mtime, _step(p)), reverse=True)
     skipped = []
