@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from scail_lab.build import build_encoder, build_model, build_pipeline
-from scail_lab.pipeline import load_example
+from scail_lab.pipeline.inputs import check_paste_back, load_example
 from scail_lab.pipeline.outputs import write_result
 
 log = logging.getLogger("sample")
@@ -69,10 +69,13 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
         extra = [(e["image"], e.get("mask")) for e in cfg.extra_refs or []]
         examples.append(load_example(image=cfg.image, mask_image=cfg.mask_image, pose=cfg.pose,
                                      mask_video=cfg.mask_video, prompt=cfg.prompt, mode=cfg.mode,
-                                     extra_refs=extra))  # fmt: skip
+                                     extra_refs=extra, driving_kind=cfg.get("driving_kind")))  # fmt: skip
     if not explicit and not folders:
         folders = [default_example(out_dir, cfg.seed, cfg.weights)]
     examples += [load_example(f, prompt=cfg.prompt, mode=cfg.mode) for f in folders]
+    if cfg.pipeline.get("paste_back"):
+        for example in examples:
+            check_paste_back(example)
 
     parallel = bool(cfg.sequence_parallel or cfg.get("cfg_parallel"))
     if parallel:

@@ -294,6 +294,48 @@ def test_sampling_takes_the_mode_by_the_loaders_rule(tmp_path):
         load_example(folder)
 
 
+def test_paste_back_refuses_a_pose_render_in_replacement_before_any_model_work(tmp_path, monkeypatch):
+    """A replacement whose driving input is a pose render (meta.json driving_kind=pose, or sample.py's
+    driving_kind=pose for explicit paths) would paste the render's background over the scene: refused by the
+    pipeline and, before any model is built, by sample.py; without paste-back it samples."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    import sample
+    from scail_lab import build
+    from tests.conftest import CONFIGS
+
+    folder = write_folder(tmp_path / "pose_replace", mask_name="replace_mask.mp4")
+    (folder / "meta.json").write_text(json.dumps({"driving_kind": "pose"}))
+    example = load_example(folder)
+    assert (example.mode, example.driving_kind) == ("replace", "pose")
+    assert load_example(write_folder(tmp_path / "plain")).driving_kind == "video"
+    with pytest.raises(ValueError, match="driving_kind must be one of"):
+        load_example(folder, driving_kind="render")
+    model = CountingModel(SCAILDiT(tiny_config()))
+    with pytest.raises(ValueError, match="pose render"):
+        make_pipeline(model, paste_back=True)(example)
+    assert model.batches == []
+    assert make_pipeline(paste_back=True)(example.replace(mode="animate"), seed=0).video.shape == (3, 9, 64, 64)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(sample, "build_model", no_model)
+    monkeypatch.setattr(build, "build_model", no_model)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("sample", overrides=["model=tiny", "weights=null", "vae.path=null", f"inputs=[{folder}]",
+                                           "pipeline.paste_back=true", "pipeline.progress=false"])  # fmt: skip
+        explicit = compose("sample", overrides=[
+            "model=tiny", "weights=null", "vae.path=null", f"image={folder / 'ref.png'}",
+            f"mask_image={folder / 'ref_mask.png'}", f"pose={folder / 'rendered_v2.mp4'}",
+            f"mask_video={folder / 'replace_mask.mp4'}", "driving_kind=pose", "pipeline.paste_back=true"])  # fmt: skip
+    for config in (cfg, explicit):
+        with pytest.raises(ValueError, match="pose render"):
+            sample.run(config, tmp_path / "samples")
+
+
 def test_bad_inputs_fail_before_any_model_work(tmp_path):
     model = CountingModel(SCAILDiT(tiny_config()))
     pipe = make_pipeline(model)

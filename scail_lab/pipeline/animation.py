@@ -29,7 +29,7 @@ from scail_lab.hardware import bf16_is_fast
 from scail_lab.model.dit import SCAILDiT
 from scail_lab.model.offload import BlockOffload
 from scail_lab.model.step_cache import StepCache
-from scail_lab.pipeline.inputs import MotionExample, prepare
+from scail_lab.pipeline.inputs import MotionExample, check_paste_back, prepare
 from scail_lab.pipeline.segments import SegmentPlan, plan_segments
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class AnimationPipeline:
             raise ValueError(
                 f"{example.name}: mode {example.mode!r} is not one of {sorted(self.model.modes)}"
             )
+        if self.paste_back:
+            check_paste_back(example)
 
     def encode(self, example: MotionExample) -> tuple[Conditions, Tensor | None]:
         """Reference-side conditions for the whole clip (driving latents are per segment) + negative text."""

@@ -37,6 +37,7 @@ class MotionExample:
     mode: str = "animate"
     name: str = "sample"
     extra_refs: tuple[tuple[Tensor, Tensor | None], ...] = field(default_factory=tuple)
+    driving_kind: str = "video"  # "video" (a real clip) or "pose" (a pose render); meta.json's driving_kind
 
     @property
     def num_frames(self) -> int:
@@ -78,10 +79,12 @@ def load_example(
     prompt: str | None = None,
     mode: str | None = None,
     extra_refs: Sequence[tuple[str | Path, str | Path | None]] = (),
+    driving_kind: str | None = None,
 ) -> MotionExample:
     """Read a folder (explicit paths override its files) through the training loader's folder reader
     (`data.folders.collect_folder`), so sampling finds the same files and takes the same mode: the folder's
-    meta.json if it says, else `replace` when the mask is replace_mask.mp4; an explicit `mode` wins."""
+    meta.json if it says, else `replace` when the mask is replace_mask.mp4; an explicit `mode` wins. The driving
+    kind ("video" or a "pose" render) likewise: `driving_kind`, else the folder's meta.json, else "video"."""
     root = Path(folder) if folder is not None else None
     if root is not None and not root.is_dir():
         raise FileNotFoundError(f"example folder not found: {root}")
@@ -114,6 +117,10 @@ def load_example(
             mode = meta.get(schema.META_MODE, "animate")
     if mode not in schema.MODES:
         raise ValueError(f"mode must be one of {schema.MODES}, got {mode!r}")
+    if driving_kind is None:
+        driving_kind = meta.get(schema.META_DRIVING_KIND, "video")
+    if driving_kind not in schema.DRIVING_KINDS:
+        raise ValueError(f"driving_kind must be one of {schema.DRIVING_KINDS}, got {driving_kind!r}")
     if prompt is None:
         prompt = raw[schema.F_CAPTION].decode("utf-8").strip() if schema.F_CAPTION in raw else ""
 
@@ -132,7 +139,18 @@ def load_example(
                     _image(_read(Path(m), "extra reference mask"), str(m)) if m is not None else None)
                    for i, m in extra_refs)  # fmt: skip
     name = root.name if root is not None else Path(ref_data[1]).stem
-    return MotionExample(ref, driving, ref_mask, driving_mask, prompt, fps, mode, name, extras)
+    return MotionExample(ref, driving, ref_mask, driving_mask, prompt, fps, mode, name, extras, driving_kind)
+
+
+def check_paste_back(example: MotionExample) -> None:
+    """Paste-back (replacement: the driving clip's pixels where the replace mask is white) needs a real driving
+    clip; a pose render would paste its own background over the scene."""
+    if example.mode == "replace" and example.driving_kind == "pose":
+        raise ValueError(
+            f"{example.name}: paste_back keeps the driving clip's scene where the replace mask is white, but this "
+            "example's driving input is a pose render (driving_kind='pose'), so its background would be pasted; "
+            "give the real driving video or set pipeline.paste_back=false"
+        )
 
 
 def target_size(ref_hw: tuple[int, int], height: int, width: int) -> tuple[int, int]:
