@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from scail_lab.build import build_encoder, build_model, build_pipeline
+from scail_lab.data import media
 from scail_lab.pipeline.inputs import check_paste_back, load_example
 from scail_lab.pipeline.outputs import write_result
 
@@ -62,6 +63,7 @@ def input_folders(cfg: DictConfig) -> list[Path]:
 
 def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     """Read and check every input, build the model and encoders, sample, write. Returns the written paths."""
+    quality = media.video_quality(cfg.get("video_quality", 18))
     explicit = cfg.image is not None
     folders = input_folders(cfg)
     examples = []
@@ -98,7 +100,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     for i, example in enumerate(examples):
         result = pipeline(example, seed=cfg.seed + i)
         if writer:
-            written.append(write_result(result, out_dir, config=resolved))
+            written.append(write_result(result, out_dir, config=resolved, quality=quality))
             log.info("%s: %d frames in %.1fs -> %s", example.name, result.video.shape[1], result.seconds,
                      written[-1]["video"])  # fmt: skip
     if parallel:  # on an error the launcher stops the other ranks; no barrier that could hang

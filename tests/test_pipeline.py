@@ -207,6 +207,17 @@ def test_outputs_are_written(tmp_path):
     assert media.decode_video(paths["side_by_side"]).shape == (9, 64, 192, 3)
     assert media.decode_image(open(paths["grid"], "rb").read()).shape == (4 * 64, 192, 3)
     assert '"seed": 0' in open(paths["meta"]).read()
+    assert not torch.equal(torch.from_numpy(video).permute(3, 0, 1, 2), result.video)  # CRF 18 by default: lossy
+    exact = write_result(result, tmp_path / "lossless", quality="lossless")  # sample.py's video_quality=lossless
+    assert torch.equal(torch.from_numpy(media.decode_video(exact["video"])).permute(3, 0, 1, 2), result.video)
+
+
+def test_video_quality_takes_a_crf_or_lossless_and_names_anything_else():
+    assert media.video_quality("lossless") == "lossless"
+    assert media.video_quality("18") == 18 and media.video_quality(0) == 0 and media.video_quality(51) == 51
+    for bad in ("52", -1, "crf18", True, 18.0):
+        with pytest.raises(ValueError, match="video quality must be 'lossless' or a CRF int"):
+            media.video_quality(bad)
 
 
 @pytest.mark.parametrize("style", ["peft", "comfy", "kohya"])

@@ -69,6 +69,21 @@ def test_toy_demo_micro_budget(tmp_path):
     assert toy_demo.main(["--out", str(out), "--budget", "micro", "--threads", "1"]) == 0
     assert {s: (out / s / "stage.json").read_text() for s in STAGES} == before
 
+    # video_quality=lossless: samples and baselines carry the exact frames; only the sampling stages and the report run
+    from scail_lab.data import media
+
+    test = out / "world" / "folders" / "test" / tests[0]
+    ref = media.decode_image((test / "ref.png").read_bytes())
+    assert not np.array_equal(media.decode_video(report / "baselines" / "copy_ref" / f"{tests[0]}.mp4")[0], ref)
+    assert toy_demo.main(["--out", str(out), "--budget", "micro", "--threads", "1",
+                          "--set", "video_quality=lossless"]) == 0  # fmt: skip
+    after = {s: (out / s / "stage.json").read_text() for s in STAGES}
+    assert [s for s in STAGES if after[s] != before[s]] == ["samples_model", "samples_untrained", "report"]
+    assert json.loads(after["samples_model"])["signature"]["video_quality"] == "lossless"
+    assert np.array_equal(media.decode_video(report / "baselines" / "copy_ref" / f"{tests[0]}.mp4")[0], ref)
+    with pytest.raises(ValueError, match="video quality must be"):
+        toy_demo.main(["--out", str(out), "--budget", "micro", "--set", "video_quality=high"])
+
 
 @pytest.mark.slow
 def test_the_micro_chain_learns(tmp_path):

@@ -117,7 +117,7 @@ def run_arm(out: Path, budget: Budget, bundle_vae: Path, arm: str, seed: int, da
     train = run_stage(folder, "train", sig,
                       lambda f: stage_train(f, out, budget, bundle_vae, "latent", seed, extra))  # fmt: skip
     weights = Path(train["result"]["weights"])
-    sample_sig = {**sig, "sampler": budget.sampler, "shift": budget.shift, "sample_steps": budget.sample_steps}
+    sample_sig = {**sig, **budget.sampling_args()}
     run_stage(folder, "samples", sample_sig,
               lambda f: stage_sample(f, out / "world", budget, bundle_vae, weights, seed, arm_overrides=ARMS[arm]))  # fmt: skip
     run_stage(folder, "flow_loss", sig, lambda f: {"per_sample": flow_losses(
@@ -128,14 +128,15 @@ def run_arm(out: Path, budget: Budget, bundle_vae: Path, arm: str, seed: int, da
 # ---------------------------------------------------------------------------------------------- table
 
 
-def evaluate(out: Path, arms: list[str], seeds: list[int], joint_weights: Path, vae_path: Path) -> dict:
+def evaluate(out: Path, arms: list[str], seeds: list[int], joint_weights: Path, vae_path: Path,
+             quality: str | int) -> dict:
     """The eval runner over every finished (arm, seed) and the copy_source baseline -> per-sample values."""
     from tools.toy_report import collect, run_eval, test_folders, write_baselines, write_manifests
 
     tests = test_folders(out / "world")
     runs = {f"{arm_dir(a)}__s{s}": out / arm_dir(a) / f"seed{s}" / "samples" for a in arms for s in seeds
             if (out / arm_dir(a) / f"seed{s}" / "samples" / "stage.json").is_file()}  # fmt: skip
-    baselines = write_baselines(out / "report" / "baselines", tests, vae_path)
+    baselines = write_baselines(out / "report" / "baselines", tests, vae_path, quality)
     runs["copy_source"] = baselines["copy_source"]
     manifests, _ = write_manifests(out / "report", runs, tests)
     results = run_eval(out / "report", manifests, joint_weights, baseline="copy_source")
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         record = out / arm_dir(arm) / f"seed{args.seeds[0]}" / "init" / "stage.json"
         if record.is_file():
             init_notes[arm] = json.loads(record.read_text())["result"]["fresh_tensors"]
-    table = evaluate(out, all_arms, args.seeds, joints, vae_path)
+    table = evaluate(out, all_arms, args.seeds, joints, vae_path, budget.video_quality)
     result = aggregate(out, table, all_arms, args.seeds)
     write_json(out / "report" / "ablations.json", result)
     plot(out / "report" / "ablations.png", result, all_arms)

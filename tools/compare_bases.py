@@ -144,13 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, folder in models.items():
         b, weights = budgets[name], folder / BASE_WEIGHTS
         signature = {"weights_sha256": manifests[name]["files"][BASE_WEIGHTS]["sha256"], "world": str(world),
-                     "seed": seed, **{k: getattr(b, k) for k in ("interface", "pose_downsample", "precision",
-                                                                 "sampler", "shift", "sample_steps")}}  # fmt: skip
+                     "seed": seed, **{k: getattr(b, k) for k in ("interface", "pose_downsample", "precision")},
+                     **b.sampling_args()}  # fmt: skip
         run_stage(out, f"samples_{name}", signature,
                   lambda f, b=b, w=weights: stage_sample(f, world, b, vae, w, seed))  # fmt: skip
     tests = toy_report.test_folders(world)
     table, modes, _ = toy_report.evaluate_runs(out / "report", tests, {n: out / f"samples_{n}" for n in models},
-                                               vae, joint, reference=first)  # fmt: skip
+                                               vae, joint, reference=first,
+                                               quality=budgets[first].video_quality)  # fmt: skip
     runs = [*models, *(r for r in ("copy_source", "vae_recon") if r in table)]
     pairs = paired_tables(table, list(models), modes)
     toy_report.contact_sheet(out / "contact_sheet.png", tests, {n: out / f"samples_{n}" for n in models})

@@ -139,7 +139,7 @@ def run_demo(out: Path, budget: Budget, data_kind: str = "latent", seed: int = 0
         records["heldout_loss"] = run_stage(out, "heldout_loss", sig["train"], lambda f: {
             "trained": heldout_flow_loss(budget, vae_path, val, weights, seed),
             "untrained": heldout_flow_loss(budget, vae_path, val, None, seed)})  # fmt: skip
-    sig["sample"] = {**sig["train"], "sampler": budget.sampler, "shift": budget.shift, "sample_steps": budget.sample_steps}
+    sig["sample"] = {**sig["train"], **budget.sampling_args()}
     for run, w in (("model", weights), ("untrained", None)):
         records[f"sample_{run}"] = run_stage(out, f"samples_{run}", sig["sample"],
                                              lambda f, w=w: stage_sample(f, world, budget, vae_path, w, seed))  # fmt: skip
@@ -225,9 +225,8 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = FINETUNE_BUNDLE, seed: 
     tuned = (base_weights, export) if ft.lora else (export, None)
     # both models sample in the fine-tune's precision (bf16 autocast where the CPU has bf16 units, else fp32), not in
     # the one the base was trained in on another machine
-    sampler = dataclasses.replace(base, precision=budget.precision)
-    sampling = {"sampler": base.sampler, "shift": base.shift, "sample_steps": base.sample_steps,
-                "precision": sampler.precision}  # fmt: skip
+    sampler = dataclasses.replace(base, precision=budget.precision, video_quality=ft.video_quality)
+    sampling = {**sampler.sampling_args(), "precision": sampler.precision}
     if ft.paste_back:  # a sampling override like any other (a later pipeline.paste_back=false wins)
         sample_overrides = ["pipeline.paste_back=true", *sample_overrides]
     if sample_overrides:  # only when given: the signatures of runs without them stay as they were

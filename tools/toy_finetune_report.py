@@ -75,7 +75,8 @@ def pass_criteria(comparisons: dict[str, dict[str, dict]]) -> list[dict]:
 
 
 def _evaluate(job: tuple) -> tuple[dict, dict[str, str], float]:
-    return evaluate_runs(*job, reference="finetuned")
+    *args, quality = job
+    return evaluate_runs(*args, reference="finetuned", quality=quality)
 
 
 def finetune_report(
@@ -87,7 +88,7 @@ def finetune_report(
     splits = {"family": out / "world", "regular": out / "world_regular"}
     tests = {split: test_folders(world) for split, world in splits.items()}
     runs = {split: {run: out / f"samples_{run}_{split}" for run in ("finetuned", "base")} for split in splits}
-    jobs = [(folder / split, tests[split], runs[split], vae_path, joint_weights) for split in splits]
+    jobs = [(folder / split, tests[split], runs[split], vae_path, joint_weights, ft.video_quality) for split in splits]
     for split, (table, modes[split], ceilings[split]) in zip(splits, parallel_map(_evaluate, jobs, workers),
                                                              strict=True):  # fmt: skip
         tables[split] = table

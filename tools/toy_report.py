@@ -1,6 +1,6 @@
 """The report stage of tools/toy_demo.py: baselines, foreground masks, the eval runner, report.md, contact sheet.
 
-Runs compared on the held-out test split (every video written as yuv420p CRF 18, as sample.py writes results):
+Runs compared on the held-out test split (every video written at the budget's video_quality, by default yuv420p CRF 18 as sample.py writes results):
     model       the trained denoiser through sample.run
     untrained   the same pipeline with the untrained (seeded random) denoiser
     copy_ref    the reference image repeated for every frame
@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +33,6 @@ from scail_lab.data import media, schema
 from scail_lab.files import atomic_write_bytes
 
 log = logging.getLogger("toy_report")
-CRF = 18  # the quality sample.py writes results with; every run is encoded the same way
 FOREGROUND_THRESHOLD = 30.0
 BASELINES = ("copy_ref", "driving", "copy_source", "vae_recon")
 RUN_NOTES = {
@@ -64,7 +64,7 @@ def check_plates(tests: Sequence[Path]) -> None:
         )
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float, quality: str | int = CRF) -> None:
+def write_video(path: Path, frames: np.ndarray, fps: float, quality: str | int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, media.encode_video(frames, fps, quality))
 
@@ -73,10 +73,17 @@ def write_video(path: Path, frames: np.ndarray, fps: float, quality: str | int =
 
 
 @torch.no_grad()
-def write_baselines(folder: Path, tests: Sequence[Path], vae_path: Path) -> dict[str, Path]:
-    """Baseline videos <folder>/<run>/<key>.mp4 for every run in BASELINES (existing files are kept)."""
+def write_baselines(folder: Path, tests: Sequence[Path], vae_path: Path, quality: str | int) -> dict[str, Path]:
+    """Baseline videos <folder>/<run>/<key>.mp4 for every run in BASELINES, encoded at `quality` as the samples are
+    (existing files are kept; a folder written at another quality is emptied first)."""
     from scail_lab.encoders.light_vae import LightVAE
 
+    quality = media.video_quality(quality)
+    record = folder / "video_quality.txt"
+    if folder.is_dir() and (not record.is_file() or record.read_text().strip() != str(quality)):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(record, f"{quality}\n".encode())
     vae = LightVAE.from_checkpoint(vae_path)
     dirs = {name: folder / name for name in BASELINES}
     for test in tests:
@@ -87,13 +94,13 @@ def write_baselines(folder: Path, tests: Sequence[Path], vae_path: Path) -> dict
         ref = np.repeat(media.decode_image((test / "ref.png").read_bytes())[None], len(target), axis=0)
         driving = media.decode_video(test / "rendered_v2.mp4")
         animate = json.loads((test / "gt.json").read_text())["mode"] == "animate"
-        write_video(dirs["copy_ref"] / f"{test.name}.mp4", ref, fps)
-        write_video(dirs["driving"] / f"{test.name}.mp4", driving, fps)
-        write_video(dirs["copy_source"] / f"{test.name}.mp4", ref if animate else driving, fps)
+        write_video(dirs["copy_ref"] / f"{test.name}.mp4", ref, fps, quality)
+        write_video(dirs["driving"] / f"{test.name}.mp4", driving, fps, quality)
+        write_video(dirs["copy_source"] / f"{test.name}.mp4", ref if animate else driving, fps, quality)
         video = torch.from_numpy(target).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0  # [1, 3, N, H, W]
         recon = vae.decode(vae.encode(video))[0]  # [3, N, H, W] in [-1, 1]
         pixels = ((recon + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
-        write_video(dirs["vae_recon"] / f"{test.name}.mp4", pixels, fps)
+        write_video(dirs["vae_recon"] / f"{test.name}.mp4", pixels, fps, quality)
     return dirs
 
 
@@ -341,11 +348,12 @@ def stage_seconds(records: dict) -> list[str]:
 
 def evaluate_runs(
     folder: Path, tests: Sequence[Path], runs: dict[str, Path], vae_path: Path, joint_weights: Path | None,
-    reference: str,
+    reference: str, quality: str | int,
 ) -> tuple[dict, dict[str, str], float]:
-    """Baselines beside `runs`, manifests, the eval runner -> (table, sample modes, plate-mask ceiling)."""
+    """Baselines beside `runs` (encoded at the samples' `quality`), manifests, the eval runner -> (table, sample
+    modes, plate-mask ceiling)."""
     check_plates(tests)
-    baselines = write_baselines(folder / "baselines", tests, vae_path)
+    baselines = write_baselines(folder / "baselines", tests, vae_path, quality)
     runs = {**runs, **{k: v for k, v in baselines.items() if k != "copy_source"}}  # copy_source: from the others
     manifests, ceiling = write_manifests(folder, runs, tests)
     results = run_eval(folder, manifests, joint_weights, baseline=reference)
@@ -376,7 +384,8 @@ def build_report(folder: Path, out: Path, budget, records: dict, vae_path: Path,
     """Baselines, masks, the eval runner and report.md / results.json / contact_sheet.png in `folder`."""
     tests = test_folders(out / "world")
     runs = {"model": out / "samples_model", "untrained": out / "samples_untrained"}
-    table, modes, ceiling = evaluate_runs(folder, tests, runs, vae_path, joint_weights, reference="model")
+    table, modes, ceiling = evaluate_runs(folder, tests, runs, vae_path, joint_weights, reference="model",
+                                          quality=budget.video_quality)  # fmt: skip
     comparisons = {other: compare(table, other) for other in table if other != "model"}
     comparisons.update({k: v for k, v in compare_by_mode(table, "model", "copy_source", modes).items()
                         if k != "copy_source"})  # fmt: skip

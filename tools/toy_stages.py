@@ -95,9 +95,12 @@ class Budget:
     sampler: str = "euler"
     shift: float = 5.0
     sample_steps: int = 8
+    video_quality: str = "18"  # samples and baselines as sample.py writes them: a yuv420p CRF, or lossless (the
+    # exact frames: the metrics then measure the model, not the codec)
 
     def __post_init__(self) -> None:
         """Bad values fail here, before any stage runs."""
+        from scail_lab.data import media
         from scail_lab.data.synthetic.world import WorldConfig
         from scail_lab.model.interfaces import DRIVING_INITS, check_pose_downsample
 
@@ -123,6 +126,7 @@ class Budget:
             raise ValueError(f"dim {self.dim} must be a multiple of num_heads {self.num_heads}")
         if not (REPO / "configs" / "sampler" / f"{self.sampler}.yaml").is_file():
             raise ValueError(f"sampler {self.sampler!r} is not one of configs/sampler/*.yaml")
+        media.video_quality(self.video_quality)
         if self.lr <= 0 or self.vae_lr <= 0 or self.warmup_steps < 0:
             raise ValueError(
                 f"learning rates must be > 0 and warmup_steps >= 0, got {self.lr}, {self.vae_lr}, {self.warmup_steps}"
@@ -135,6 +139,14 @@ class Budget:
     def vae_args(self) -> dict:
         return {k: getattr(self, k) for k in ("vae_steps", "vae_batch", "vae_frames", "vae_widths", "vae_blocks",
                                                "vae_lr")}  # fmt: skip
+
+    def sampling_args(self) -> dict:
+        """What a sample stage's signature holds of the budget (video_quality only when not the default, so the
+        signatures of runs from before it existed stay as they were)."""
+        args = {k: getattr(self, k) for k in ("sampler", "shift", "sample_steps")}
+        if self.video_quality != Budget.video_quality:
+            args["video_quality"] = self.video_quality
+        return args
 
     def train_args(self) -> dict:
         return {k: getattr(self, k) for k in ("dim", "ffn_dim", "num_heads", "num_layers", "patch", "interface", "train_steps",
@@ -191,6 +203,7 @@ class Finetune:
     # 0.7 chosen on the seed-1 dev world (1.0 set the regular families' pose back 0.23 px, 0.7 kept the new family's gain)
     paste_back: bool = True  # both models sample with pipeline.paste_back: in replacement the driving clip's scene is
     # kept where its mask is white. On the seed-1 dev world, base: PSNR +0.92 dB, mask IoU +0.09 in replacement
+    video_quality: str = Budget.video_quality  # of the samples and baselines (Budget.video_quality)
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_val", "num_test", "num_regular_test", "train_steps", "batch_size",
@@ -204,6 +217,9 @@ class Finetune:
         if not 0.0 < self.merge <= 1.0:
             raise ValueError(f"fine-tune field merge must be in (0, 1] (the fine-tune's share of the weights), got {self.merge}")
         object.__setattr__(self, "precision", resolve_precision(self.precision))  # stage signatures hold the resolved one
+        from scail_lab.data import media
+
+        media.video_quality(self.video_quality)
 
     @property
     def learning_rate(self) -> float:
@@ -555,7 +571,8 @@ def stage_sample(
                  f"pipeline.num_steps={budget.sample_steps}", f"pipeline.height={budget.size}",
                  f"pipeline.width={budget.size}", "pipeline.progress=false", f"seed={seed}",
                  f"pipeline.precision={'bf16' if budget.precision == 'bf16-mixed' else 'fp32'}",  # autocast as trained
-                 f"weights={weights if weights is not None else 'null'}", *arm_overrides]  # fmt: skip
+                 f"weights={weights if weights is not None else 'null'}", f"video_quality={budget.video_quality}",
+                 *arm_overrides]  # fmt: skip
     if lora is not None:
         overrides.append(f"loras=[{{path: '{lora}', strength: {float(lora_strength)}}}]")
     seconds = 0.0

@@ -34,6 +34,16 @@ class VideoInfo:
     width: int
 
 
+def video_quality(value: str | int) -> str | int:
+    """`value` as `encode_video` takes it: "lossless", or a yuv420p CRF int in [0, 51] (also as a digit string, the
+    way Hydra overrides and `--set` pass it). Anything else raises, naming the value, before any work."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == LOSSLESS or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 51):
+        return value
+    raise ValueError(f"video quality must be 'lossless' or a CRF int in [0, 51], got {value!r}")
+
+
 def encode_video(frames: np.ndarray, fps: float, quality: str | int = LOSSLESS) -> bytes:
     """[N, H, W, 3] uint8 RGB -> mp4 bytes (in-process PyAV). `quality`: "lossless" or a yuv420p CRF (0..51)."""
     import av
@@ -44,14 +54,13 @@ def encode_video(frames: np.ndarray, fps: float, quality: str | int = LOSSLESS) 
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     n, h, w, _ = frames.shape
+    quality = video_quality(quality)
     if quality == LOSSLESS:
         codec, pix_fmt, options = "libx264rgb", "rgb24", {"qp": "0"}
-    elif isinstance(quality, int) and not isinstance(quality, bool) and 0 <= quality <= 51:
+    else:
         if h % 2 or w % 2:
             raise ValueError(f"yuv420p needs even frame sizes, got {h}x{w}")
         codec, pix_fmt, options = "libx264", "yuv420p", {"crf": str(quality)}
-    else:
-        raise ValueError(f"video quality must be 'lossless' or a CRF int in [0, 51], got {quality!r}")
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))

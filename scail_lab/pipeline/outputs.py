@@ -35,9 +35,10 @@ def side_by_side(result: AnimationResult) -> Tensor:
 
 
 def write_result(
-    result: AnimationResult, out_dir: str | Path, config: dict | None = None, crf: int = 18
+    result: AnimationResult, out_dir: str | Path, config: dict | None = None, quality: str | int = 18
 ) -> dict:
-    """Write the result files; returns {kind: path}."""
+    """Write the result files; returns {kind: path}. `quality`: of the two mp4s (`media.encode_video`): a yuv420p
+    CRF, or "lossless" (the exact frames, for measuring the model rather than the codec)."""
     out = Path(out_dir)
     name = result.example.name
     fps = result.example.fps
@@ -47,9 +48,9 @@ def write_result(
         "grid": out / f"{name}_side_by_side.png",
         "meta": out / f"{name}.json",
     }
-    atomic_write_bytes(paths["video"], media.encode_video(_frames(result.video), fps, quality=crf))
+    atomic_write_bytes(paths["video"], media.encode_video(_frames(result.video), fps, quality=quality))
     triptych = side_by_side(result)
-    atomic_write_bytes(paths["side_by_side"], media.encode_video(_frames(triptych), fps, quality=crf))
+    atomic_write_bytes(paths["side_by_side"], media.encode_video(_frames(triptych), fps, quality=quality))
     picks = np.linspace(0, triptych.shape[1] - 1, num=min(4, triptych.shape[1])).round().astype(int)
     grid = torch.cat([triptych[:, int(i)] for i in picks], dim=1)  # [3, 4H, 3W]
     atomic_write_bytes(
