@@ -19,7 +19,7 @@ from tests.conftest import CONFIGS
 from tools.toy_stages import BASE_WEIGHTS, BUNDLE, JOINT_FILE, VAE_FILE, budget_from_dict
 
 MAX_BYTES = 25 * 1024 * 1024
-BUNDLE_16FPS = BUNDLE.parent / "toy_base_16fps"  # version 6: the base continued on 33-frame clips at 16 fps
+BUNDLE_16FPS = BUNDLE.parent / "toy_base_16fps"  # version 7: the base continued on 33-frame clips at 16 fps
 SHIPPED = pytest.mark.parametrize("bundle", [BUNDLE, BUNDLE_16FPS], ids=["toy_base", "toy_base_16fps"])
 
 
