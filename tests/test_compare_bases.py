@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from scail_lab.checkpoints.bundle import sha256_file
 from tools import compare_bases
-from tools.toy_stages import BUNDLE, VAE_FILE
+from tools.toy_budgets import BUNDLE, VAE_FILE
 
 
 def test_two_copies_of_the_shipped_base_tie_and_both_are_scored_against_copy_source(tmp_path):

@@ -9,7 +9,8 @@ import tarfile
 import torch
 
 from tools import make_synthetic
-from tools.toy_stages import BUDGETS, BUNDLE, VAE_FILE, stage_latents
+from tools.toy_budgets import BUDGETS, BUNDLE, VAE_FILE
+from tools.toy_stages import stage_latents
 
 
 def tar_members(folder):

@@ -16,7 +16,7 @@ from scail_lab.checkpoints.bundle import MANIFEST, sha256_file, verify_bundle
 from scail_lab.encoders.light_vae import LightVAE
 from scail_lab.metrics.joint_estimator import JointHeatmapEstimator
 from tests.conftest import CONFIGS
-from tools.toy_stages import BASE_WEIGHTS, BUNDLE, JOINT_FILE, VAE_FILE, budget_from_dict
+from tools.toy_budgets import BASE_WEIGHTS, BUNDLE, JOINT_FILE, VAE_FILE, budget_from_dict
 
 MAX_BYTES = 25 * 1024 * 1024
 BUNDLE_16FPS = BUNDLE.parent / "toy_base_16fps"  # version 7: the base continued on 33-frame clips at 16 fps
@@ -112,7 +112,8 @@ def test_pretrain_continues_a_base_as_channel_concat_with_its_vae_and_estimator(
     from safetensors.torch import load_file, save_file
 
     from tools import pretrain_toy
-    from tools.toy_stages import BUDGETS, compose_config, git_commit, model_overrides, with_overrides
+    from tools.toy_budgets import BUDGETS, with_overrides
+    from tools.toy_stages import compose_config, git_commit, model_overrides
 
     micro = with_overrides(BUDGETS["micro"], ["pose_downsample=1"])
     torch.manual_seed(0)

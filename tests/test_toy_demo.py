@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools import toy_demo, toy_stages
+from tools import toy_budgets, toy_demo
 
 STAGES = ("world", "vae", "latents", "train", "heldout_loss", "samples_model", "samples_untrained", "report")
 RUNS = ("model", "untrained", "copy_ref", "driving", "copy_source", "vae_recon")
@@ -105,7 +105,7 @@ def test_finetune_micro_without_replay(tmp_path):
     """The 8-fps base (--bundle data/toy_base) fine-tuned without replay and sampled as trained (merge=1), then
     another training seed, then the same fine-tune merged with the base."""
     out = tmp_path / "ft"
-    bundle = ["--bundle", str(toy_stages.BUNDLE)]
+    bundle = ["--bundle", str(toy_budgets.BUNDLE)]
     assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", *bundle,
                           "--set", "replay=0", "merge=1"]) == 0  # fmt: skip
     assert not (out / "world_replay").exists() and not (out / "latents_replay").exists() and not (out / "merge").exists()
@@ -137,7 +137,7 @@ def test_finetune_micro_without_replay(tmp_path):
     merged_records = records()
     assert {n for n in merged_records if merged_records[n] != after.get(n)} == {
         "merge", "samples_finetuned_family", "samples_finetuned_regular", "report"}
-    base = load_file(toy_stages.BUNDLE / "denoiser.safetensors")
+    base = load_file(toy_budgets.BUNDLE / "denoiser.safetensors")
     full = load_file(out / "train" / "export" / "denoiser.safetensors")
     merged = load_file(out / "merge" / "denoiser.safetensors")
     for k in base:
@@ -162,7 +162,7 @@ def test_finetune_micro_on_the_shipped_base(tmp_path, capsys):
     processes, as the README command runs)."""
     from safetensors.torch import load_file
 
-    from tools.toy_stages import BASE_FAMILIES, HOLDOUT_FAMILY
+    from tools.toy_budgets import BASE_FAMILIES, HOLDOUT_FAMILY
 
     out = tmp_path / "ft"
     assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "2"]) == 0
@@ -183,7 +183,7 @@ def test_finetune_micro_on_the_shipped_base(tmp_path, capsys):
     epoch = json.loads((out / "train" / "data_report.json").read_text())["epochs"]["0"]
     assert epoch["decoded"] == ft.num_train + ft.replay
 
-    base = load_file(toy_stages.FINETUNE_BUNDLE / "denoiser.safetensors")  # the default: the 16-fps base
+    base = load_file(toy_budgets.FINETUNE_BUNDLE / "denoiser.safetensors")  # the default: the 16-fps base
     tuned = load_file(out / "train" / "export" / "denoiser.safetensors")
     assert base.keys() == tuned.keys() and any(not base[k].equal(tuned[k]) for k in base)
     assert json.loads((out / "world" / "stage.json").read_text())["signature"]["frames"] == 33
@@ -261,7 +261,6 @@ def test_auto_precision_follows_the_cpu_flags(tmp_path, monkeypatch):
     import dataclasses
 
     from scail_lab.hardware import cpu_has_bf16_units
-    from tools import toy_stages
 
     flags = tmp_path / "cpuinfo"
     flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
@@ -271,24 +270,24 @@ def test_auto_precision_follows_the_cpu_flags(tmp_path, monkeypatch):
     assert not cpu_has_bf16_units(tmp_path / "missing")
 
     for has_units, resolved in ((True, "bf16-mixed"), (False, "32-true")):
-        monkeypatch.setattr(toy_stages, "cpu_has_bf16_units", lambda has=has_units: has)
-        finetune = toy_stages.Finetune("ft")
+        monkeypatch.setattr(toy_budgets, "cpu_has_bf16_units", lambda has=has_units: has)
+        finetune = toy_budgets.Finetune("ft")
         assert finetune.precision == resolved
-        assert finetune.run_budget(toy_stages.BUDGETS["micro"]).precision == resolved
-        assert dataclasses.replace(toy_stages.BUDGETS["micro"], precision="auto").precision == resolved
-    assert toy_stages.Finetune("ft", precision="32-true").precision == "32-true"
+        assert finetune.run_budget(toy_budgets.BUDGETS["micro"]).precision == resolved
+        assert dataclasses.replace(toy_budgets.BUDGETS["micro"], precision="auto").precision == resolved
+    assert toy_budgets.Finetune("ft", precision="32-true").precision == "32-true"
     with pytest.raises(ValueError, match="precision must be one of"):
-        toy_stages.Finetune("ft", precision="fp16")
+        toy_budgets.Finetune("ft", precision="fp16")
 
 
 def test_finetune_objective_fields_reach_the_training_config(tmp_path):
     """Finetune.sigma_mean / region_weight -> the run budget -> the composed training config's objective."""
     from tools import toy_stages
 
-    base = toy_stages.budget_from_dict(
-        json.loads((toy_stages.BUNDLE / "manifest.json").read_text())["budget"]
+    base = toy_budgets.budget_from_dict(
+        json.loads((toy_budgets.BUNDLE / "manifest.json").read_text())["budget"]
     )
-    ft = toy_stages.with_overrides(toy_stages.FINETUNES["finetune"], ["sigma_mean=1.0", "region_weight=2"])
+    ft = toy_budgets.with_overrides(toy_budgets.FINETUNES["finetune"], ["sigma_mean=1.0", "region_weight=2"])
     budget = ft.run_budget(base)
     assert (budget.sigma_mean, budget.region_weight) == (1.0, 2.0) and base.sigma_mean == 0.0
     overrides = toy_stages.train_overrides(budget, tmp_path / "vae.safetensors", tmp_path, "latent", tmp_path, 0)
@@ -297,7 +296,7 @@ def test_finetune_objective_fields_reach_the_training_config(tmp_path):
     assert budget.train_args()["sigma_mean"] == 1.0  # in the training stage's signature
     assert base.concat_init == "pose"  # the shipped base (from version 4a on) started its driving block from the pose conv
     with pytest.raises(ValueError, match="concat_init must be one of"):
-        toy_stages.with_overrides(toy_stages.BUDGETS["micro"], ["concat_init=random"])
+        toy_budgets.with_overrides(toy_budgets.BUDGETS["micro"], ["concat_init=random"])
 
 
 def test_finetune_learning_rate_defaults_to_the_kind_of_fine_tune(tmp_path):
@@ -305,19 +304,19 @@ def test_finetune_learning_rate_defaults_to_the_kind_of_fine_tune(tmp_path):
     the run budget's and the composed optimizer's."""
     from tools import toy_stages
 
-    base = toy_stages.budget_from_dict(json.loads((toy_stages.FINETUNE_BUNDLE / "manifest.json").read_text())["budget"])
-    ft = toy_stages.FINETUNES["finetune"]
+    base = toy_budgets.budget_from_dict(json.loads((toy_budgets.FINETUNE_BUNDLE / "manifest.json").read_text())["budget"])
+    ft = toy_budgets.FINETUNES["finetune"]
     for items, lr in (([], 2e-4), (["lora=true"], 1e-3), (["lora=true", "lr=5e-4"], 5e-4), (["lr=3e-4"], 3e-4)):
-        budget = toy_stages.with_overrides(ft, items).run_budget(base)
+        budget = toy_budgets.with_overrides(ft, items).run_budget(base)
         assert budget.lr == lr and budget.train_args()["lr"] == lr, items
-    budget = toy_stages.with_overrides(ft, ["lora=true"]).run_budget(base)
+    budget = toy_budgets.with_overrides(ft, ["lora=true"]).run_budget(base)
     cfg = toy_stages.compose_config("train", toy_stages.train_overrides(budget, tmp_path / "v.safetensors", tmp_path,
                                                                         "latent", tmp_path, 0))  # fmt: skip
     assert cfg.optimizer.lr == 1e-3
     with pytest.raises(ValueError, match="lr takes a float, got 'fast'"):
-        toy_stages.with_overrides(ft, ["lr=fast"])
+        toy_budgets.with_overrides(ft, ["lr=fast"])
     with pytest.raises(ValueError, match="lr must be > 0"):
-        toy_stages.with_overrides(ft, ["lr=0"])
+        toy_budgets.with_overrides(ft, ["lr=0"])
 
 
 def test_budget_fps_renders_the_same_motion_with_more_frames(tmp_path):
@@ -327,7 +326,7 @@ def test_budget_fps_renders_the_same_motion_with_more_frames(tmp_path):
 
     joints = {}
     for fps, frames in ((8.0, 9), (16.0, 17)):
-        budget = toy_stages.with_overrides(toy_stages.BUDGETS["micro"], [f"fps={fps}", f"frames={frames}", "num_test=2"])
+        budget = toy_budgets.with_overrides(toy_budgets.BUDGETS["micro"], [f"fps={fps}", f"frames={frames}", "num_test=2"])
         assert budget.world_args()["fps"] == fps
         toy_stages.stage_world(tmp_path / str(fps), budget, 0, ("test",))
         gts = [json.loads(p.read_text()) for p in sorted((tmp_path / str(fps)).glob("folders/test/*/gt.json"))]
@@ -338,7 +337,7 @@ def test_budget_fps_renders_the_same_motion_with_more_frames(tmp_path):
         step_slow, step_fast = (np.abs(np.diff(j, axis=0)).mean() for j in (slow, fast))
         assert step_fast == pytest.approx(step_slow / 2, rel=0.15)
     with pytest.raises(ValueError, match="fps must be positive"):
-        toy_stages.with_overrides(toy_stages.BUDGETS["micro"], ["fps=0"])
+        toy_budgets.with_overrides(toy_budgets.BUDGETS["micro"], ["fps=0"])
 
 
 def test_copy_source_takes_copy_ref_on_animation_and_driving_on_replacement():

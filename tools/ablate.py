@@ -32,13 +32,16 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tools.toy_stages import (  # noqa: E402
+from tools.toy_budgets import (  # noqa: E402
     BUDGETS,
     BUNDLE,
     JOINT_FILE,
     VAE_FILE,
     Budget,
     budget_from_dict,
+    with_overrides,
+)
+from tools.toy_stages import (  # noqa: E402
     compose_config,
     flow_losses,
     latents_name,
@@ -48,7 +51,6 @@ from tools.toy_stages import (  # noqa: E402
     stage_sample,
     stage_train,
     stage_world,
-    with_overrides,
     write_json,
 )
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from tools.toy_stages import FINETUNE_BUNDLE, FINETUNES, JOINT_FILE, VAE_FILE, budget_from_dict  # noqa: E402
+from tools.toy_budgets import FINETUNE_BUNDLE, FINETUNES, JOINT_FILE, VAE_FILE, budget_from_dict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from scail_lab.checkpoints.bundle import MANIFEST, sha256_file, verify_bundle  # noqa: E402
 from scail_lab.files import replace_folder  # noqa: E402
-from tools.toy_stages import VAE_FILE, git_commit  # noqa: E402
+from tools.toy_budgets import VAE_FILE  # noqa: E402
+from tools.toy_stages import git_commit  # noqa: E402
 
 VAE_JSON = "light_vae.json"
 

@@ -28,18 +28,15 @@ if __package__ in (None, ""):  # `python tools/compare_bases.py` from the repo r
 import torch  # noqa: E402
 
 from tools import toy_report  # noqa: E402
-from tools.toy_stages import (  # noqa: E402
+from tools.toy_budgets import (  # noqa: E402
     BASE_WEIGHTS,
     JOINT_FILE,
     VAE_FILE,
     budget_from_dict,
     resolve_precision,
-    run_stage,
-    stage_sample,
-    stage_world,
     with_overrides,
-    write_json,
 )
+from tools.toy_stages import run_stage, stage_sample, stage_world, write_json  # noqa: E402
 
 log = logging.getLogger("compare_bases")
 METRICS = ("psnr", "mask_iou", "joint_error_px", "identity_color_hist")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from tools.toy_stages import (  # noqa: E402
+from tools.toy_budgets import (  # noqa: E402
     BASE_WEIGHTS,
     BUDGETS,
     BUNDLE,
@@ -37,12 +37,9 @@ from tools.toy_stages import (  # noqa: E402
     JOINT_FILE,
     VAE_FILE,
     Budget,
-    compose_config,
-    git_commit,
-    model_overrides,
-    run_stage,
     with_overrides,
 )
+from tools.toy_stages import compose_config, git_commit, model_overrides, run_stage  # noqa: E402
 
 log = logging.getLogger("pretrain_toy")
 

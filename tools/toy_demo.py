@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from scail_lab.checkpoints.bundle import sha256_file  # noqa: E402
 from scail_lab.files import save_safetensors  # noqa: E402
-from tools.toy_stages import (  # noqa: E402
+from tools.toy_budgets import (  # noqa: E402
     BASE_WEIGHTS,
     BUDGETS,
     FINETUNE_BUNDLE,
@@ -44,6 +44,9 @@ from tools.toy_stages import (  # noqa: E402
     Budget,
     Finetune,
     budget_from_dict,
+    with_overrides,
+)
+from tools.toy_stages import (  # noqa: E402
     compose_config,
     heldout_flow_loss,
     latents_name,
@@ -54,7 +57,6 @@ from tools.toy_stages import (  # noqa: E402
     stage_train,
     stage_vae,
     stage_world,
-    with_overrides,
 )
 
 log = logging.getLogger("toy_demo")
