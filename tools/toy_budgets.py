@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from scail_lab.data import media
 from scail_lab.hardware import cpu_has_bf16_units
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,6 @@ class Budget:
 
     def __post_init__(self) -> None:
         """Bad values fail here, before any stage runs."""
-        from scail_lab.data import media
         from scail_lab.data.synthetic.world import WorldConfig
         from scail_lab.model.interfaces import DRIVING_INITS, check_pose_downsample
 
@@ -202,8 +202,6 @@ class Finetune:
         if not 0.0 < self.merge <= 1.0:
             raise ValueError(f"fine-tune field merge must be in (0, 1] (the fine-tune's share of the weights), got {self.merge}")
         object.__setattr__(self, "precision", resolve_precision(self.precision))  # stage signatures hold the resolved one
-        from scail_lab.data import media
-
         media.video_quality(self.video_quality)
 
     @property
