@@ -60,3 +60,18 @@ def test_bad_model_lists_and_bundles_with_another_vae_are_named_before_any_work(
     with pytest.raises(ValueError, match=f"{other}: its light VAE differs from {BUNDLE.resolve()}'s"):
         compare_bases.main([f"a={BUNDLE}", f"b={other}", "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_bundles_that_would_encode_at_different_video_quality_are_refused_before_any_work(tmp_path):
+    """The baselines are encoded once for all models: two bundles whose manifests name different video_quality
+    values are refused with both values, and one --set value for all lifts that (checked here only up to the
+    refusal: the run itself is the first test's)."""
+    other = tmp_path / "lossless"
+    shutil.copytree(BUNDLE, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["budget"]["video_quality"] = "lossless"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    own = json.loads((BUNDLE / "manifest.json").read_text())["budget"].get("video_quality", "18")
+    with pytest.raises(ValueError, match=rf"video_quality \{{'a': '{own}', 'b': 'lossless'\}}.*--set video_quality="):
+        compare_bases.main([f"a={BUNDLE}", f"b={other}", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     precision = resolve_precision(args.precision)
     budgets = {n: with_overrides(dataclasses.replace(budget_from_dict(m["budget"]), precision=precision), args.set)
                for n, m in manifests.items()}  # fmt: skip
+    qualities = {n: b.video_quality for n, b in budgets.items()}
+    if len(set(qualities.values())) > 1:  # the baselines are encoded once, at one quality, for every model
+        raise ValueError(f"the bundles' samples would be encoded at different video_quality {qualities}; the "
+                         "baselines are written once for all of them: pass --set video_quality=<one value>")  # fmt: skip
     first = next(iter(models))
     seed = manifests[first]["seeds"]["world"] if args.seed is None else args.seed
     torch.set_num_threads(args.threads)
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     tests = toy_report.test_folders(world)
     table, modes, _ = toy_report.evaluate_runs(out / "report", tests, {n: out / f"samples_{n}" for n in models},
                                                vae, joint, reference=first,
-                                               quality=budgets[first].video_quality)  # fmt: skip
+                                               quality=qualities[first])  # fmt: skip
     runs = [*models, *(r for r in ("copy_source", "vae_recon") if r in table)]
     pairs = paired_tables(table, list(models), modes)
     toy_report.contact_sheet(out / "contact_sheet.png", tests, {n: out / f"samples_{n}" for n in models})
