@@ -64,8 +64,8 @@ def test_bad_model_lists_and_bundles_with_another_vae_are_named_before_any_work(
 
 def test_bundles_that_would_encode_at_different_video_quality_are_refused_before_any_work(tmp_path):
     """The baselines are encoded once for all models: two bundles whose manifests name different video_quality
-    values are refused with both values, and one --set value for all lifts that (checked here only up to the
-    refusal: the run itself is the first test's)."""
+    values are refused with both values; one --set value for all passes that check (and stops here at the next
+    one, a --world without test clips: the run itself is the first test's)."""
     other = tmp_path / "lossless"
     shutil.copytree(BUNDLE, other)
     manifest = json.loads((other / "manifest.json").read_text())
@@ -74,4 +74,8 @@ def test_bundles_that_would_encode_at_different_video_quality_are_refused_before
     own = json.loads((BUNDLE / "manifest.json").read_text())["budget"].get("video_quality", "18")
     with pytest.raises(ValueError, match=rf"video_quality \{{'a': '{own}', 'b': 'lossless'\}}.*--set video_quality="):
         compare_bases.main([f"a={BUNDLE}", f"b={other}", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(FileNotFoundError, match="no folders/test/ in it"):
+        compare_bases.main([f"a={BUNDLE}", f"b={other}", "--out", str(tmp_path / "x"), "--world", str(tmp_path / "none"),
+                            "--set", "video_quality=lossless"])  # fmt: skip
     assert not (tmp_path / "x").exists()
