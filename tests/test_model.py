@@ -375,7 +375,9 @@ def test_channel_concat_from_in_context_keeps_every_shared_tensor_and_the_refere
     embed = {m: m.interface.embed(SimpleNamespace(**{n: getattr(m, n) for n in m._interface_modules}), inputs, 28)
              for m in (source, target)}  # fmt: skip
     ref = 4 * 8 // 4
-    assert (embed[source][0][:, :ref] - embed[target][0][:, :ref]).abs().max().item() < 1e-6
+    # the same sums in another order (the channel-concat conv also adds the driving block's zeros): float32 rounding,
+    # which reaches 3e-6 on CPUs whose GEMM kernels block the 64 input channels differently (AMX hosts)
+    torch.testing.assert_close(embed[target][0][:, :ref], embed[source][0][:, :ref], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="patch_embedding_pose"):
         channel_concat_from_in_context(state, latent_dim=16)
     with pytest.raises(ValueError, match="input channels"):

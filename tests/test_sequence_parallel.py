@@ -211,5 +211,7 @@ def test_cfg_parallel_guidance_on_two_ranks_equals_the_batched_one(tmp_path):
     path = str(tmp_path / "cfg.pt")
     mp.start_processes(_cfg_worker, args=(path,), nprocs=2, start_method="spawn")
     split, joint = torch.load(path)
-    torch.testing.assert_close(split, joint, rtol=1e-5, atol=1e-5)
+    # batch-1 branches vs one batch of 2: float32 rounding, amplified by guidance 4 (uncond + 4 (cond - uncond));
+    # 1.2e-5 measured on an AMX host. Swapped or missing branches differ by the velocity itself (> 0.1)
+    torch.testing.assert_close(split, joint, rtol=1e-4, atol=1e-4)
     assert joint.abs().max() > 0.1  # a real velocity, not a zero head
