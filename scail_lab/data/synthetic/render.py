@@ -44,57 +44,51 @@ def _fx(p) -> tuple[int, int]:
     return int(round(p[0] * _ONE)), int(round(p[1] * _ONE))
 
 
-def _prim_points(prim) -> tuple[np.ndarray, float]:
-    kind = prim[0]
-    if kind == "capsule":
-        return np.array([prim[1], prim[2]], dtype=np.float64), prim[3]
-    if kind == "poly":
-        return np.asarray(prim[1], dtype=np.float64), 0.0
-    return np.array([prim[1]], dtype=np.float64), prim[2]
-
-
-def _part_mask(part: Part, hw: tuple[int, int]) -> tuple[int, int, np.ndarray] | None:
-    """Rasterise a part inside its bounding box: (y0, x0, bool mask) or None when off-canvas."""
-    pts_r = [_prim_points(p) for p in part.prims]
-    allpts = np.concatenate([p for p, _ in pts_r])
-    pad = max(r for _, r in pts_r) + 2
-    (lo_x, lo_y), (hi_x, hi_y) = allpts.min(0), allpts.max(0)
-    x0, y0 = int(math.floor(lo_x - pad)), int(math.floor(lo_y - pad))
-    x1, y1 = int(math.ceil(hi_x + pad)), int(math.ceil(hi_y + pad))
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, hw[1]), min(y1, hw[0])
-    if x1 <= x0 or y1 <= y0:
-        return None
-    local = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-    off = np.array([x0, y0], dtype=np.float64)
+def _draw(canvas: np.ndarray, part: Part, value: int) -> None:
+    """Draw every primitive of a part into `canvas` with `value` (OpenCV clips what leaves the canvas)."""
     for prim in part.prims:
         kind = prim[0]
         if kind == "capsule":
             thickness = max(1, int(round(2 * prim[3])))
-            cv2.line(local, _fx(prim[1] - off), _fx(prim[2] - off), 1, thickness, cv2.LINE_8, _SHIFT)
+            cv2.line(canvas, _fx(prim[1]), _fx(prim[2]), value, thickness, cv2.LINE_8, _SHIFT)
         elif kind == "poly":
-            pts = np.array([_fx(p - off) for p in prim[1]], dtype=np.int32)
-            cv2.fillConvexPoly(local, pts, 1, cv2.LINE_8, _SHIFT)
+            pts = np.array([_fx(p) for p in prim[1]], dtype=np.int32)
+            cv2.fillConvexPoly(canvas, pts, value, cv2.LINE_8, _SHIFT)
         elif kind == "disc":
-            cv2.circle(local, _fx(prim[1] - off), int(round(prim[2] * _ONE)), 1, -1, cv2.LINE_8, _SHIFT)
+            cv2.circle(canvas, _fx(prim[1]), int(round(prim[2] * _ONE)), value, -1, cv2.LINE_8, _SHIFT)
         elif kind == "half_disc":  # upper half (hair cap)
             r = int(round(prim[2] * _ONE))
-            cv2.ellipse(local, _fx(prim[1] - off), (r, r), 0, 180, 360, 1, -1, cv2.LINE_8, _SHIFT)
+            cv2.ellipse(canvas, _fx(prim[1]), (r, r), 0, 180, 360, value, -1, cv2.LINE_8, _SHIFT)
         else:
             raise ValueError(f"unknown primitive {kind!r}")
-    return y0, x0, local.view(bool)  # cv2 drew 0 / 1
 
 
-def _paint(mat: Material, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Colours [n, 3] of the material at pixel coordinates."""
-    base = np.array(mat.colour, dtype=np.float32)
-    if mat.pattern == "solid" or mat.colour2 is None:
-        return np.broadcast_to(base, (len(ys), 3))
-    ax, ay = mat.axis
-    dx, dy = xs - mat.origin[0], ys - mat.origin[1]
-    u = np.floor((dx * ax + dy * ay) / mat.period)
-    v = np.floor((-dx * ay + dy * ax) / mat.period)
-    alt = {"stripes": u, "bands": v, "checks": u + v}[mat.pattern] % 2 == 1
-    return np.where(alt[:, None], np.array(mat.colour2, dtype=np.float32), base)
+_PATTERNS = {"solid": 0, "stripes": 1, "bands": 2, "checks": 3}
+
+
+def _paint(parts: list[Part], k: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Colours [n, 3] float32 of the pixels (ys, xs) drawn by parts[k - 1]; a pattern is evaluated in its part's
+    own frame at the pixels' coordinates."""
+    colour = np.zeros((len(parts) + 1, 3), np.float32)
+    colour[1:] = [p.material.colour for p in parts]
+    out = colour[k]
+    patterned = [j for j, p in enumerate(parts, 1) if p.material.pattern != "solid" and p.material.colour2 is not None]
+    if not patterned:
+        return out
+    table = np.zeros((len(parts) + 1, 6), np.float64)  # origin x, y, axis x, y, period, pattern
+    colour2 = np.zeros((len(parts) + 1, 3), np.float32)
+    for j in patterned:
+        mat = parts[j - 1].material
+        table[j] = (*mat.origin, *mat.axis, mat.period, _PATTERNS[mat.pattern])
+        colour2[j] = mat.colour2
+    at = np.nonzero(table[k, 5] > 0)[0]
+    ox, oy, ax, ay, period, pattern = table[k[at]].T
+    dx, dy = xs[at] - ox, ys[at] - oy
+    u = np.floor((dx * ax + dy * ay) / period)
+    v = np.floor((-dx * ay + dy * ax) / period)
+    alt = at[np.where(pattern == 1, u, np.where(pattern == 2, v, u + v)) % 2 == 1]
+    out[alt] = colour2[k[alt]]
+    return out
 
 
 def rasterize(
@@ -114,22 +108,20 @@ def rasterize(
     person_out = np.full((n, h, w), -1, np.int16)
     person_big = np.full((n, *big), -1, np.int16)
     for i, parts in enumerate(frames):
-        rgb = np.zeros((*big, 3), np.float32)
+        order = sorted(parts, key=lambda p: p.depth)  # back to front: a later part covers an earlier one
+        if len(order) >= np.iinfo(np.uint16).max:
+            raise ValueError(f"frame {i} has {len(order)} parts; at most 65534 fit the label map")
+        label = np.zeros(big, np.uint16)  # 0: no part; k: order[k - 1], the frontmost part drawn there
+        for k, part in enumerate(order, 1):
+            _draw(label, part, k)
+        ys, xs = np.nonzero(label)
+        k = label[ys, xs]
+        owner = np.array([-1] + [p.person for p in order], np.int16)
         person = person_big[i]
-        for part in sorted(parts, key=lambda p: p.depth):
-            hit = _part_mask(part, big)
-            if hit is None:
-                continue
-            y0, x0, mask = hit
-            box = np.s_[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
-            mat = part.material
-            if mat.pattern == "solid" or mat.colour2 is None:
-                rgb[box][mask] = np.array(mat.colour, dtype=np.float32)
-            else:  # the pattern needs the pixels' coordinates
-                ys, xs = np.nonzero(mask)
-                rgb[box][ys, xs] = _paint(mat, (ys + y0).astype(np.float64), (xs + x0).astype(np.float64))
-            person[box][mask] = part.person
+        person[ys, xs] = owner[k]
         cover = (person >= 0).astype(np.float32)
+        rgb = np.zeros((*big, 3), np.float32)
+        rgb[ys, xs] = _paint(order, k, ys, xs)
         rgb_out[i] = cv2.resize(rgb * cover[..., None], (w, h), interpolation=cv2.INTER_AREA)
         alpha_out[i] = cv2.resize(cover, (w, h), interpolation=cv2.INTER_AREA)
     person_out[:] = _majority_person(person_big, ss)
