@@ -5,7 +5,9 @@
 
 Layout: <out>/folders/<split>/<split>_<index>/ (ref.png, rendered_v2.mp4, target.mp4, gt.json, ...),
 <out>/shards/<split>/shard-*.tar (+ report.json), <out>/contact_sheet.png, <out>/world.json.
-Reruns resume: finished folders and shards are kept.
+Reruns resume: finished folders and shards are kept. Shards check each video's header (frame count, fps, size
+agreeing across the sample's videos), not every frame: these videos were encoded a moment ago from frames this
+tool rendered (`tools/make_shards.py` decodes every frame of data from elsewhere).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def synthetic_jobs(world: SyntheticWorld, split: str, count: int, per_shard: int
                 def load(index=index, key=key) -> dict:
                     files = sample_files(world.sample(split, index), world.config.fps, quality)
                     raw = collect_files(files, key, source=f"synthetic:{split}/{index}")
-                    return with_validated_meta(raw, validate_sample(raw))
+                    return with_validated_meta(raw, validate_sample(raw, full_decode=False))
 
                 yield key, load
 
@@ -88,7 +90,8 @@ def _write_folders(world: SyntheticWorld, split: str, indices: list[int], root: 
 
 
 def _shard_part(root: Path, out: Path, samples_per_shard: int, num_parts: int, part: int) -> None:
-    make_shards(root, out, samples_per_shard=samples_per_shard, part=part, num_parts=num_parts, progress=False)
+    make_shards(root, out, samples_per_shard=samples_per_shard, full_decode=False, part=part, num_parts=num_parts,
+                progress=False)  # fmt: skip
 
 
 def _synthetic_part(world, split, count, samples_per_shard, quality, out, num_parts, part) -> None:
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.workers > 1:  # each process validates and writes every workers-th shard
                     part = partial(_shard_part, root, shards, args.samples_per_shard, args.workers)
                     parallel_map(part, list(range(args.workers)), args.workers)
-                report = make_shards(root, shards, samples_per_shard=args.samples_per_shard)  # the report of all parts
+                report = make_shards(root, shards, samples_per_shard=args.samples_per_shard,
+                                     full_decode=False)  # the report of all parts
                 print(f"[{split}] {summarize(report)}")
         else:
             if args.workers > 1:
