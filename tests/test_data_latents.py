@@ -97,6 +97,41 @@ def test_cached_latents_equal_the_encoder_on_the_loader_pixels(data):
     torch.testing.assert_close(sample["target_latents"], target[:, :2])
 
 
+class CountingVAE(PoolVAE):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().encode(video)
+
+
+def test_full_resolution_pose_reuses_the_target_and_driving_encodes(data):
+    """pose_downsample 1: the pose latents of a video are its target latents, so the reverse variant (target and
+    driving swapped) costs no VAE call for them; the fields equal fresh encodes."""
+    folder = next(f for f in sorted((data["root"] / "folders").iterdir())
+                  if json.loads((f / "meta.json").read_text()).get("driving_kind", "video") == "video")  # fmt: skip
+    raw = collect_folder(folder)
+    counts, outs = {}, {}
+    for down in (1, 2):
+        vae = CountingVAE()
+        c = LatentCacher(vae=vae, mask_scheme=ColourMaskScheme(), sampling=SAMPLING, pose_downsample=down)
+        [(_, outs[down])] = c.encode(raw)
+        counts[down] = vae.calls
+    out = outs[1]
+    assert "reverse_target_latents.npy" in out  # the sample has the reverse variant
+    # forward: target, ref, pose (= driving), null pose, aug pose; reverse: ref only (its target is the driving video
+    # and its pose the target video, both encoded already); at pose_downsample 2 those two are resized: new encodes
+    assert counts[1] == counts[2] - 2, counts
+    pixels = FolderDataset([str(folder)], sampling=SAMPLING)[0]
+    vae = PoolVAE()
+    for field, video in (("reverse_target_latents.npy", "driving"), ("reverse_pose_latents.npy", "target"),
+                         ("pose_latents.npy", "driving"), ("target_latents.npy", "target")):  # fmt: skip
+        torch.testing.assert_close(npy_tensor(out[field]), vae.encode(unit_range(pixels[video])[None])[0],
+                                   rtol=0, atol=1e-6, msg=field)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def latents(data):
     out = data["root"] / "latents"

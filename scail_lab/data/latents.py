@@ -118,26 +118,36 @@ class LatentCacher:
         # SCAIL-2's segment overlap, so a continuation window with history sees what sampling's next segment sees).
         self.windows, self.window_overlap = int(windows), int(window_overlap)
         self._null_pose: dict[tuple[int, ...], Tensor] = {}
+        self._seen: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}  # one clip's encodes (`_encode`)
 
     @property
     def uses_masks(self) -> bool:
         return self.scheme.num_classes > 0
 
+    def _encode(self, video: Tensor, pose: bool) -> Tensor:
+        """VAE latents of a decoded video [3, N, H, W] uint8, as a target (pose False) or as the pose input (pose True:
+        the 1/pose_downsample resize first). A video already encoded the same way for this clip is not encoded again:
+        the reverse variant swaps the target and driving videos, and at pose_downsample 1 both ways are one encode."""
+        key = (id(video), pose and self.encoder.pose_downsample != 1)
+        if key not in self._seen:
+            with torch.inference_mode():
+                encode = self.encoder.pose_latents if pose else self.encoder.video_latents
+                self._seen[key] = (video, encode(video[None].to(self.device))[0])  # holding the video keeps its id
+        return self._seen[key][1]
+
     def _video_latents(self, video: Tensor) -> Tensor:
         """[3, N, H, W] uint8 -> [16, T, H/f, W/f] (f: the VAE's spatial factor)."""
         n, h, w = video.shape[1:]
-        with torch.inference_mode():
-            z = self.encoder.video_latents(video[None].to(self.device))
+        z = self._encode(video, pose=False)
         f = self.encoder.spatial_factor
         want = ((n - 1) // 4 + 1, h // f, w // f)
-        if z.dim() != 5 or z.shape[0] != 1 or tuple(z.shape[2:]) != want:
-            raise ValueError(f"VAE returned {tuple(z.shape)} for a [1, 3, {n}, {h}, {w}] video; expected [1, C, *{want}]")
-        return z[0]
+        if z.dim() != 4 or tuple(z.shape[1:]) != want:
+            raise ValueError(f"VAE returned {tuple(z.shape)} for a [3, {n}, {h}, {w}] video; expected [C, *{want}]")
+        return z
 
     def _pose_latents(self, video: Tensor) -> Tensor:
-        """Driving [3, N, H, W] uint8 -> latents of the 0.5x bilinear resize [16, T, H/16, W/16]."""
-        with torch.inference_mode():
-            return self.encoder.pose_latents(video[None].to(self.device))[0]
+        """Driving [3, N, H, W] uint8 -> latents of the 1/pose_downsample bilinear resize [16, T, H/(f*d), W/(f*d)]."""
+        return self._encode(video, pose=True)
 
     def _null_pose_latents(self, driving_shape: tuple[int, ...]) -> Tensor:
         """Pose latents of a black driving clip of this shape ([3, N, H, W]), one encode per shape."""
@@ -189,6 +199,15 @@ class LatentCacher:
         self, raw: Mapping, meta: dict, indices: np.ndarray, fps_out: float, bucket: tuple[int, int]
     ) -> dict:
         """The frames `indices` of a raw pixel sample, resized to `bucket` -> one latent sample (field -> bytes)."""
+        self._seen = {}
+        try:
+            return self._encode_clip_fields(raw, meta, indices, fps_out, bucket)
+        finally:
+            self._seen = {}  # the decoded videos and their latents go with the clip
+
+    def _encode_clip_fields(
+        self, raw: Mapping, meta: dict, indices: np.ndarray, fps_out: float, bucket: tuple[int, int]
+    ) -> dict:
         kind = meta.get(schema.META_DRIVING_KIND, "video")
         has_aug, has_rev = has_variants(raw, kind, self.uses_masks)
         out: dict = {}
