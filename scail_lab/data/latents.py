@@ -199,15 +199,7 @@ class LatentCacher:
         self, raw: Mapping, meta: dict, indices: np.ndarray, fps_out: float, bucket: tuple[int, int]
     ) -> dict:
         """The frames `indices` of a raw pixel sample, resized to `bucket` -> one latent sample (field -> bytes)."""
-        self._seen = {}
-        try:
-            return self._encode_clip_fields(raw, meta, indices, fps_out, bucket)
-        finally:
-            self._seen = {}  # the decoded videos and their latents go with the clip
-
-    def _encode_clip_fields(
-        self, raw: Mapping, meta: dict, indices: np.ndarray, fps_out: float, bucket: tuple[int, int]
-    ) -> dict:
+        self._seen = {}  # this clip's encodes (`_encode`)
         kind = meta.get(schema.META_DRIVING_KIND, "video")
         has_aug, has_rev = has_variants(raw, kind, self.uses_masks)
         out: dict = {}
@@ -256,6 +248,7 @@ class LatentCacher:
         out[schema.F_CAPTION] = caption.encode()
         if schema.F_GT in raw:
             out[schema.F_GT] = raw[schema.F_GT]
+        self._seen = {}  # the decoded videos and their latents go with the clip
         return out
 
 
