@@ -163,6 +163,26 @@ def estimate_top_down(
     return np.concatenate(parts, axis=1)
 
 
+def joint_distances(
+    estimator: JointEstimator, frames: np.ndarray, gt: SyntheticGT, count: int = 1, plate: np.ndarray | None = None,
+    box_margin: float = BOX_MARGIN,
+) -> np.ndarray:
+    """Pixel distance of every estimated joint from its ground truth, float64 [N, J] (NaN: not found).
+
+    frames: uint8 [N, H, W, 3]; `count` characters (gt joints p0_..., p1_... over the estimator's names), each
+    estimated alone on the background `plate` (uint8 [N, H, W, 3]) when count > 1 (`estimate_top_down`)."""
+    if count == 1:
+        estimated = np.asarray(estimator(frames), dtype=np.float64)
+    else:
+        if plate is None:
+            raise ValueError(f"a {count}-character sample needs its background plate")
+        estimated = estimate_top_down(estimator, frames, plate, gt.joints, count, box_margin)
+    if estimated.shape != gt.joints.shape:
+        raise ValueError(f"estimator returned joints {estimated.shape}, ground truth has {gt.joints.shape} "
+                         "(frames, joints, 2)")  # fmt: skip
+    return np.linalg.norm(estimated - gt.joints, axis=-1)  # [N, J, 2] -> [N, J]
+
+
 def _gt_from_extras(name: str, extras: dict[str, Any]) -> SyntheticGT:
     gt = extras.get("gt")
     if gt is None:
@@ -283,19 +303,13 @@ class JointPositionError(Metric):
     ) -> float | None:
         gt = _gt_from_extras(self.name, extras)
         frames = to_uint8_frames(to_frames(pred))
-        count = num_characters  # from update(): 1, or P for p0_/p1_/... ground truth over the estimator's joints
-        if count == 1:
-            estimated = np.asarray(self.estimator(frames), dtype=np.float64)
-        else:
-            plate = to_uint8_frames(to_frames(background))
-            estimated = estimate_top_down(self.estimator, frames, plate, gt.joints, count, self.box_margin)
-        self.characters[count] += 1
-        if estimated.shape != gt.joints.shape:
-            raise ValueError(
-                f"{self.name}: estimator returned joints {estimated.shape}, ground truth has {gt.joints.shape} "
-                "(frames, joints, 2)"
-            )
-        dist = np.linalg.norm(estimated - gt.joints, axis=-1)  # [N, J, 2] -> [N, J]
+        plate = to_uint8_frames(to_frames(background)) if num_characters > 1 else None
+        # num_characters from update(): 1, or P for p0_/p1_/... ground truth over the estimator's joints
+        try:
+            dist = joint_distances(self.estimator, frames, gt, num_characters, plate, self.box_margin)
+        except ValueError as err:
+            raise ValueError(f"{self.name}: {err}") from err
+        self.characters[num_characters] += 1
         found = ~np.isnan(dist)
         self.missed.append(float(1.0 - found.mean()))
         return float(dist[found].mean()) if found.any() else None
