@@ -11,7 +11,7 @@ from eval.manifest import ManifestRow, write_manifest
 from scail_lab.data.media import encode_video
 from tools import pose_by_frame
 
-NAMES = ("head", "neck")
+NAMES = ("head", "l_ankle")
 
 
 class OffsetEstimator:
@@ -33,6 +33,7 @@ def _clip(root, name: str, clip: int, mode: str, values: list[int]) -> tuple[Man
     folder = root / name
     folder.mkdir()
     joints = np.random.default_rng(clip).uniform(10, 50, size=(len(values), len(NAMES), 2))
+    joints[:, 1, 1] = 50.0 - 2.0 * np.arange(len(values))  # the ankle rises 2 px a frame: frame k is 2k px off the ground
     (folder / "gt.json").write_text(json.dumps({"joints": joints.tolist(), "joint_names": list(NAMES),
                                                 "identity_colors": [[1, 2, 3]]}))  # fmt: skip
     (folder / "meta.json").write_text(json.dumps({"mode": mode, "num_characters": 1}))
@@ -56,8 +57,15 @@ def test_groups_are_frame_zero_then_fours_then_the_mean(tmp_path):
     assert groups[0] == pytest.approx(100 / (64 * 64 * 3) / 10.0, abs=1e-9)  # frame 0: only the marker pixel
     assert groups[1:] == pytest.approx([2.5, 6.5, 4.0], abs=0.01)  # frames 1-4, 5-8, the mean of 0..8
     assert result["runs"]["ground truth"]["groups"] == pytest.approx(groups)  # the same video as target here
+    lift = result["runs"]["run"]["by_lift"]  # edges 2, 4, 8 px: frame 0 | frame 1 | frames 2-3 | frames 4-8
+    assert [b["frames"] for b in lift] == [1, 1, 2, 5] and [b["lift"] for b in lift] == [[0, 2], [2, 4], [4, 8], [8, None]]
+    assert [b["error"] for b in lift] == pytest.approx([groups[0], 1.0, 2.5, 6.0], abs=0.01)
+    assert all(b["dy"] == pytest.approx(0.0, abs=1e-9) for b in lift)  # the estimator errs along x only
+    with pytest.raises(ValueError, match="increasing"):
+        pose_by_frame.pose_by_frame({"run": rows}, est, lift_edges=(4.0, 2.0), progress=False)
     text = pose_by_frame.markdown(result, reference="ground truth")
     assert "| run | 1 | 0.00 | 2.50 | 6.50 | 4.00 |" in text and "| run | +0.00 | +0.00 | +0.00 | +0.00 |" in text
+    assert "| run | >= 8 | 5 | 6.00 | +0.00 |" in text
 
 
 def test_missing_files_are_named_before_any_decoding(tmp_path):

@@ -9,7 +9,9 @@ is then estimated alone on the plate, as the joint_error_px metric does). The li
 each later 4 frames into one latent frame, so the table gives frame 0, then groups of `--group` frames, then the mean
 over frames; `ground truth` is the estimator on the target videos (its floor). With `--reference R` a second table
 gives each run minus run R (R = vae_recon: the gap to the VAE's own round trip, the ceiling of any denoiser behind
-it). Clips are selected by the `mode` and `num_characters` of the meta.json beside their gt.json.
+it). A last table bins all frames by how far the feet are off the ground (`--lift-edges`, px) with the joint error
+and the vertical error there (a model that keeps a jumping character on the ground reads + in the air). Clips are
+selected by the `mode` and `num_characters` of the meta.json beside their gt.json.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from eval.manifest import ManifestRow, read_manifest  # noqa: E402
 from scail_lab.files import atomic_write_bytes  # noqa: E402
-from scail_lab.metrics.synthetic import JointEstimator, SyntheticGT, character_count, joint_distances  # noqa: E402
+from scail_lab.metrics.synthetic import JointEstimator, SyntheticGT, character_count, estimate_joints  # noqa: E402
 from scail_lab.metrics.video_io import read_video  # noqa: E402
 
 GROUND_TRUTH = "ground truth"
@@ -52,16 +54,21 @@ def select(rows: list[ManifestRow], mode: str, characters: int | None) -> list[M
     return out
 
 
-def frame_errors(estimator: JointEstimator, video: str, row: ManifestRow) -> np.ndarray:
-    """Per-frame joint error [N] of one video against the row's ground truth (mean over the joints found)."""
+def frame_errors(estimator: JointEstimator, video: str, row: ManifestRow) -> dict[str, np.ndarray]:
+    """Per-frame curves [N] of one video against the row's ground truth: `error` (mean distance over the joints
+    found), `dy` (mean vertical error, + = drawn lower than the truth) and `lift` (how far the lowest ankle is above
+    its lowest point in the clip: the feet off the ground)."""
     gt = SyntheticGT.load(row.gt_json)
     count = character_count(gt.joint_names, tuple(getattr(estimator, "joint_names", gt.joint_names)))
     if count is None:
         raise ValueError(f"{row.gt_json}: its joints are not the estimator's (nor p0_/p1_/... copies of them)")
     plate = read_video(row.background) if count > 1 and row.background else None
-    frames = read_video(video)
+    estimated = estimate_joints(estimator, read_video(video), gt, count, plate)
+    ankles = [i for i, n in enumerate(gt.joint_names) if n.endswith("ankle")]
+    feet = gt.joints[:, ankles, 1].max(axis=1) if ankles else np.zeros(len(gt.joints))  # image y grows downwards
     with np.errstate(invalid="ignore"):  # a frame where no joint was found stays NaN
-        return np.nanmean(joint_distances(estimator, frames, gt, count, plate), axis=1)
+        return {"error": np.nanmean(np.linalg.norm(estimated - gt.joints, axis=-1), axis=1),
+                "dy": np.nanmean(estimated[..., 1] - gt.joints[..., 1], axis=1), "lift": feet.max() - feet}  # fmt: skip
 
 
 def group_means(per_frame: np.ndarray, group: int) -> list[float]:
@@ -70,13 +77,29 @@ def group_means(per_frame: np.ndarray, group: int) -> list[float]:
     return [float(np.nanmean(c)) for c in cuts] + [float(np.nanmean(per_frame))]
 
 
+def lift_table(curves: list[dict[str, np.ndarray]], edges: tuple[float, ...]) -> list[dict]:
+    """Frames of all clips binned by `lift` at `edges` (px): frames, mean joint error and vertical error per bin."""
+    lift = np.concatenate([c["lift"] for c in curves])
+    error, dy = (np.concatenate([c[k] for c in curves]) for k in ("error", "dy"))
+    bounds = [0.0, *edges, np.inf]
+    rows = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        take = (lift >= lo) & (lift < hi)
+        if take.any():
+            rows.append({"lift": [lo, None if np.isinf(hi) else hi], "frames": int(take.sum()),
+                         "error": float(np.nanmean(error[take])), "dy": float(np.nanmean(dy[take]))})  # fmt: skip
+    return rows
+
+
 def pose_by_frame(runs: dict[str, list[ManifestRow]], estimator: JointEstimator, group: int = 4,
-                  progress: bool = True) -> dict:  # fmt: skip
+                  lift_edges: tuple[float, ...] = (2.0, 4.0, 8.0), progress: bool = True) -> dict:  # fmt: skip
     """Mean per-frame joint error of each run over its clips, plus the estimator on the first run's targets.
 
-    -> {"runs": {name: {"clips": n, "per_frame": [N], "groups": [frame 0, groups..., mean]}}, "group": group}."""
+    -> {"runs": {name: {"clips", "per_frame": [N], "groups": [frame 0, groups..., mean], "by_lift": [...]}}, "group"}."""
     if group < 1:
         raise ValueError(f"group must be >= 1, got {group}")
+    if not lift_edges or lift_edges[0] <= 0 or list(lift_edges) != sorted(set(lift_edges)):
+        raise ValueError(f"lift edges must be positive and increasing, got {list(lift_edges)}")
     first = next(iter(runs.values()))
     videos = {GROUND_TRUTH: [(r.target, r) for r in first], **{n: [(r.pred, r) for r in rows] for n, rows in runs.items()}}
     missing = [p for pairs in videos.values() for v, r in pairs for p in (v, r.gt_json) if not Path(p).is_file()]
@@ -87,12 +110,13 @@ def pose_by_frame(runs: dict[str, list[ManifestRow]], estimator: JointEstimator,
     out = {}
     for name, pairs in videos.items():
         curves = [frame_errors(estimator, v, r) for v, r in tqdm(pairs, desc=name, unit="clip", disable=not progress)]
-        lengths = {len(c) for c in curves}
+        lengths = {len(c["error"]) for c in curves}
         if len(lengths) != 1:
             raise ValueError(f"run {name}: clips have different frame counts {sorted(lengths)}; give clips of one length")
         with np.errstate(invalid="ignore"):
-            per_frame = np.nanmean(np.stack(curves), axis=0)
-        out[name] = {"clips": len(curves), "per_frame": per_frame.tolist(), "groups": group_means(per_frame, group)}
+            per_frame = np.nanmean(np.stack([c["error"] for c in curves]), axis=0)
+        out[name] = {"clips": len(curves), "per_frame": per_frame.tolist(), "groups": group_means(per_frame, group),
+                     "by_lift": lift_table(curves, lift_edges)}  # fmt: skip
     return {"runs": out, "group": group}
 
 
@@ -112,6 +136,14 @@ def markdown(result: dict, reference: str | None = None) -> str:
         for name, r in runs.items():
             if name != reference:
                 lines.append(f"| {name} | " + " | ".join(f"{a - b:+.2f}" for a, b in zip(r["groups"], ref, strict=True)) + " |")
+    lines += ["", "By how far the feet are off the ground (the lowest ankle above its lowest point in the clip), all "
+              "frames: joint error, and vertical error (+ = drawn lower than the truth).", "",
+              "| run | lift px | frames | joint error px | vertical error px |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    for name, r in runs.items():
+        for b in r["by_lift"]:
+            lo, hi = b["lift"]
+            span = f"{lo:g}-{hi:g}" if hi is not None else f">= {lo:g}"
+            lines.append(f"| {name} | {span} | {b['frames']} | {b['error']:.2f} | {b['dy']:+.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--characters", type=int, default=None, help="only clips with this many characters")
     p.add_argument("--group", type=int, default=4, help="frames per group after frame 0 (the VAE's 4)")
     p.add_argument("--reference", default=None, help="a run (manifest stem) to subtract, e.g. vae_recon")
+    p.add_argument("--lift-edges", type=float, nargs="+", default=[2.0, 4.0, 8.0], help="bin edges of the lift table, px")
     p.add_argument("--out", type=Path, default=None, help="write the tables here (.md) and the numbers beside (.json)")
     args = p.parse_args(argv)
     names = [m.stem for m in args.manifests]
@@ -146,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                          "of one test set")  # fmt: skip
     from scail_lab.metrics.joint_estimator import JointHeatmapEstimator
 
-    result = pose_by_frame(runs, JointHeatmapEstimator.load(args.estimator), args.group)
+    result = pose_by_frame(runs, JointHeatmapEstimator.load(args.estimator), args.group, tuple(args.lift_edges))
     result.update({"manifests": [str(m) for m in args.manifests], "mode": args.mode, "characters": args.characters})
     text = markdown(result, args.reference)
     print(text)

@@ -163,11 +163,11 @@ def estimate_top_down(
     return np.concatenate(parts, axis=1)
 
 
-def joint_distances(
+def estimate_joints(
     estimator: JointEstimator, frames: np.ndarray, gt: SyntheticGT, count: int = 1, plate: np.ndarray | None = None,
     box_margin: float = BOX_MARGIN,
 ) -> np.ndarray:
-    """Pixel distance of every estimated joint from its ground truth, float64 [N, J] (NaN: not found).
+    """The estimator's joints in the layout of the ground truth's, float64 [N, J, 2] (x, y; NaN: not found).
 
     frames: uint8 [N, H, W, 3]; `count` characters (gt joints p0_..., p1_... over the estimator's names), each
     estimated alone on the background `plate` (uint8 [N, H, W, 3]) when count > 1 (`estimate_top_down`)."""
@@ -180,7 +180,7 @@ def joint_distances(
     if estimated.shape != gt.joints.shape:
         raise ValueError(f"estimator returned joints {estimated.shape}, ground truth has {gt.joints.shape} "
                          "(frames, joints, 2)")  # fmt: skip
-    return np.linalg.norm(estimated - gt.joints, axis=-1)  # [N, J, 2] -> [N, J]
+    return estimated
 
 
 def _gt_from_extras(name: str, extras: dict[str, Any]) -> SyntheticGT:
@@ -306,9 +306,10 @@ class JointPositionError(Metric):
         plate = to_uint8_frames(to_frames(background)) if num_characters > 1 else None
         # num_characters from update(): 1, or P for p0_/p1_/... ground truth over the estimator's joints
         try:
-            dist = joint_distances(self.estimator, frames, gt, num_characters, plate, self.box_margin)
+            estimated = estimate_joints(self.estimator, frames, gt, num_characters, plate, self.box_margin)
         except ValueError as err:
             raise ValueError(f"{self.name}: {err}") from err
+        dist = np.linalg.norm(estimated - gt.joints, axis=-1)  # [N, J, 2] -> [N, J]
         self.characters[num_characters] += 1
         found = ~np.isnan(dist)
         self.missed.append(float(1.0 - found.mean()))
