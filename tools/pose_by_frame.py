@@ -121,7 +121,7 @@ def pose_by_frame(runs: dict[str, list[ManifestRow]], estimator: JointEstimator,
 
 
 def markdown(result: dict, reference: str | None = None) -> str:
-    """The per-group tables: absolute joint error, and each run minus `reference` when given."""
+    """The tables: joint error per frame group, each run minus `reference` when given, and the frames binned by lift."""
     runs, group = result["runs"], result["group"]
     n = len(next(iter(runs.values()))["per_frame"])
     heads = ["frame 0"] + [f"{i}-{min(i + group, n) - 1}" for i in range(1, n, group)] + ["mean"]
