@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from scail_lab.data import (
     build_dataloader,
     make_shards,
 )
+from scail_lab.data.augment import shift_rows
 from scail_lab.data.caching import make_latent_shards
 from scail_lab.data.folders import collect_folder
 from scail_lab.data.latents import latent_sample, npy_tensor
@@ -190,6 +192,41 @@ def test_latent_augmentation_switches_variants(latents):
     for batch in build_dataloader(shards=str(out), kind="latent", augment=rev):
         assert not torch.equal(batch["target_latents"], plain[batch["key"][0]]["target_latents"])
         assert not torch.equal(batch["pose_latents"], plain[batch["key"][0]]["pose_latents"])
+
+
+def test_jump_shift_moves_target_driving_and_masks_up_together(latents, data):
+    """The jump shift moves every per-frame field up by the same rows over a run of frames after the first, repeats
+    the bottom row below, keeps the reference, and leaves every other decision's draw as it was."""
+    out, _ = latents
+    plain = {b["key"][0]: b for b in build_dataloader(shards=str(out), kind="latent", augment=AugmentConfig.off())}
+    jump = AugmentConfig(**{**AugmentConfig.off().__dict__, "vertical_shift": 1.0, "vertical_shift_max": 0.5})
+    shifted = 0
+    for batch in build_dataloader(shards=str(out), kind="latent", augment=jump):
+        key = batch["key"][0]
+        base = plain[key]
+        torch.testing.assert_close(batch["ref_latents"], base["ref_latents"], rtol=0, atol=0)
+        rows = base["target_latents"].shape[3]
+        shift = shift_rows(0, 0, key, jump, base["target_latents"].shape[2], rows)
+        moved = np.flatnonzero(shift)
+        assert moved.size and moved[0] >= 1 and np.all(np.diff(moved) == 1)  # one run, never the first frame
+        assert len(set(shift[moved])) == 1 and 1 <= shift[moved[0]] <= rows // 2
+        for name in ("target_latents", "pose_latents", "driving_mask_code", "target_region"):
+            if name not in base:
+                continue
+            x, x0 = batch[name][0], base[name][0]
+            k = int(shift[moved[0]]) * x.shape[2] // rows
+            for t in range(x.shape[1]):
+                if t in moved:
+                    assert torch.equal(x[:, t, : x.shape[2] - k], x0[:, t, k:])
+                    assert torch.equal(x[:, t, x.shape[2] - k :], x0[:, t, -1:].expand(-1, k, -1))
+                else:
+                    assert torch.equal(x[:, t], x0[:, t])
+        shifted += 1
+    assert shifted == len(plain)
+    with pytest.raises(ValueError, match="vertical_shift"):
+        FolderDataset(str(data["root"] / "folders"), sampling=SAMPLING, augment=jump)
+    with pytest.raises(ValueError, match="vertical_shift_max"):
+        AugmentConfig(vertical_shift_max=1.5)
 
 
 def test_pose_dropout_gives_the_same_condition_from_pixels_and_from_latents(tmp_path):

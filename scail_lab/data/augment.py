@@ -18,6 +18,14 @@ Decisions, drawn in this order:
    is set): the driving input becomes a black clip and its mask zeros. Pixel batches zero the pixels, latent
    batches swap in the cached latents of a black clip (`pose_latents_null.npy`), so both give the model the
    same condition.
+
+Jump shift (`vertical_shift`, 0.0; latent batches only), drawn from its own generator so the decisions above keep
+their streams: the target, the driving input, its mask codes and the target region move up together by `k` latent
+rows (1 <= k <= `vertical_shift_max` of the grid's height) over a random run of latent frames after the first, the
+rows that come in from below repeating the bottom row. The reference stays where it was, so the character's height
+in each frame can only come from the driving input (a family that leaves the ground is new to a base trained on
+families that do not). The VAEs are convolutional, so a whole-row shift of the latents is close to the latents of
+the shifted frames.
 """
 
 from __future__ import annotations
@@ -40,10 +48,12 @@ class AugmentConfig:
     text_dropout: float = 0.1
     pose_dropout: float = 0.0
     reverse_driving: float = 0.0
+    vertical_shift: float = 0.0
+    vertical_shift_max: float = 0.125  # of the frame's height
 
     def __post_init__(self) -> None:
         for name in ("driving_aug_e2e", "driving_aug_pose", "history_continuation", "history", "text_dropout",
-                     "pose_dropout", "reverse_driving"):  # fmt: skip
+                     "pose_dropout", "reverse_driving", "vertical_shift", "vertical_shift_max"):  # fmt: skip
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"augment.{name} must be a probability in [0, 1], got {value}")
@@ -96,3 +106,19 @@ def decide(
         drop_text=bool(u[3] < cfg.text_dropout),
         drop_pose=bool(animate and u[4] < cfg.pose_dropout),
     )
+
+
+def shift_rows(seed: int, epoch: int, key: str, cfg: AugmentConfig, num_latent_frames: int, rows: int) -> np.ndarray:
+    """Per latent frame, how many latent rows the jump shift moves the clip up (all zeros when not drawn)."""
+    out = np.zeros(num_latent_frames, dtype=np.int64)
+    if cfg.vertical_shift <= 0 or num_latent_frames < 2:
+        return out
+    rng = sample_rng(seed, epoch, key + "#vertical_shift")
+    u, start, length, height = rng.random(4)
+    top = int(cfg.vertical_shift_max * rows)
+    if u >= cfg.vertical_shift or top < 1:
+        return out
+    first = 1 + int(start * (num_latent_frames - 1))
+    run = 1 + int(length * (num_latent_frames - first))
+    out[first : first + run] = 1 + int(height * top)
+    return out

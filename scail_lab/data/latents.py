@@ -27,7 +27,7 @@ from torch import Tensor
 
 from scail_lab.conditioning.encode import ConditionEncoder
 from scail_lab.data import schema
-from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng
+from scail_lab.data.augment import AugmentConfig, Decisions, decide, sample_rng, shift_rows
 from scail_lab.data.pixels import (
     clip_info,
     decode_fields,
@@ -263,6 +263,21 @@ def binary_from_colour_code(code: Tensor, temporal_stride: int) -> Tensor:
 
 
 
+def shift_up(x: Tensor, shift: np.ndarray, rows: int, what: str) -> Tensor:
+    """[C, T, H, W] -> the same with frame t moved up by shift[t] rows of a `rows`-row grid (scaled to H), the
+    rows coming in from below repeating the bottom row (augment.shift_rows)."""
+    height = x.shape[2]
+    out = x.clone()
+    for t in np.flatnonzero(shift):
+        k, rem = divmod(int(shift[t]) * height, rows)
+        if rem:
+            raise ValueError(f"{what}: a shift of {shift[t]} of {rows} rows is not whole on its {height}-row grid")
+        k = min(k, height - 1)
+        out[:, t, : height - k] = x[:, t, k:]
+        out[:, t, height - k :] = x[:, t, height - 1 :]
+    return out
+
+
 def _kept_latent_frames(raw: Mapping, sampling: FrameSampling, key: str) -> int:
     """Latent frames to keep: from the largest frame bucket that fits the cached clip."""
     available = 4 * (npy_shape(raw[schema.F_TARGET_LATENTS])[1] - 1) + 1
@@ -333,9 +348,15 @@ def latent_sample(
     if schema.F_TARGET_REGION in raw:  # the reverse variant's target is the driving video: no region known
         region = npy_tensor(raw[schema.F_TARGET_REGION])
         sample[schema.TARGET_REGION] = torch.zeros_like(region) if d.reverse else region
-    for k in (schema.TARGET_LATENTS, schema.POSE_LATENTS, schema.DRIVING_MASK_CODE, schema.TARGET_REGION):
-        if k in sample:
-            sample[k] = sample[k][:, :t_keep]
+    per_frame = [k for k in (schema.TARGET_LATENTS, schema.POSE_LATENTS, schema.DRIVING_MASK_CODE, schema.TARGET_REGION)
+                 if k in sample]  # fmt: skip
+    for k in per_frame:
+        sample[k] = sample[k][:, :t_keep]
+    rows = sample[schema.TARGET_LATENTS].shape[2]
+    shift = shift_rows(seed, epoch, key, augment, t_keep, rows)
+    if shift.any():
+        for k in per_frame:
+            sample[k] = shift_up(sample[k], shift, rows, f"latent sample {key}: {k}")
     if use_masks and mask_width is not None and sample[schema.REF_MASK_CODE].shape[0] != mask_width:
         cached = sample[schema.REF_MASK_CODE].shape[0]
         if meta.get(schema.META_MASK_SCHEME) == "colour" and cached % mask_width == 0 and mask_width == 4:

@@ -70,6 +70,13 @@ def distributed_context() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _pixel_augment(cfg: AugmentConfig) -> AugmentConfig:
+    if cfg.vertical_shift:
+        raise ValueError("augment.vertical_shift (the jump shift) works on latent shards only (data=latent), "
+                         f"got {cfg.vertical_shift} for a pixel dataset")  # fmt: skip
+    return cfg
+
+
 class MotionPairStream(IterableDataset):
     """Iterable dataset of motion-pair batches (see the module docstring for the stages)."""
 
@@ -114,6 +121,8 @@ class MotionPairStream(IterableDataset):
         self.sampling = _as(FrameSampling, sampling, "sampling")
         self.buckets = _as(ResolutionBuckets, buckets, "buckets")
         self.augment = _as(AugmentConfig, augment, "augment")
+        if kind == "pixel":
+            _pixel_augment(self.augment)
         self.scheme = resolve_mask_scheme(mask_scheme)
         self.shuffle, self.shuffle_buffer = shuffle, int(shuffle_buffer)
         self.resampled, self.samples_per_epoch = resampled, samples_per_epoch
@@ -377,7 +386,7 @@ class FolderDataset(Dataset):
         self.folders = [Path(f) for f in MotionPairStream._folder_sources(root)]
         self.sampling = _as(FrameSampling, sampling or FrameSampling(random_start=False), "sampling")
         self.buckets = _as(ResolutionBuckets, buckets, "buckets")
-        self.augment = _as(AugmentConfig, augment or AugmentConfig.off(), "augment")
+        self.augment = _pixel_augment(_as(AugmentConfig, augment or AugmentConfig.off(), "augment"))
         self.scheme = resolve_mask_scheme(mask_scheme)
         self.seed = int(seed)
 
