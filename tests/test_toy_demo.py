@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tarfile
 
 import numpy as np
 import pytest
@@ -206,6 +207,15 @@ def test_finetune_micro_on_the_shipped_base(tmp_path, capsys):
         assert all(k in line for k in failed) and ("not met" in line) == bool(failed), line
     report = (out / "report" / "report.md").read_text()
     assert "replayed pairs" in report and "wherever its mask is white" in report
+    # the default loss weight on the characters reaches training, and every training shard carries their cells
+    assert json.loads((out / "train" / "stage.json").read_text())["signature"]["region_weight"] == ft.region_weight == 8.0
+    assert "loss weight 1 + 8 on the characters" in report
+    for latents in ("latents_pose1", "latents_replay"):
+        for tar in (out / latents / "train").glob("*.tar"):
+            with tarfile.open(tar) as f:
+                names = f.getnames()
+            keys = {n.split(".")[0] for n in names}
+            assert keys and {f"{k}.target_region.npy" for k in keys} <= set(names), tar
     for stage in ("samples_base_family", "samples_finetuned_regular"):  # the fine-tune's precision, not the base's
         signature = json.loads((out / stage / "stage.json").read_text())["signature"]
         assert signature["precision"] == ft.precision

@@ -150,6 +150,7 @@ def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) ->
         f"({'LoRA rank ' + str(ft.lora_rank) if ft.lora else 'full'}, "
         f"{f'sampled merged with the base at {ft.merge} of the fine-tune (WiSE-FT), ' if ft.merge != 1.0 else ''}"
         f"{ft.train_steps} steps, batch {ft.batch_size}, lr {ft.learning_rate}, {ft.precision}, "
+        f"{f'loss weight 1 + {ft.region_weight:g} on the characters, ' if ft.region_weight else ''}"
         f"train seed {records['train']['signature']['train_seed']}"
         f"{''.join(f', train override {o}' for o in records['train']['signature'].get('train_overrides', []))}"
         f"{''.join(f', sampling override {o}' for o in sampled)}; "
