@@ -56,7 +56,8 @@ class AugmentConfig:
                      "pose_dropout", "reverse_driving", "vertical_shift", "vertical_shift_max"):  # fmt: skip
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"augment.{name} must be a probability in [0, 1], got {value}")
+                what = "a share of the frame's height" if name == "vertical_shift_max" else "a probability"
+                raise ValueError(f"augment.{name} must be {what} in [0, 1], got {value}")
         if self.num_history_frames < 1:
             raise ValueError(f"augment.num_history_frames must be >= 1, got {self.num_history_frames}")
 
