@@ -167,7 +167,8 @@ def test_cfg_parallel_under_torchrun_matches_one_process(ranks, extra, tmp_path)
     weights = write_denoiser_checkpoint(tmp_path, randomize_(SCAILDiT(tiny_config()), seed=5, std=0.02).state_dict(),
                                         "safetensors")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    common = ["pipeline.num_steps=2", "pipeline.progress=false", "pipeline.guide_scale=4.0", f"weights={weights}"]
+    tiny = ["model=tiny", "interface=scail2", f"weights={weights}"]  # sample.yaml's default is the toy base's shape
+    common = ["pipeline.num_steps=2", "pipeline.progress=false", "pipeline.guide_scale=4.0", *tiny]
     single = subprocess.run([sys.executable, "sample.py", f"hydra.run.dir={tmp_path / 'one'}", *common],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]
@@ -183,7 +184,7 @@ def test_cfg_parallel_under_torchrun_matches_one_process(ranks, extra, tmp_path)
     # x264; measured mean 0.09 levels, 1.3% of values more than 2 apart (the guided_velocity test below is exact)
     assert abs(a - b).mean() < 0.25 and (abs(a - b) > 2).mean() < 0.03
     plain = subprocess.run([sys.executable, "sample.py", f"hydra.run.dir={tmp_path / 'noguide'}",
-                            "pipeline.guide_scale=1.0", *common[:2], f"weights={weights}"],
+                            "pipeline.guide_scale=1.0", *common[:2], *tiny],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert plain.returncode == 0
     c = media.decode_video(tmp_path / "noguide" / "synthetic_test_0.mp4").astype(int)
