@@ -198,13 +198,15 @@ def test_jump_shift_moves_target_driving_and_masks_up_together(latents, data):
     """The jump shift moves every per-frame field up by the same rows over a run of frames after the first, repeats
     the bottom row below, keeps the reference, and leaves every other decision's draw as it was."""
     out, _ = latents
-    plain = {b["key"][0]: b for b in build_dataloader(shards=str(out), kind="latent", augment=AugmentConfig.off())}
-    jump = AugmentConfig(**{**AugmentConfig.off().__dict__, "vertical_shift": 1.0, "vertical_shift_max": 0.5})
+    drop = {**AugmentConfig.off().__dict__, "text_dropout": 0.5}  # a draw of the main stream, which must not move
+    plain = {b["key"][0]: b for b in build_dataloader(shards=str(out), kind="latent", augment=AugmentConfig(**drop))}
+    jump = AugmentConfig(**{**drop, "vertical_shift": 1.0, "vertical_shift_max": 0.5})
     shifted = 0
     for batch in build_dataloader(shards=str(out), kind="latent", augment=jump):
         key = batch["key"][0]
         base = plain[key]
         torch.testing.assert_close(batch["ref_latents"], base["ref_latents"], rtol=0, atol=0)
+        assert batch["caption"] == base["caption"]
         rows = base["target_latents"].shape[3]
         shift = shift_rows(0, 0, key, jump, base["target_latents"].shape[2], rows)
         moved = np.flatnonzero(shift)
