@@ -262,7 +262,6 @@ def binary_from_colour_code(code: Tensor, temporal_stride: int) -> Tensor:
     return code.view(s, code.shape[0] // s, *code.shape[1:]).sum(dim=1).clamp_(max=1.0)
 
 
-
 def shift_up(x: Tensor, shift: np.ndarray, rows: int, what: str) -> Tensor:
     """[C, T, H, W] -> the same with frame t moved up by shift[t] rows of a `rows`-row grid (scaled to H), the
     rows coming in from below repeating the bottom row (augment.shift_rows)."""
