@@ -79,3 +79,30 @@ def test_bundles_that_would_encode_at_different_video_quality_are_refused_before
         compare_bases.main([f"a={BUNDLE}", f"b={other}", "--out", str(tmp_path / "x"), "--world", str(tmp_path / "none"),
                             "--set", "video_quality=lossless"])  # fmt: skip
     assert not (tmp_path / "x").exists()
+
+
+def test_sample_overrides_are_checked_first_and_reach_every_models_sampling(tmp_path, monkeypatch):
+    """A mistyped override is named before any work; a good one is passed to each model's sampling stage and
+    recorded in its signature (so a rerun without it samples again)."""
+    with pytest.raises(ValueError, match=r"--sample-overrides \['pipeline.no_such_key=1'\]"):
+        compare_bases.main([f"a={BUNDLE}", "--out", str(tmp_path / "x"), "--sample-overrides", "pipeline.no_such_key=1"])
+    assert not (tmp_path / "x").exists()
+
+    seen = []
+
+    def run_stage(out, name, signature, fn):
+        seen.append((name, signature.get("sample_overrides")))
+        return fn(out / name)
+
+    def stage_sample(folder, world, budget, vae, weights, seed, arm_overrides=()):
+        seen.append((folder.name, arm_overrides))
+        raise RuntimeError("stop after the first sampling stage")
+
+    monkeypatch.setattr(compare_bases, "run_stage", run_stage)
+    monkeypatch.setattr(compare_bases, "stage_sample", stage_sample)
+    (tmp_path / "world" / "folders" / "test").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="stop after"):
+        compare_bases.main([f"a={BUNDLE}", "--out", str(tmp_path / "y"), "--world", str(tmp_path / "world"),
+                            "--sample-overrides", "pipeline.paste_back=true", "sampler.shift=3"])  # fmt: skip
+    overrides = ["pipeline.paste_back=true", "sampler.shift=3"]
+    assert seen == [("samples_a", overrides), ("samples_a", tuple(overrides))]

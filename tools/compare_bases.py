@@ -3,6 +3,8 @@
     git worktree add /tmp/v3 49b0dc3          # or any folder holding an older bundle
     python tools/compare_bases.py --out runs/cmp v3=/tmp/v3/data/toy_base v4=data/toy_base
     python tools/compare_bases.py v5=data/toy_base --out runs/cmp16 --set fps=16 frames=33   # models before --set
+    python tools/compare_bases.py v7=data/toy_base_16fps new=runs/x/bundle --out runs/cmp_pb --world runs/toy/world_regular \
+        --set video_quality=lossless --sample-overrides pipeline.paste_back=true   # as the fine-tune demo samples
 
 Each model is NAME=BUNDLE (a folder with manifest.json, as tools/pretrain_toy.py writes it). The bundles must
 share the light VAE (the samples are decoded and scored through it) and the world's frame size. The test clips are
@@ -36,7 +38,7 @@ from tools.toy_budgets import (  # noqa: E402
     resolve_precision,
     with_overrides,
 )
-from tools.toy_stages import run_stage, stage_sample, stage_world, write_json  # noqa: E402
+from tools.toy_stages import compose_config, run_stage, stage_sample, stage_world, write_json  # noqa: E402
 
 log = logging.getLogger("compare_bases")
 METRICS = ("psnr", "mask_iou", "joint_error_px", "identity_color_hist")
@@ -87,9 +89,11 @@ def paired_tables(table: dict, models: list[str], modes: dict[str, str]) -> dict
     return pairs
 
 
-def markdown(table: dict, pairs: dict[str, dict], runs: list[str], models: dict[str, Path], world: Path) -> str:
+def markdown(table: dict, pairs: dict[str, dict], runs: list[str], models: dict[str, Path], world: Path,
+             sample_overrides: list[str] = ()) -> str:
+    sampled = f" Sampling overrides: {' '.join(sample_overrides)}." if sample_overrides else ""
     lines = ["# Toy bases compared", "", f"Test clips: {world / 'folders' / 'test'}. Models: "
-             + ", ".join(f"`{n}` = {p}" for n, p in models.items()) + ".", "", "## Means (95% bootstrap CI)", "",
+             + ", ".join(f"`{n}` = {p}" for n, p in models.items()) + "." + sampled, "", "## Means (95% bootstrap CI)", "",
              *toy_report.results_table(table, runs, METRICS), "", "## Means per mode", "",
              *toy_report.mode_table(table, runs, METRICS), "",
              "## Paired differences (A - B; better / worse for A when the CI excludes 0)", "",
@@ -115,11 +119,19 @@ def main(argv: list[str] | None = None) -> int:
                    "bf16-mixed or 32-true")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="sampling budget fields for every model, e.g. sample_steps=16 num_test=32")  # fmt: skip
+    p.add_argument("--sample-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="Hydra overrides of the sampling config (configs/sample.yaml) for every model, e.g. "
+                        "pipeline.paste_back=true (the fine-tune demo's replacement setting) or sampler.shift=3")  # fmt: skip
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for sampling, and processes for the world stage (same data)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     models = parse_models(args.models)
+    if args.sample_overrides:  # a mistyped key or value stops here, before any work
+        try:
+            compose_config("sample", list(args.sample_overrides))
+        except Exception as err:
+            raise ValueError(f"--sample-overrides {list(args.sample_overrides)}: {err}") from err
     manifests = load_bundles(models)  # a bad bundle stops here, before any work
     precision = resolve_precision(args.precision)
     budgets = {n: with_overrides(dataclasses.replace(budget_from_dict(m["budget"]), precision=precision), args.set)
@@ -147,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         signature = {"weights_sha256": manifests[name]["files"][BASE_WEIGHTS]["sha256"], "world": str(world),
                      "seed": seed, **{k: getattr(b, k) for k in ("interface", "pose_downsample", "precision")},
                      **b.sampling_args()}  # fmt: skip
+        if args.sample_overrides:  # only when given: the signatures of runs without them stay as they were
+            signature["sample_overrides"] = list(args.sample_overrides)
         run_stage(out, f"samples_{name}", signature,
-                  lambda f, b=b, w=weights: stage_sample(f, world, b, vae, w, seed))  # fmt: skip
+                  lambda f, b=b, w=weights: stage_sample(f, world, b, vae, w, seed,
+                                                         arm_overrides=tuple(args.sample_overrides)))  # fmt: skip
     tests = toy_report.test_folders(world)
     table, modes, _ = toy_report.evaluate_runs(out / "report", tests, {n: out / f"samples_{n}" for n in models},
                                                vae, joint, reference=first,
@@ -157,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     pairs = paired_tables(table, list(models), modes)
     toy_report.contact_sheet(out / "contact_sheet.png", tests, {n: out / f"samples_{n}" for n in models})
     result = {"models": {n: str(p) for n, p in models.items()}, "world": str(world), "precision": precision,
-              "table": toy_report.stripped(table), "pairs": pairs}  # fmt: skip
+              "sample_overrides": list(args.sample_overrides), "table": toy_report.stripped(table), "pairs": pairs}  # fmt: skip
     write_json(out / "compare.json", result)
-    (out / "compare.md").write_text(markdown(table, pairs, runs, models, world))
+    (out / "compare.md").write_text(markdown(table, pairs, runs, models, world, args.sample_overrides))
     log.info("wrote %s, %s and %s", out / "compare.md", out / "compare.json", out / "contact_sheet.png")
     return 0
 
