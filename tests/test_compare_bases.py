@@ -42,6 +42,17 @@ def test_two_copies_of_the_shipped_base_tie_and_both_are_scored_against_copy_sou
     assert compare_bases.main(argv) == 0  # a rerun samples nothing again
     assert all(json.loads((out / f"samples_{n}" / "stage.json").read_text()) == records[n] for n in "ab")
 
+    # a second noise seed: seed 0's samples are reused, seed 1's drawn, and each clip's value is the mean of the two
+    assert compare_bases.main([*argv, "--sample-seeds", "0", "1"]) == 0
+    assert all(json.loads((out / f"samples_{n}" / "stage.json").read_text()) == records[n] for n in "ab")
+    assert len(list((out / "samples_a_s1").glob("test_??????.mp4"))) == 4
+    two = json.loads((out / "compare.json").read_text())
+    assert two["sample_seeds"] == [0, 1] and set(two["per_seed_table"]) == {"a__s0", "a__s1", "b__s0", "b__s1"}
+    by_seed = [two["per_seed_table"][f"a__s{k}"]["psnr"]["mean"] for k in (0, 1)]
+    assert by_seed[0] == pytest.approx(psnr) and abs(by_seed[1] - by_seed[0]) > 1e-3  # other noise, other videos
+    assert two["table"]["a"]["psnr"]["mean"] == pytest.approx(sum(by_seed) / 2)
+    assert two["pairs"]["b - a"]["all"]["psnr"]["n"] == 4 and "each noise seed" in (out / "compare.md").read_text()
+
 
 def test_bad_model_lists_and_bundles_with_another_vae_are_named_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="NAME=BUNDLE_FOLDER, got 'data/toy_base'"):

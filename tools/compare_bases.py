@@ -5,6 +5,7 @@
     python tools/compare_bases.py v5=data/toy_base --out runs/cmp16 --set fps=16 frames=33   # models before --set
     python tools/compare_bases.py v7=data/toy_base_16fps new=runs/x/bundle --out runs/cmp_pb --world runs/toy/world_regular \
         --set video_quality=lossless --sample-overrides pipeline.paste_back=true   # as the fine-tune demo samples
+    python tools/compare_bases.py ... --sample-seeds 0 1 2   # each clip sampled with 3 noise seeds, paired on their mean
 
 Each model is NAME=BUNDLE (a folder with manifest.json, as tools/pretrain_toy.py writes it). The bundles must
 share the light VAE (the samples are decoded and scored through it) and the world's frame size. The test clips are
@@ -22,6 +23,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python tools/compare_bases.py` from the repo root
@@ -90,8 +92,11 @@ def paired_tables(table: dict, models: list[str], modes: dict[str, str]) -> dict
 
 
 def markdown(table: dict, pairs: dict[str, dict], runs: list[str], models: dict[str, Path], world: Path,
-             sample_overrides: list[str] = ()) -> str:
+             sample_overrides: Sequence[str] = (), sample_seeds: Sequence[int] = (), per_seed: dict | None = None) -> str:
     sampled = f" Sampling overrides: {' '.join(sample_overrides)}." if sample_overrides else ""
+    if len(sample_seeds) > 1:
+        sampled += (f" Every clip sampled with noise seeds {', '.join(map(str, sample_seeds))}; a model's value on a "
+                    "clip is its mean over them (per seed: the last table).")  # fmt: skip
     lines = ["# Toy bases compared", "", f"Test clips: {world / 'folders' / 'test'}. Models: "
              + ", ".join(f"`{n}` = {p}" for n, p in models.items()) + "." + sampled, "", "## Means (95% bootstrap CI)", "",
              *toy_report.results_table(table, runs, METRICS), "", "## Means per mode", "",
@@ -105,6 +110,8 @@ def markdown(table: dict, pairs: dict[str, dict], runs: list[str], models: dict[
                 if r is not None:
                     ci = "-" if None in r["ci"] else f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]"  # None: no spread
                     lines.append(f"| {pair} | {subset} | {metric} | {r['diff']:+.3f} | {ci} | {r['n']} | {r['verdict']} |")
+    if per_seed:
+        lines += ["", "## Means per mode, each noise seed", "", *toy_report.mode_table(per_seed, list(per_seed), METRICS)]
     return "\n".join(lines) + "\n"
 
 
@@ -115,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world", type=Path, default=None, help="a world folder with folders/test/ (default: render "
                    "the first bundle's test split)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="world seed (default: the first bundle's) and sampling seed")
+    p.add_argument("--sample-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="sample every clip once per noise seed (default: --seed alone) and pair the models on each "
+                        "clip's mean over them: the starting noise moves single clips by about 1 px of joint error "
+                        "(docs/TOY_WORLD.md), so more seeds tighten the CIs")  # fmt: skip
     p.add_argument("--precision", default="auto", help="sampling: auto (bf16 autocast on a CPU with bf16 units), "
                    "bf16-mixed or 32-true")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -142,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                          "baselines are written once for all of them: pass --set video_quality=<one value>")  # fmt: skip
     first = next(iter(models))
     seed = manifests[first]["seeds"]["world"] if args.seed is None else args.seed
+    sample_seeds = [seed] if args.sample_seeds is None else list(dict.fromkeys(args.sample_seeds))
     torch.set_num_threads(args.threads)
     out = args.out.resolve()
     vae, joint = models[first] / VAE_FILE, models[first] / JOINT_FILE
@@ -154,27 +166,40 @@ def main(argv: list[str] | None = None) -> int:
         world = args.world.resolve()
         if not (world / "folders" / "test").is_dir():
             raise FileNotFoundError(f"--world {world}: no folders/test/ in it")
-    for name, folder in models.items():
-        b, weights = budgets[name], folder / BASE_WEIGHTS
+    # one sample folder per model and noise seed: samples_<name> for --seed's draw (as before seeds were a list),
+    # samples_<name>_s<k> for the others; eval runs <name> alone, or <name>__s<k> averaged into <name> per clip
+    folders = {(name, k): out / (f"samples_{name}" if k == seed else f"samples_{name}_s{k}")
+               for name in models for k in sample_seeds}  # fmt: skip
+    for (name, k), folder in folders.items():
+        b, weights = budgets[name], models[name] / BASE_WEIGHTS
         signature = {"weights_sha256": manifests[name]["files"][BASE_WEIGHTS]["sha256"], "world": str(world),
-                     "seed": seed, **{k: getattr(b, k) for k in ("interface", "pose_downsample", "precision")},
+                     "seed": k, **{f: getattr(b, f) for f in ("interface", "pose_downsample", "precision")},
                      **b.sampling_args()}  # fmt: skip
         if args.sample_overrides:  # only when given: the signatures of runs without them stay as they were
             signature["sample_overrides"] = list(args.sample_overrides)
-        run_stage(out, f"samples_{name}", signature,
-                  lambda f, b=b, w=weights: stage_sample(f, world, b, vae, w, seed,
-                                                         arm_overrides=tuple(args.sample_overrides)))  # fmt: skip
+        run_stage(out, folder.name, signature,
+                  lambda f, b=b, w=weights, k=k: stage_sample(f, world, b, vae, w, k,
+                                                              arm_overrides=tuple(args.sample_overrides)))  # fmt: skip
+    key = {(name, k): name if len(sample_seeds) == 1 else f"{name}__s{k}" for name, k in folders}
     tests = toy_report.test_folders(world)
-    table, modes, _ = toy_report.evaluate_runs(out / "report", tests, {n: out / f"samples_{n}" for n in models},
-                                               vae, joint, reference=first,
+    table, modes, _ = toy_report.evaluate_runs(out / "report", tests, {key[nk]: f for nk, f in folders.items()},
+                                               vae, joint, reference=key[(first, sample_seeds[0])],
                                                quality=qualities[first])  # fmt: skip
+    per_seed = table
+    if len(sample_seeds) > 1:
+        table = toy_report.seed_mean(table, {n: [key[(n, k)] for k in sample_seeds] for n in models}, modes)
     runs = [*models, *(r for r in ("copy_source", "vae_recon") if r in table)]
     pairs = paired_tables(table, list(models), modes)
-    toy_report.contact_sheet(out / "contact_sheet.png", tests, {n: out / f"samples_{n}" for n in models})
+    toy_report.contact_sheet(out / "contact_sheet.png", tests, {n: folders[(n, sample_seeds[0])] for n in models})
     result = {"models": {n: str(p) for n, p in models.items()}, "world": str(world), "precision": precision,
-              "sample_overrides": list(args.sample_overrides), "table": toy_report.stripped(table), "pairs": pairs}  # fmt: skip
+              "sample_seeds": sample_seeds, "sample_overrides": list(args.sample_overrides),
+              "table": toy_report.stripped(table), "pairs": pairs}  # fmt: skip
+    seed_runs = [key[nk] for nk in folders] if len(sample_seeds) > 1 else []
+    if seed_runs:
+        result["per_seed_table"] = toy_report.stripped({r: per_seed[r] for r in seed_runs})
     write_json(out / "compare.json", result)
-    (out / "compare.md").write_text(markdown(table, pairs, runs, models, world, args.sample_overrides))
+    (out / "compare.md").write_text(markdown(table, pairs, runs, models, world, args.sample_overrides,
+                                             sample_seeds, {r: per_seed[r] for r in seed_runs}))  # fmt: skip
     log.info("wrote %s, %s and %s", out / "compare.md", out / "compare.json", out / "contact_sheet.png")
     return 0
 
