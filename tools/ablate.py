@@ -166,21 +166,18 @@ def paired(a: dict, b: dict, keys: list[str]) -> dict | None:
 
 
 def aggregate(out: Path, table: dict, arms: list[str], seeds: list[int]) -> dict:
-    """Per arm: per-sample metric values averaged over seeds; paired differences vs default on each subset."""
+    """Per arm: per-sample metric values averaged over seeds (on the metrics every seed has); paired differences vs
+    default on each subset."""
+    from tools.toy_report import seed_mean
+
     tests = {t.name: json.loads((t / "gt.json").read_text()) for t in sorted((out / "world" / "folders" / "test").iterdir())
              if t.is_dir()}  # fmt: skip
-    per_arm: dict[str, dict[str, dict[str, float]]] = {}
-    for arm in [*arms, "copy_source"]:
-        names = ["copy_source"] if arm == "copy_source" else [f"{arm_dir(arm)}__s{s}" for s in seeds]
-        names = [n for n in names if n in table]
-        if not names:
-            continue
-        per_arm[arm] = {}
-        for metric in METRICS:
-            values = [table[n][metric]["per_sample"] for n in names if metric in table[n]]
-            if values:
-                keys = set.intersection(*(set(v) for v in values))
-                per_arm[arm][metric] = {k: float(np.mean([v[k] for v in values])) for k in keys}
+    groups = {arm: [n for n in (["copy_source"] if arm == "copy_source" else [f"{arm_dir(arm)}__s{s}" for s in seeds])
+                    if n in table] for arm in [*arms, "copy_source"]}  # fmt: skip
+    groups = {arm: names for arm, names in groups.items() if names}
+    merged = seed_mean({n: table[n] for names in groups.values() for n in names}, groups,
+                       {k: gt["mode"] for k, gt in tests.items()})  # fmt: skip
+    per_arm = {arm: {m: merged[arm][m]["per_sample"] for m in METRICS if m in merged[arm]} for arm in groups}
     seeds_mean = {arm: {m: [table[f"{arm_dir(arm)}__s{s}"][m]["mean"] for s in seeds
                             if f"{arm_dir(arm)}__s{s}" in table and m in table[f"{arm_dir(arm)}__s{s}"]]
                         for m in METRICS} for arm in arms}  # fmt: skip
