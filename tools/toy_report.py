@@ -191,15 +191,16 @@ def _entry(per_sample: dict[str, float], higher: bool, modes: dict[str, str], me
 
 def seed_mean(table: dict, groups: dict[str, Sequence[str]], modes: dict[str, str]) -> dict:
     """The table with each group of runs (one model sampled with several noise seeds) replaced by one run whose
-    per-sample values are the mean over the group's runs on the samples all of them scored; other runs are kept.
-    Paired comparisons of such runs then pair clip means, whose spread no longer holds most of the sampling noise."""
+    per-sample values are the mean over the group's runs on the samples all of them scored (metrics every run of the
+    group has, in the first run's order); other runs are kept. Paired comparisons of such runs pair clip means, in
+    which the sampling noise is averaged down."""
     grouped = {run for runs in groups.values() for run in runs}
     out = {run: entries for run, entries in table.items() if run not in grouped}
     for name, runs in groups.items():
         if name in out:
             raise ValueError(f"seed_mean: group {name!r} would replace a run of the same name")
         out[name] = {}
-        for metric in set.intersection(*(set(table[r]) for r in runs)):
+        for metric in (m for m in table[runs[0]] if all(m in table[r] for r in runs)):
             values = [table[r][metric]["per_sample"] for r in runs]
             keys = sorted(set.intersection(*(set(v) for v in values)))
             out[name][metric] = _entry({k: float(np.mean([v[k] for v in values])) for k in keys},
