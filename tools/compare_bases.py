@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {"models": {n: str(p) for n, p in models.items()}, "world": str(world), "precision": precision,
               "sample_seeds": sample_seeds, "sample_overrides": list(args.sample_overrides),
               "table": toy_report.stripped(table), "pairs": pairs}  # fmt: skip
-    seed_runs = [key[nk] for nk in folders] if len(sample_seeds) > 1 else []
-    if seed_runs:
-        result["per_seed_table"] = toy_report.stripped({r: per_seed[r] for r in seed_runs})
+    seed_table = {key[nk]: per_seed[key[nk]] for nk in folders} if len(sample_seeds) > 1 else {}
+    if seed_table:
+        result["per_seed_table"] = toy_report.stripped(seed_table)
     write_json(out / "compare.json", result)
     (out / "compare.md").write_text(markdown(table, pairs, runs, models, world, args.sample_overrides,
-                                             sample_seeds, {r: per_seed[r] for r in seed_runs}))  # fmt: skip
+                                             sample_seeds, seed_table))  # fmt: skip
     log.info("wrote %s, %s and %s", out / "compare.md", out / "compare.json", out / "contact_sheet.png")
     return 0
 
