@@ -59,3 +59,36 @@ def test_runs_with_other_base_samples_are_refused(tmp_path):
         pool_finetunes.pool(runs)
     with pytest.raises(ValueError, match="at least 2 runs"):
         pool_finetunes.pool(runs[:1])
+
+
+def test_runs_sampled_with_several_noise_seeds_pool_their_clip_means(tmp_path):
+    """--sample-seeds: each model's score on a clip is its mean over the seeds' eval runs (<model>__s<k>)."""
+    rng = np.random.default_rng(1)
+    base = {k: {f"c{i}": float(v) for i, v in enumerate(rng.normal(17, 1, 20))} for k in (0, 4)}
+    tuned = [{k: {c: v + shift + float(rng.normal(0, 0.2)) for c, v in base[k].items()} for k in (0, 4)}
+             for shift in (0.3, 0.1)]  # fmt: skip
+    runs = []
+    for i, t in enumerate(tuned):
+        run = write_run(tmp_path, f"t{i}", {}, {})  # the stage files; an unsuffixed eval run would be ignored
+        for split in pool_finetunes.SPLITS:
+            for k in (0, 4):
+                for model, scores in (("base", base[k]), ("finetuned", t[k])):
+                    rows = [{"id": c, "metrics": {"psnr": v, "joint_error_px": -v, "mask_iou": v / 100}}
+                            for c, v in scores.items()]  # fmt: skip
+                    path = run / "report" / split / "eval" / f"{model}__s{k}" / "per_sample.json"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(rows))
+        (run / "report" / "stage.json").write_text(json.dumps({"status": "done", "signature": {"train_seed": 0,
+                                                                                                "sample_seeds": [0, 4]}}))
+        runs.append(run)
+    psnr = pool_finetunes.pool(runs)["family"]["psnr"]
+    clip_base = {c: (base[0][c] + base[4][c]) / 2 for c in base[0]}
+    clip_tuned = [{c: (t[0][c] + t[4][c]) / 2 for c in base[0]} for t in tuned]
+    assert psnr["runs"][0]["diff"] == pytest.approx(np.mean([clip_tuned[0][c] - clip_base[c] for c in clip_base]))
+    assert psnr["pooled"]["diff"] == pytest.approx(
+        np.mean([(clip_tuned[0][c] + clip_tuned[1][c]) / 2 - clip_base[c] for c in clip_base]))
+    assert psnr["pooled"]["n"] == 20
+    (runs[1] / "report" / "stage.json").write_text(json.dumps({"status": "done", "signature": {"train_seed": 0,
+                                                                                                "sample_seeds": [0, 9]}}))
+    with pytest.raises(FileNotFoundError, match=r"no report/family/eval/base__s9/per_sample.json"):
+        pool_finetunes.pool(runs)

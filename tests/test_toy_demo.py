@@ -144,9 +144,34 @@ def test_finetune_micro_without_replay(tmp_path):
     for k in base:
         assert torch.allclose(merged[k], base[k] + 0.25 * (full[k] - base[k]), atol=1e-6), k
     assert "merged with the base at 0.25" in (out / "report" / "report.md").read_text()
+
+    # a second noise seed: its samples come beside the first's (reused), and the models pair on each clip's mean
+    assert toy_demo.main([*argv, "--set", "replay=0", "merge=0.25", "--sample-seeds", "0", "5"]) == 0
+    seeded = records()
+    assert {n for n in seeded if seeded[n] != merged_records.get(n)} == {
+        "samples_base_family_s5", "samples_finetuned_family_s5", "samples_base_regular_s5",
+        "samples_finetuned_regular_s5", "report"}  # fmt: skip
+    assert json.loads((out / "samples_base_family_s5" / "stage.json").read_text())["signature"]["noise_seed"] == 5
+    differ = [(out / "samples_base_family" / n).read_bytes() != (out / "samples_base_family_s5" / n).read_bytes()
+              for n in sorted(p.name for p in (out / "samples_base_family").glob("*.mp4"))]  # fmt: skip
+    assert differ and all(differ)  # other noise, other videos
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["sample_seeds"] == [0, 5]
+    for split in ("family", "regular"):
+        per_seed, table = results["per_seed_tables"][split], results["tables"][split]
+        assert set(per_seed) == {"base__s0", "base__s5", "finetuned__s0", "finetuned__s5"}
+        for run in ("base", "finetuned"):  # every clip scored under both seeds: the mean of clip means
+            for metric in ("psnr", "joint_error_px"):
+                means = [per_seed[f"{run}__s{k}"][metric]["mean"] for k in (0, 5)]
+                assert table[run][metric]["mean"] == pytest.approx(sum(means) / 2, abs=1e-9), (split, run, metric)
+                assert table[run][metric]["n"] == per_seed[f"{run}__s0"][metric]["n"]
+        assert results["comparisons"][split]["finetuned"]["base"]["psnr"]["diff"] == pytest.approx(
+            table["finetuned"]["psnr"]["mean"] - table["base"]["psnr"]["mean"], abs=1e-9)
+    report = (out / "report" / "report.md").read_text()
+    assert "sampled with noise seeds 0, 5" in report and "## regular test set, each noise seed" in report
     with pytest.raises(ValueError, match=r"merge must be in \(0, 1\]"):
         toy_demo.main([*argv, "--set", "replay=0", "merge=0"])
-    with pytest.raises(SystemExit, match="--train-seed, --train-overrides and --sample-overrides apply to the fine-tune budgets"):
+    with pytest.raises(SystemExit, match="--train-seed, --train-overrides, --sample-overrides and --sample-seeds apply to the fine-tune budgets"):
         toy_demo.main(["--out", str(tmp_path / "x"), "--budget", "micro", "--train-seed", "1"])
     with pytest.raises(ValueError, match=r"--train-overrides .*meen"):  # before any stage runs
         toy_demo.main(["--out", str(tmp_path / "y"), "--budget", "finetune_micro", "--train-overrides",

@@ -43,11 +43,19 @@ def check_finished(run: Path) -> None:
 
 
 def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]:
-    """{clip id: {metric: value}} of one model in one finished run's report."""
-    path = run / "report" / split / "eval" / model / "per_sample.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run}: no {path.relative_to(run)}")
-    return {row["id"]: row["metrics"] for row in json.loads(path.read_text())}
+    """{clip id: {metric: value}} of one model in one finished run's report; a run sampled with several noise seeds
+    (`--sample-seeds`) gives each clip's mean over them, as its report does."""
+    seeds = json.loads((run / "report" / "stage.json").read_text())["signature"].get("sample_seeds")
+    names = [model] if seeds is None else [f"{model}__s{k}" for k in seeds]
+    rows = []
+    for name in names:
+        path = run / "report" / split / "eval" / name / "per_sample.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run}: no {path.relative_to(run)}")
+        rows.append({row["id"]: row["metrics"] for row in json.loads(path.read_text())})
+    clips = set.intersection(*(set(r) for r in rows))
+    return {clip: {m: float(np.mean([r[clip][m] for r in rows])) for m in rows[0][clip] if all(m in r[clip] for r in rows)}
+            for clip in sorted(clips)}  # fmt: skip
 
 
 def pool(runs: list[Path]) -> dict:

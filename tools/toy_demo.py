@@ -159,15 +159,18 @@ def run_keyed(jobs: dict, workers: int) -> dict:
 
 def run_finetune(out: Path, ft: Finetune, bundle: Path = FINETUNE_BUNDLE, seed: int = 0, workers: int = 1,
                  train_seed: int | None = None, train_overrides: Sequence[str] = (),
-                 sample_overrides: Sequence[str] = ()) -> dict:
+                 sample_overrides: Sequence[str] = (), sample_seeds: Sequence[int] = ()) -> dict:
     """Fine-tune the shipped base on pairs of the motion family it never saw (plus replayed pairs of its own
     families), then evaluate base and fine-tuned (and the baselines) on held-out test pairs of that family and on the
     regular test split. `workers` > 1: the data and sampling stages run in that many one-thread processes
     (toy_stages.run_stages). `seed` draws the worlds and the sampling noise; `train_seed` (default: `seed`) only the
     fine-tuning run (batch order, noise, timesteps), so runs that differ in it share data, base samples and noise.
     `train_overrides`: Hydra overrides of the training config alone (e.g. objective.sigma_sampler.mean=1.0);
-    `sample_overrides`: of the sampling config, for the base and the fine-tuned model alike (pipeline.pose_guide_scale=3)."""
+    `sample_overrides`: of the sampling config, for the base and the fine-tuned model alike (pipeline.pose_guide_scale=3).
+    `sample_seeds`: sample every test clip once per noise seed (default: `seed` alone) and pair the models on each
+    clip's mean over them."""
     train_seed = seed if train_seed is None else train_seed
+    sample_seeds = list(dict.fromkeys(sample_seeds)) or [seed]
     from scail_lab.checkpoints.bundle import verify_bundle
     from tools import toy_finetune_report
 
@@ -238,19 +241,27 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = FINETUNE_BUNDLE, seed: 
     # settings (pairs, replay, steps, train seed) reuses them
     base_sig = {"family": {**sig["latents"], **sampling}, "regular": {**sig["world_regular"], "bundle": bundle_sig,
                                                                        **sampling}}  # fmt: skip
-    jobs = {f"samples_{run}_{split}": (out, f"samples_{run}_{split}",
-                                       {**(base_sig[split] if run == "base" else sig["sample"]), "run": run,
-                                        "split": split},
-                                       partial(stage_sample, world=world, budget=sampler, vae_path=vae_path,
-                                               weights=weights, seed=seed, lora=lora,
-                                               arm_overrides=tuple(sample_overrides), lora_strength=ft.merge))
-            for split, world in (("family", out / "world"), ("regular", out / "world_regular"))
-            for run, (weights, lora) in (("base", (base_weights, None)), ("finetuned", tuned))}  # fmt: skip
+    # one folder per model, test set and noise seed (toy_finetune_report.sample_folder); the other seeds' signatures
+    # carry theirs, --seed's stay as they were before several seeds could be asked for
+    folders = {(run, split, k): toy_finetune_report.sample_folder(out, run, split, k, seed)
+               for split in ("family", "regular") for run in ("base", "finetuned") for k in sample_seeds}  # fmt: skip
+    worlds_of = {"family": out / "world", "regular": out / "world_regular"}
+    models = {"base": (base_weights, None), "finetuned": tuned}
+    jobs = {folder.name: (out, folder.name,
+                          {**(base_sig[split] if run == "base" else sig["sample"]), "run": run, "split": split,
+                           **({"noise_seed": k} if k != seed else {})},
+                          partial(stage_sample, world=worlds_of[split], budget=sampler, vae_path=vae_path,
+                                  weights=models[run][0], seed=k, lora=models[run][1],
+                                  arm_overrides=tuple(sample_overrides), lora_strength=ft.merge))
+            for (run, split, k), folder in folders.items()}  # fmt: skip
     records.update(run_keyed(jobs, workers))
     sig["report"] = {**sig["sample"], "joint_weights": bundle_sig.get(JOINT_FILE)}
+    if sample_seeds != [seed]:  # only when asked for: the signatures of one-seed runs stay as they were
+        sig["report"]["sample_seeds"] = sample_seeds
     records["report"] = run_stage(out, "report", sig["report"],
                                   lambda f: toy_finetune_report.finetune_report(f, out, ft, base, records, vae_path,
-                                                                       joint_weights, workers))  # fmt: skip
+                                                                       joint_weights, workers, sample_seeds,
+                                                                       seed))  # fmt: skip
     return records
 
 
@@ -275,6 +286,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="fine-tune budgets: Hydra overrides of the sampling config (configs/sample.yaml) for both "
                         "models, e.g. pipeline.pose_guide_scale=3")  # fmt: skip
+    p.add_argument("--sample-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="fine-tune budgets: sample every test clip once per noise seed (default: --seed alone) and "
+                        "pair the models on each clip's mean over them; one draw moves single clips by about 1 px "
+                        "of joint error (docs/TOY_WORLD.md), so more seeds tighten the verdicts (each seed adds the "
+                        "sampling time and part of the report's)")  # fmt: skip
     p.add_argument("--joint-estimator", type=Path, default=None,
                    help="from scratch: joint estimator weights for the pose-following metric (default: the "
                         "bundle's, when it has one)")  # fmt: skip
@@ -291,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     finetune = args.budget in FINETUNES
-    if (args.train_seed is not None or args.train_overrides or args.sample_overrides) and not finetune:
-        raise SystemExit(f"--train-seed, --train-overrides and --sample-overrides apply to the fine-tune budgets {sorted(FINETUNES)}; "
+    if (args.train_seed is not None or args.train_overrides or args.sample_overrides or args.sample_seeds) and not finetune:
+        raise SystemExit(f"--train-seed, --train-overrides, --sample-overrides and --sample-seeds apply to the fine-tune budgets {sorted(FINETUNES)}; "
                          f"--budget {args.budget} trains from scratch: use --seed")  # fmt: skip
     budget = with_overrides((FINETUNES if finetune else BUDGETS)[args.budget], args.set)
     joints = args.joint_estimator
@@ -306,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         if finetune:
             records = run_finetune(args.out, budget, args.bundle, args.seed, workers=args.threads,
                                    train_seed=args.train_seed, train_overrides=args.train_overrides,
-                                   sample_overrides=args.sample_overrides)
+                                   sample_overrides=args.sample_overrides, sample_seeds=args.sample_seeds or ())
         else:
             records = run_demo(args.out, budget, args.data, args.seed, joints, workers=args.threads)
     finally:

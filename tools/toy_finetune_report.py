@@ -23,6 +23,7 @@ from tools.toy_report import (
     evaluate_runs,
     mode_table,
     results_table,
+    seed_mean,
     stage_seconds,
     stripped,
     test_folders,
@@ -35,6 +36,17 @@ SPLIT_NOTES = {
 NOTES = {**RUN_NOTES, "finetuned": "the base fine-tuned on the new motion pairs", "base": "the shipped base model"}
 RUNS = ("finetuned", "base", "copy_ref", "driving", "copy_source", "vae_recon")
 KEY_METRICS = ("psnr", "ssim", "mask_iou", "joint_error_px", "identity_color_hist")
+
+
+def sample_folder(out: Path, run: str, split: str, noise_seed: int, seed: int) -> Path:
+    """Where `run` ("base" / "finetuned") samples the `split` test set with `noise_seed`: samples_<run>_<split> for
+    the run's own --seed (as before several noise seeds could be asked for), samples_<run>_<split>_s<k> otherwise."""
+    return out / (f"samples_{run}_{split}" if noise_seed == seed else f"samples_{run}_{split}_s{noise_seed}")
+
+
+def eval_name(run: str, noise_seed: int, sample_seeds: Sequence[int]) -> str:
+    """The run's name in the eval table: `run` with one noise seed, `run__s<k>` (averaged into `run` later) with more."""
+    return run if len(sample_seeds) == 1 else f"{run}__s{noise_seed}"
 
 
 def verdict(comparisons: dict, other: str, metric: str) -> dict | None:
@@ -75,22 +87,31 @@ def pass_criteria(comparisons: dict[str, dict[str, dict]]) -> list[dict]:
 
 
 def _evaluate(job: tuple) -> tuple[dict, dict[str, str], float]:
-    *args, quality = job
-    return evaluate_runs(*args, reference="finetuned", quality=quality)
+    *args, reference, quality = job
+    return evaluate_runs(*args, reference=reference, quality=quality)
 
 
 def finetune_report(
-    folder: Path, out: Path, ft, base, records: dict, vae_path: Path, joint_weights: Path, workers: int = 1
+    folder: Path, out: Path, ft, base, records: dict, vae_path: Path, joint_weights: Path, workers: int = 1,
+    sample_seeds: Sequence[int] = (0,), seed: int = 0,
 ) -> dict:
     """Evaluate both test sets (in `workers` processes), check the criteria, write report.md, results.json and
-    contact sheets."""
-    tables, comparisons, modes, ceilings = {}, {}, {}, {}
+    contact sheets. Several `sample_seeds`: each model's value on a clip is its mean over the noise seeds (the
+    per-seed means in a last table); `seed` is the demo's --seed, whose samples sit in the unsuffixed folders."""
+    tables, comparisons, modes, ceilings, per_seed = {}, {}, {}, {}, {}
     splits = {"family": out / "world", "regular": out / "world_regular"}
     tests = {split: test_folders(world) for split, world in splits.items()}
-    runs = {split: {run: out / f"samples_{run}_{split}" for run in ("finetuned", "base")} for split in splits}
-    jobs = [(folder / split, tests[split], runs[split], vae_path, joint_weights, ft.video_quality) for split in splits]
+    runs = {split: {eval_name(run, k, sample_seeds): sample_folder(out, run, split, k, seed)
+                    for run in ("finetuned", "base") for k in sample_seeds} for split in splits}  # fmt: skip
+    reference = eval_name("finetuned", sample_seeds[0], sample_seeds)
+    jobs = [(folder / split, tests[split], runs[split], vae_path, joint_weights, reference, ft.video_quality)
+            for split in splits]  # fmt: skip
     for split, (table, modes[split], ceilings[split]) in zip(splits, parallel_map(_evaluate, jobs, workers),
                                                              strict=True):  # fmt: skip
+        if len(sample_seeds) > 1:
+            groups = {run: [eval_name(run, k, sample_seeds) for k in sample_seeds] for run in ("finetuned", "base")}
+            per_seed[split] = {name: table[name] for names in groups.values() for name in names}
+            table = seed_mean(table, groups, modes[split])
         tables[split] = table
         comparisons[split] = {
             "finetuned": {**compare_by_mode(table, "finetuned", "base", modes[split]),
@@ -98,12 +119,17 @@ def finetune_report(
             "base": {**compare_by_mode(table, "base", "copy_source", modes[split]),
                      **compare_by_mode(table, "base", "driving", modes[split])},
         }  # fmt: skip
-        contact_sheet(folder / f"contact_sheet_{split}.png", tests[split], runs[split])
+        contact_sheet(folder / f"contact_sheet_{split}.png", tests[split],
+                      {run: sample_folder(out, run, split, sample_seeds[0], seed) for run in ("finetuned", "base")})
     criteria = pass_criteria(comparisons)
     numbers = {"tables": {k: stripped(t) for k, t in tables.items()}, "comparisons": comparisons,
                "criteria": criteria, "modes": modes, "mask_estimator_ceiling_iou": ceilings}  # fmt: skip
+    if per_seed:  # only with several noise seeds: results of one-seed runs stay as they were
+        numbers["sample_seeds"] = list(sample_seeds)
+        numbers["per_seed_tables"] = {k: stripped(t) for k, t in per_seed.items()}
     atomic_write_bytes(folder / "results.json", json.dumps(numbers, indent=2).encode())
-    text = render(ft, base, records, tables, comparisons, criteria, modes, ceilings)
+    first = sample_folder(out, "base", "family", sample_seeds[0], seed).name
+    text = render(ft, base, records, tables, comparisons, criteria, modes, ceilings, first, per_seed, sample_seeds)
     atomic_write_bytes(folder / "report.md", text.encode())
     return {"report": str(folder / "report.md"), "results": str(folder / "results.json"),
             "criteria_passed": sum(c["pass"] for c in criteria), "criteria": len(criteria)}  # fmt: skip
@@ -137,9 +163,10 @@ def _paired_rows(comparisons: dict, run: str, metrics: Sequence[str]) -> list[st
     return lines
 
 
-def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) -> str:
+def render(ft, base, records, tables, comparisons, criteria, modes, ceilings, first_samples: str = "samples_base_family",
+           per_seed: dict | None = None, sample_seeds: Sequence[int] = ()) -> str:
     train = records["train"]["result"]
-    sampled = records["samples_base_family"]["signature"].get("sample_overrides", [])
+    sampled = records[first_samples]["signature"].get("sample_overrides", [])
     paste_back = [o for o in sampled if o.startswith("pipeline.paste_back=")][-1:] == ["pipeline.paste_back=true"]
     counts = {s: {m: sum(1 for v in modes[s].values() if v == m) for m in ("animate", "replace")} for s in modes}
     lines = [
@@ -158,7 +185,10 @@ def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) ->
         "Means with 95% bootstrap CIs; paired differences with 95% paired-bootstrap CIs (better / worse only when "
         "the CI excludes 0)."
         + (" Replacement samples keep the driving clip's pixels wherever its mask is white (the scene; "
-           "`pipeline.paste_back`), the model's elsewhere." if paste_back else ""), "",
+           "`pipeline.paste_back`), the model's elsewhere." if paste_back else "")
+        + (f" Every test clip is sampled with noise seeds {', '.join(map(str, sample_seeds))}; "
+           "a model's value on a clip is its mean over them, and the models are paired on those means (the "
+           "per-seed means in the last tables)." if per_seed else ""), "",
         "## Pass criteria", "",
     ]  # fmt: skip
     for c in criteria:
@@ -181,5 +211,8 @@ def render(ft, base, records, tables, comparisons, criteria, modes, ceilings) ->
                   f"Foreground masks: difference > {FOREGROUND_THRESHOLD:.0f} from the background plate; its IoU on "
                   f"the ground truth itself: {ceilings[split]:.3f}.", "",
                   f"![contact sheet, {split}](contact_sheet_{split}.png)"]  # fmt: skip
+    for split, table in (per_seed or {}).items():
+        metrics = [m for m in KEY_METRICS if any(m in t for t in table.values())]
+        lines += ["", f"## {split} test set, each noise seed", "", *mode_table(table, list(table), metrics)]
     lines += ["", "## Time per stage", "", *stage_seconds(records), ""]
     return "\n".join(lines)
