@@ -96,13 +96,14 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
     return g / g.sum()
 
 
-def _filter_valid(x: Tensor, taps: Tensor, dim: int) -> Tensor:
-    """Correlate along one axis with 1-D taps, valid positions only (a weighted sum of shifted slices: exact
-    float64 and far faster on CPU than a float64 depthwise conv)."""
-    length = x.shape[dim] - taps.shape[0] + 1
-    out = x.narrow(dim, 0, length) * float(taps[0])
-    for i in range(1, taps.shape[0]):
-        out.add_(x.narrow(dim, i, length), alpha=float(taps[i]))  # in place: one allocation per pass
+def _valid_filter_matrix(length: int, taps: Tensor) -> Tensor:
+    """[length, length - k + 1] float64 matrix M with x @ M = x correlated with the k taps along its last axis, valid
+    positions only (column j holds the taps in rows j..j+k-1). A banded matmul: exact float64 and on CPU several
+    times faster than k shifted-slice passes or a float64 depthwise conv."""
+    k = taps.shape[0]
+    out = torch.zeros(length, length - k + 1, dtype=torch.float64)
+    for j in range(length - k + 1):
+        out[j : j + k, j] = taps
     return out
 
 
@@ -121,7 +122,8 @@ def _ssim_map_mean(
         y = F.pad(y, (pad, pad, pad, pad), mode="reflect")
     c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [B, 5C, H, W]
-    moments = _filter_valid(_filter_valid(stack, taps, dim=2), taps, dim=3)
+    rows, cols = (_valid_filter_matrix(n, taps.double()) for n in stack.shape[-2:])
+    moments = rows.T @ stack @ cols  # the separable window: columns (dim 2), then rows (dim 3)
     mu_x, mu_y, e_xx, e_yy, e_xy = moments.split(x.shape[1], dim=1)
     norm = 1.0
     if sample_covariance:
