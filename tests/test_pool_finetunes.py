@@ -92,3 +92,13 @@ def test_runs_sampled_with_several_noise_seeds_pool_their_clip_means(tmp_path):
                                                                                                 "sample_seeds": [0, 9]}}))
     with pytest.raises(FileNotFoundError, match=r"no report/family/eval/base__s9/per_sample.json"):
         pool_finetunes.pool(runs)
+
+
+def test_one_noise_seed_other_than_the_run_seed_keeps_the_plain_names(tmp_path):
+    """`--seed 0 --sample-seeds 5`: one draw, so the report's eval runs are `base` / `finetuned`, not `base__s5`."""
+    base = {"c0": 17.0, "c1": 18.0, "c2": 16.0}
+    runs = [write_run(tmp_path, f"t{i}", base, {k: v + 0.5 * (i + 1) for k, v in base.items()}) for i in range(2)]
+    for run in runs:
+        (run / "report" / "stage.json").write_text(json.dumps({"status": "done", "signature": {"train_seed": 0,
+                                                                                                "sample_seeds": [5]}}))
+    assert pool_finetunes.pool(runs)["family"]["psnr"]["pooled"]["diff"] == pytest.approx(0.75)
