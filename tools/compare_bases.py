@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--world {world}: no folders/test/ in it")
     # one sample folder per model and noise seed: samples_<name> for --seed's draw (as before seeds were a list),
     # samples_<name>_s<k> for the others; eval runs <name> alone, or <name>__s<k> averaged into <name> per clip
-    folders = {(name, k): out / (f"samples_{name}" if k == seed else f"samples_{name}_s{k}")
-               for name in models for k in sample_seeds}  # fmt: skip
+    folders = {(name, k): toy_report.seed_folder(out, name, k, seed) for name in models for k in sample_seeds}
     for (name, k), folder in folders.items():
         b, weights = budgets[name], models[name] / BASE_WEIGHTS
         signature = {"weights_sha256": manifests[name]["files"][BASE_WEIGHTS]["sha256"], "world": str(world),
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         run_stage(out, folder.name, signature,
                   lambda f, b=b, w=weights, k=k: stage_sample(f, world, b, vae, w, k,
                                                               arm_overrides=tuple(args.sample_overrides)))  # fmt: skip
-    key = {(name, k): name if len(sample_seeds) == 1 else f"{name}__s{k}" for name, k in folders}
+    key = {(name, k): toy_report.seed_run_name(name, k, sample_seeds) for name, k in folders}
     tests = toy_report.test_folders(world)
     table, modes, _ = toy_report.evaluate_runs(out / "report", tests, {key[nk]: f for nk, f in folders.items()},
                                                vae, joint, reference=key[(first, sample_seeds[0])],

@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # `python tools/pool_finetunes.py` from the repo 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.ablate import HIGHER, paired, verdict  # noqa: E402
-from tools.toy_finetune_report import eval_name  # noqa: E402
+from tools.toy_report import seed_run_name  # noqa: E402
 
 SPLITS = ("family", "regular")
 METRICS = ("psnr", "joint_error_px", "mask_iou")
@@ -47,7 +47,7 @@ def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]
     """{clip id: {metric: value}} of one model in one finished run's report; a run sampled with several noise seeds
     (`--sample-seeds`) gives each clip's mean over them, as its report does."""
     seeds = json.loads((run / "report" / "stage.json").read_text())["signature"].get("sample_seeds") or [None]
-    names = [eval_name(model, k, seeds) for k in seeds]  # the report's own names: `model` alone with one seed
+    names = [seed_run_name(model, k, seeds) for k in seeds]  # the report's own names: `model` alone with one seed
     rows = []
     for name in names:
         path = run / "report" / split / "eval" / name / "per_sample.json"

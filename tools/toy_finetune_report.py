@@ -23,7 +23,9 @@ from tools.toy_report import (
     evaluate_runs,
     mode_table,
     results_table,
+    seed_folder,
     seed_mean,
+    seed_run_name,
     stage_seconds,
     stripped,
     test_folders,
@@ -39,14 +41,8 @@ KEY_METRICS = ("psnr", "ssim", "mask_iou", "joint_error_px", "identity_color_his
 
 
 def sample_folder(out: Path, run: str, split: str, noise_seed: int, seed: int) -> Path:
-    """Where `run` ("base" / "finetuned") samples the `split` test set with `noise_seed`: samples_<run>_<split> for
-    the run's own --seed (as before several noise seeds could be asked for), samples_<run>_<split>_s<k> otherwise."""
-    return out / (f"samples_{run}_{split}" if noise_seed == seed else f"samples_{run}_{split}_s{noise_seed}")
-
-
-def eval_name(run: str, noise_seed: int, sample_seeds: Sequence[int]) -> str:
-    """The run's name in the eval table: `run` with one noise seed, `run__s<k>` (averaged into `run` later) with more."""
-    return run if len(sample_seeds) == 1 else f"{run}__s{noise_seed}"
+    """Where `run` ("base" / "finetuned") samples the `split` test set with `noise_seed` (toy_report.seed_folder)."""
+    return seed_folder(out, f"{run}_{split}", noise_seed, seed)
 
 
 def verdict(comparisons: dict, other: str, metric: str) -> dict | None:
@@ -101,15 +97,15 @@ def finetune_report(
     tables, comparisons, modes, ceilings, per_seed = {}, {}, {}, {}, {}
     splits = {"family": out / "world", "regular": out / "world_regular"}
     tests = {split: test_folders(world) for split, world in splits.items()}
-    runs = {split: {eval_name(run, k, sample_seeds): sample_folder(out, run, split, k, seed)
+    runs = {split: {seed_run_name(run, k, sample_seeds): sample_folder(out, run, split, k, seed)
                     for run in ("finetuned", "base") for k in sample_seeds} for split in splits}  # fmt: skip
-    reference = eval_name("finetuned", sample_seeds[0], sample_seeds)
+    reference = seed_run_name("finetuned", sample_seeds[0], sample_seeds)
     jobs = [(folder / split, tests[split], runs[split], vae_path, joint_weights, reference, ft.video_quality)
             for split in splits]  # fmt: skip
     for split, (table, modes[split], ceilings[split]) in zip(splits, parallel_map(_evaluate, jobs, workers),
                                                              strict=True):  # fmt: skip
         if len(sample_seeds) > 1:
-            groups = {run: [eval_name(run, k, sample_seeds) for k in sample_seeds] for run in ("finetuned", "base")}
+            groups = {run: [seed_run_name(run, k, sample_seeds) for k in sample_seeds] for run in ("finetuned", "base")}
             per_seed[split] = {name: table[name] for names in groups.values() for name in names}
             table = seed_mean(table, groups, modes[split])
         tables[split] = table

@@ -189,6 +189,17 @@ def _entry(per_sample: dict[str, float], higher: bool, modes: dict[str, str], me
             "higher": bool(higher), "by_mode": by_mode, "per_sample": dict(per_sample)}  # fmt: skip
 
 
+def seed_folder(out: Path, name: str, noise_seed: int, seed: int) -> Path:
+    """Where `name` is sampled with `noise_seed`: samples_<name> for the run's own seed (as before several noise seeds
+    could be asked for, so earlier runs are reused), samples_<name>_s<k> otherwise."""
+    return out / (f"samples_{name}" if noise_seed == seed else f"samples_{name}_s{noise_seed}")
+
+
+def seed_run_name(name: str, noise_seed: int, sample_seeds: Sequence[int]) -> str:
+    """`name` in the eval table: alone with one noise seed, `name__s<k>` (averaged into `name` by seed_mean) with more."""
+    return name if len(sample_seeds) == 1 else f"{name}__s{noise_seed}"
+
+
 def seed_mean(table: dict, groups: dict[str, Sequence[str]], modes: dict[str, str]) -> dict:
     """The table with each group of runs (one model sampled with several noise seeds) replaced by one run whose
     per-sample values are the mean over the group's runs on the samples all of them scored (metrics every run of the
