@@ -133,7 +133,8 @@ def train(cfg: DictConfig) -> dict:
         train_loader = data_parallel_factory(train_loader, sp)
         val_loader = data_parallel_factory(val_loader, sp) if val_loader is not None else None
     module = SCAILModule(model, optimizer, instantiate(cfg.objective), encoder, lora, cfg.seed,
-                         tuple(cfg.validation.val_sigmas), sequence_parallel=sp)  # fmt: skip
+                         tuple(cfg.validation.val_sigmas), sequence_parallel=sp,
+                         trainable=cfg.get("trainable") or ())  # fmt: skip
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ema = EMA(cfg.ema.decay, cfg.ema.get("device")) if cfg.ema.enabled else None
     callbacks = [

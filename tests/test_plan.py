@@ -118,7 +118,7 @@ def test_the_verdict_names_the_largest_term_and_what_would_shrink_it():
 
 
 def test_plan_tool_on_the_toy_configs(capsys):
-    from tools.plan import main
+    from tools.plan import main, plan_config
 
     assert main(["sample", "--memory-gb", "0.001"]) == 0
     out = capsys.readouterr().out
@@ -128,6 +128,13 @@ def test_plan_tool_on_the_toy_configs(capsys):
     assert "gradients" in out and "fits:" in out
     with pytest.raises(SystemExit, match="config error"):
         main(["sample", "pipeline.no_such_key=1"])
+    full, _, _ = plan_config("train", [])
+    part, _, text = plan_config("train", ["trainable=[patch_embedding.*]"])
+    assert "full fine-tune of " in text and "parameters matching ['patch_embedding.*']" in text
+    count = int(text.split("full fine-tune of ")[1].split(" ")[0].replace(",", ""))
+    dim, channels, patch = 64, 20, 4  # the train config's denoiser: patch_embedding Conv3d [64, 20, 1, 2, 2] + bias
+    assert count == dim * channels * patch + dim
+    assert 0 < part.grads < full.grads and part.optimizer < full.optimizer
 
 
 def fp8_pair():

@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from scail_lab.training.module import trainable_names  # noqa: E402
 from scail_lab.training.plan import GB, Workload, plan_run  # noqa: E402
 
 DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,8 +84,12 @@ def plan_config(run: str, overrides: list[str], size: str | None = None, frames:
     work = Workload(batch=batch, frames=(frames - 1) // 4 + 1, height=h // factor, width=w // factor, train=train,
                     checkpointing=bool(cfg.model.get("gradient_checkpointing")))  # fmt: skip
     lora = train and cfg.lora.enabled
+    patterns = cfg.get("trainable") or () if train else ()
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    selected = set(trainable_names(model, patterns)) if patterns else None  # a partial full fine-tune
     trainable = (lora_parameters(model, cfg.lora.target_modules, int(cfg.lora.rank)) if lora
-                 else sum(t.numel() for t in model.parameters())) if train else 0  # fmt: skip
+                 else sum(t.numel() for n, t in model.named_parameters() if selected is None or n in selected)
+                 ) if train else 0  # fmt: skip
     half = DTYPES.get(dtype_name) in (torch.bfloat16, torch.float16) and not lora
     strategy = cfg.strategy.name if train else "auto"
     plan = plan_run(model, build, work, compute_dtype=compute, trainable=trainable, trainable_bytes=2 if half else 4,
@@ -93,7 +98,8 @@ def plan_config(run: str, overrides: list[str], size: str | None = None, frames:
                     offload_blocks=0 if train else int(cfg.pipeline.offload_blocks))  # fmt: skip
     text = (f"{run}: {work.batch} x {frames} frames at {h}x{w} px = {plan.tokens} tokens per sample, "
             f"{world} rank(s), sequence parallel {sp}, {strategy}, weights {dtype_name or 'float32'}, "
-            f"{'LoRA' if lora else 'full'}{' fine-tune' if train else ''}")  # fmt: skip
+            f"{'LoRA' if lora else 'full'}{' fine-tune' if train else ''}"
+            f"{f' of {trainable:,} parameters matching {patterns}' if selected else ''}")  # fmt: skip
     return plan, work, text
 
 

@@ -13,6 +13,8 @@ loss handed to backward is scaled by S to undo the data-parallel average over al
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
 import lightning as L
 import torch
@@ -45,15 +47,22 @@ class SCAILModule(L.LightningModule):
         seed: int = 0,
         val_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
         sequence_parallel: int = 1,
+        trainable: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if int(sequence_parallel) < 1:
             raise ValueError(f"sequence_parallel must be >= 1, got {sequence_parallel}")
         self.sequence_parallel = int(sequence_parallel)
         self.lora = lora or LoraSettings()
+        trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)  # trainable=blocks.0.* on the CLI
+        if trainable and self.lora.enabled:
+            raise ValueError(f"trainable={list(trainable)} selects parameters of a full fine-tune; with "
+                             "lora.enabled=true choose the adapted modules with lora.target_modules")  # fmt: skip
         self.model = apply_lora(model, self.lora) if self.lora.enabled else model
         if self.lora.enabled:
             check_lora_base(self.model)
+        if trainable:
+            train_only(self.model, trainable)
         self.optimizer_config = optimizer
         self.objective = objective or FlowMatchingObjective()
         self._warned_region = False
@@ -159,6 +168,29 @@ class SCAILModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
+
+
+def trainable_names(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
+    """The parameter names (official layout, e.g. `patch_embedding.weight`, `blocks.3.ffn.0.bias`) that match any of
+    the fnmatch `patterns`; a pattern that matches none is an error naming it (a typo would train nothing)."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not any(fnmatchcase(n, pattern) for n in names):
+            raise ValueError(f"trainable pattern {pattern!r} matches no parameter of the denoiser (names look like "
+                             f"{names[0]!r}, 'blocks.0.self_attn.q.weight', 'head.head.weight')")  # fmt: skip
+    return [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
+
+
+def train_only(model: torch.nn.Module, patterns: Sequence[str]) -> int:
+    """Freeze every parameter except those matching `patterns` (a partial full fine-tune); returns how many
+    parameter values stay trainable."""
+    keep = set(trainable_names(model, patterns))
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in keep)
+    count = sum(p.numel() for n, p in model.named_parameters() if n in keep)
+    log.info("training %d of %d parameter tensors (%d values) matching %s", len(keep),
+             len(list(model.parameters())), count, list(patterns))  # fmt: skip
+    return count
 
 
 def check_lora_base(model: SCAILDiT) -> None:
