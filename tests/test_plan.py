@@ -135,6 +135,8 @@ def test_plan_tool_on_the_toy_configs(capsys):
     dim, channels, patch = 64, 20, 4  # the train config's denoiser: patch_embedding Conv3d [64, 20, 1, 2, 2] + bias
     assert count == dim * channels * patch + dim
     assert 0 < part.grads < full.grads and part.optimizer < full.optimizer
+    with pytest.raises(SystemExit, match="config error: trainable pattern 'patch_embeding' matches no parameter"):
+        main(["train", "trainable=[patch_embeding]"])
 
 
 def fp8_pair():

@@ -86,7 +86,10 @@ def plan_config(run: str, overrides: list[str], size: str | None = None, frames:
     lora = train and cfg.lora.enabled
     patterns = cfg.get("trainable") or () if train else ()
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    selected = set(trainable_names(model, patterns)) if patterns else None  # a partial full fine-tune
+    try:
+        selected = set(trainable_names(model, patterns)) if patterns else None  # a partial full fine-tune
+    except ValueError as err:
+        raise SystemExit(f"config error: {err}") from err
     trainable = (lora_parameters(model, cfg.lora.target_modules, int(cfg.lora.rank)) if lora
                  else sum(t.numel() for n, t in model.named_parameters() if selected is None or n in selected)
                  ) if train else 0  # fmt: skip
