@@ -48,6 +48,12 @@ def test_runs_with_other_base_samples_are_refused(tmp_path):
     runs = [write_run(tmp_path, "t0", base, base), write_run(tmp_path, "t1", {"c0": 17.0, "c1": 18.5}, base)]
     with pytest.raises(ValueError, match="differ in the base's family scores"):
         pool_finetunes.pool(runs)
+    # the same samples scored by code that sums in another order: equal to 1e-9 relative, so they pair
+    close = [write_run(tmp_path, "t2", base, base), write_run(tmp_path, "t3", {"c0": 17.0 * (1 + 1e-14), "c1": 18.0}, base)]
+    assert pool_finetunes.pool(close)["family"]["psnr"]["pooled"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    far = write_run(tmp_path, "t4", {"c0": 17.0 * (1 + 1e-7), "c1": 18.0}, base)
+    with pytest.raises(ValueError, match="differ in the base's family scores"):
+        pool_finetunes.pool([close[0], far])
     with pytest.raises(FileNotFoundError, match="train stage is not done"):
         pool_finetunes.pool([runs[0], tmp_path / "missing"])
     # a copied folder rerunning with another train seed: its report is still the old run's

@@ -59,6 +59,14 @@ def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]
             for clip in sorted(clips)}  # fmt: skip
 
 
+def same_scores(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> bool:
+    """The same clips and metrics with the same values to 1e-9 relative: reports of one set of samples scored by
+    code that sums in another order (e.g. SSIM's banded matmuls since ee6008b's parent) still pair."""
+    return a.keys() == b.keys() and all(
+        a[k].keys() == b[k].keys() and all(np.isclose(a[k][m], b[k][m], rtol=1e-9, atol=1e-12) for m in a[k]) for k in a
+    )
+
+
 def pool(runs: list[Path]) -> dict:
     """{split: {metric: {"runs": [per-run difference], "pooled": difference of the runs' mean}}}."""
     if len(runs) < 2:
@@ -69,7 +77,7 @@ def pool(runs: list[Path]) -> dict:
     for split in SPLITS:
         bases = [per_sample(r, split, "base") for r in runs]
         for run, base in zip(runs[1:], bases[1:], strict=True):
-            if base != bases[0]:  # other test clips or another base: the runs cannot be paired
+            if not same_scores(base, bases[0]):  # other test clips or another base: the runs cannot be paired
                 raise ValueError(f"{run} and {runs[0]} differ in the base's {split} scores: not the same test clips "
                                  "and base samples (same --seed and bundle, only --train-seed may differ)")  # fmt: skip
         tuned = [per_sample(r, split, "finetuned") for r in runs]
