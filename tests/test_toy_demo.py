@@ -341,13 +341,22 @@ def test_finetune_learning_rate_defaults_to_the_kind_of_fine_tune(tmp_path):
 
     base = toy_budgets.budget_from_dict(json.loads((toy_budgets.FINETUNE_BUNDLE / "manifest.json").read_text())["budget"])
     ft = toy_budgets.FINETUNES["finetune"]
-    for items, lr in (([], 2e-4), (["lora=true"], 1e-3), (["lora=true", "lr=5e-4"], 5e-4), (["lr=3e-4"], 3e-4)):
+    for items, lr in (([], 2e-4), (["lora=true"], 1e-3), (["lora=true", "lr=5e-4"], 5e-4), (["lr=3e-4"], 3e-4),
+                      (["trainable=patch_embedding.*"], 1e-3), (["trainable=all"], 2e-4)):
         budget = toy_budgets.with_overrides(ft, items).run_budget(base)
         assert budget.lr == lr and budget.train_args()["lr"] == lr, items
     budget = toy_budgets.with_overrides(ft, ["lora=true"]).run_budget(base)
     cfg = toy_stages.compose_config("train", toy_stages.train_overrides(budget, tmp_path / "v.safetensors", tmp_path,
                                                                         "latent", tmp_path, 0))  # fmt: skip
     assert cfg.optimizer.lr == 1e-3
+    part = toy_budgets.with_overrides(ft, ["trainable=patch_embedding.*,blocks.0.*"])
+    assert part.trainable == ("patch_embedding.*", "blocks.0.*")
+    overrides = toy_stages.train_overrides(part.run_budget(base), tmp_path / "v.safetensors", tmp_path, "latent", tmp_path, 0)
+    cfg = toy_stages.compose_config("train", [*overrides, *part.train_extra(tmp_path / "w.safetensors")])
+    assert list(cfg.trainable) == ["patch_embedding.*", "blocks.0.*"] and cfg.optimizer.lr == 1e-3
+    assert toy_budgets.with_overrides(ft, ["trainable=all"]).trainable == ()
+    with pytest.raises(ValueError, match="trainable=patch_embedding.\\* selects parameters of a full fine-tune"):
+        toy_budgets.with_overrides(ft, ["lora=true", "trainable=patch_embedding.*"])
     with pytest.raises(ValueError, match="lr takes a float, got 'fast'"):
         toy_budgets.with_overrides(ft, ["lr=fast"])
     with pytest.raises(ValueError, match="lr must be > 0"):

@@ -177,6 +177,9 @@ class Finetune:
     val_every: int = 200
     lora: bool = False
     lora_rank: int = 32
+    trainable: tuple[str, ...] = ()  # a full fine-tune of only the parameters matching these patterns (the training
+    # config's `trainable`); () or `--set trainable=all`: every parameter. patch_embedding.* (the driving clip's way
+    # in) at lr 1e-3 halved the old families' pose cost on the dev world (docs/TOY_WORLD.md)
     precision: str = "auto"  # bf16-mixed where the CPU has bf16 units (training 2x faster there), else 32-true
     replay: int = 256  # pairs of the base's own families mixed into training (0: none; 32 forgot). 256 chosen on
     # the seed-1 dev world for version 7: the regular families' joint error +0.12 px n.s. against +0.21 worse at 128
@@ -206,13 +209,19 @@ class Finetune:
         if not 0.0 < self.merge <= 1.0:
             raise ValueError(f"fine-tune field merge must be in (0, 1] (the fine-tune's share of the weights), got {self.merge}")
         object.__setattr__(self, "precision", resolve_precision(self.precision))  # stage signatures hold the resolved one
+        trainable = tuple(p for p in self.trainable if p and p != "all")  # --set trainable=all (or empty): every one
+        object.__setattr__(self, "trainable", trainable)
+        if trainable and self.lora:
+            raise ValueError(f"fine-tune field trainable={','.join(trainable)} selects parameters of a full fine-tune; a "
+                             "LoRA adapts the blocks' linear layers (set trainable=all with lora=true)")  # fmt: skip
         media.video_quality(self.video_quality)
 
     @property
     def learning_rate(self) -> float:
-        """`lr`, or by default 2e-4 for a full fine-tune and 1e-3 for a LoRA (chosen on the seed-1 dev world at 16 fps,
-        300 steps, merge 0.7: a LoRA at 2e-4 left the family's joint error n.s., -0.08 px; at 1e-3 -0.19 px better)."""
-        return self.lr if self.lr is not None else (1e-3 if self.lora else 2e-4)
+        """`lr`, or by default 2e-4 for a full fine-tune of every parameter and 1e-3 for a LoRA or a fine-tune of some
+        (`trainable`) (chosen on the seed-1 dev world at 16 fps, 300 steps, merge 0.7: a LoRA at 2e-4 left the family's
+        joint error n.s., -0.08 px; at 1e-3 -0.19 px better)."""
+        return self.lr if self.lr is not None else (1e-3 if self.lora or self.trainable else 2e-4)
 
     def run_budget(self, base: Budget) -> Budget:
         """The base budget with this run's data and optimisation settings (model shape and sampler kept)."""
@@ -228,8 +237,10 @@ class Finetune:
         return dataclasses.replace(base, name=f"{self.name}_replay", num_train=self.replay)
 
     def train_extra(self, weights: Path) -> list[str]:
-        """Overrides on top of the budget's: the base weights, and LoRA when chosen."""
+        """Overrides on top of the budget's: the base weights, the trainable parameters, and LoRA when chosen."""
         out = [f"weights={weights}"]
+        if self.trainable:
+            out.append(f"trainable=[{','.join(self.trainable)}]")
         if self.lora:
             out += ["lora.enabled=true", f"lora.rank={self.lora_rank}", f"lora.alpha={float(self.lora_rank)}"]
         return out
