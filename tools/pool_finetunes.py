@@ -61,7 +61,7 @@ def per_sample(run: Path, split: str, model: str) -> dict[str, dict[str, float]]
 
 def same_scores(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> bool:
     """The same clips and metrics with the same values to 1e-9 relative: reports of one set of samples scored by
-    code that sums in another order (e.g. SSIM's banded matmuls since ee6008b's parent) still pair."""
+    code that sums in another order (before and after SSIM's banded matmuls, for one) still pair."""
     return a.keys() == b.keys() and all(
         a[k].keys() == b[k].keys() and all(np.isclose(a[k][m], b[k][m], rtol=1e-9, atol=1e-12) for m in a[k]) for k in a
     )
