@@ -134,7 +134,7 @@ def train(cfg: DictConfig) -> dict:
         val_loader = data_parallel_factory(val_loader, sp) if val_loader is not None else None
     module = SCAILModule(model, optimizer, instantiate(cfg.objective), encoder, lora, cfg.seed,
                          tuple(cfg.validation.val_sigmas), sequence_parallel=sp,
-                         trainable=cfg.get("trainable") or ())  # fmt: skip
+                         trainable=cfg.get("trainable"))  # fmt: skip
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ema = EMA(cfg.ema.decay, cfg.ema.get("device")) if cfg.ema.enabled else None
     callbacks = [

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from scail_lab.model.dit import SCAILDiT
-from scail_lab.training.module import train_only, trainable_names
+from scail_lab.training.module import as_patterns, train_only, trainable_names
 from tests.conftest import tiny_config
 from tests.test_training import config
 from train import train
@@ -21,6 +21,7 @@ def test_patterns_select_exactly_the_matching_parameters():
     count = train_only(model, ["patch_embedding.*", "blocks.1.ffn.*"])
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
     assert count == sum(p.numel() for n, p in model.named_parameters() if n in names)
+    assert as_patterns("blocks.0.*") == ("blocks.0.*",) and as_patterns(None) == () and as_patterns(["a", "b"]) == ("a", "b")
 
 
 def test_a_pattern_that_matches_nothing_is_named():

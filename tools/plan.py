@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from scail_lab.training.module import trainable_names  # noqa: E402
+from scail_lab.training.module import as_patterns, trainable_names  # noqa: E402
 from scail_lab.training.plan import GB, Workload, plan_run  # noqa: E402
 
 DTYPES = {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -84,8 +84,7 @@ def plan_config(run: str, overrides: list[str], size: str | None = None, frames:
     work = Workload(batch=batch, frames=(frames - 1) // 4 + 1, height=h // factor, width=w // factor, train=train,
                     checkpointing=bool(cfg.model.get("gradient_checkpointing")))  # fmt: skip
     lora = train and cfg.lora.enabled
-    patterns = cfg.get("trainable") or () if train else ()
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    patterns = list(as_patterns(cfg.get("trainable"))) if train else []
     try:
         selected = set(trainable_names(model, patterns)) if patterns else None  # a partial full fine-tune
     except ValueError as err:

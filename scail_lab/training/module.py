@@ -47,14 +47,14 @@ class SCAILModule(L.LightningModule):
         seed: int = 0,
         val_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
         sequence_parallel: int = 1,
-        trainable: Sequence[str] = (),
+        trainable: str | Sequence[str] | None = (),
     ) -> None:
         super().__init__()
         if int(sequence_parallel) < 1:
             raise ValueError(f"sequence_parallel must be >= 1, got {sequence_parallel}")
         self.sequence_parallel = int(sequence_parallel)
         self.lora = lora or LoraSettings()
-        trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)  # trainable=blocks.0.* on the CLI
+        trainable = as_patterns(trainable)
         if trainable and self.lora.enabled:
             raise ValueError(f"trainable={list(trainable)} selects parameters of a full fine-tune; with "
                              "lora.enabled=true choose the adapted modules with lora.target_modules")  # fmt: skip
@@ -168,6 +168,12 @@ class SCAILModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
+
+
+def as_patterns(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The `trainable` setting as a tuple of patterns: a list from the config, or one string (trainable=blocks.0.*
+    on the command line)."""
+    return (value,) if isinstance(value, str) else tuple(value or ())
 
 
 def trainable_names(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
