@@ -218,9 +218,10 @@ class Finetune:
 
     @property
     def learning_rate(self) -> float:
-        """`lr`, or by default 2e-4 for a full fine-tune of every parameter and 1e-3 for a LoRA or a fine-tune of some
-        (`trainable`) (chosen on the seed-1 dev world at 16 fps, 300 steps, merge 0.7: a LoRA at 2e-4 left the family's
-        joint error n.s., -0.08 px; at 1e-3 -0.19 px better)."""
+        """`lr`, or by default 2e-4 for a full fine-tune of every parameter and 1e-3 for a LoRA (chosen on the seed-1
+        dev world at 16 fps, 300 steps, merge 0.7: a LoRA at 2e-4 left the family's joint error n.s., -0.08 px; at 1e-3
+        -0.19 px better) or a fine-tune of some parameters (`trainable`; the rate its dev and test runs used, not
+        tuned)."""
         return self.lr if self.lr is not None else (1e-3 if self.lora or self.trainable else 2e-4)
 
     def run_budget(self, base: Budget) -> Budget:

@@ -191,11 +191,12 @@ def train_only(model: torch.nn.Module, patterns: Sequence[str]) -> int:
     """Freeze every parameter except those matching `patterns` (a partial full fine-tune); returns how many
     parameter values stay trainable."""
     keep = set(trainable_names(model, patterns))
-    for name, param in model.named_parameters():
+    params = dict(model.named_parameters())
+    for name, param in params.items():
         param.requires_grad_(name in keep)
-    count = sum(p.numel() for n, p in model.named_parameters() if n in keep)
-    log.info("training %d of %d parameter tensors (%d values) matching %s", len(keep),
-             len(list(model.parameters())), count, list(patterns))  # fmt: skip
+    count = sum(params[n].numel() for n in keep)
+    log.info("training %d of %d parameter tensors (%d values) matching %s", len(keep), len(params), count,
+             list(patterns))  # fmt: skip
     return count
 
 
