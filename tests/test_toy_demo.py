@@ -211,7 +211,9 @@ def test_finetune_micro_on_the_shipped_base(tmp_path, capsys):
 
     base = load_file(toy_budgets.FINETUNE_BUNDLE / "denoiser.safetensors")  # the default: the 16-fps base
     tuned = load_file(out / "train" / "export" / "denoiser.safetensors")
-    assert base.keys() == tuned.keys() and any(not base[k].equal(tuned[k]) for k in base)
+    assert base.keys() == tuned.keys()
+    changed = {k for k in base if not base[k].equal(tuned[k])}  # the default trains the patch embedding alone
+    assert changed == {k for k in base if k.startswith("patch_embedding.")} and len(changed) >= 2
     assert json.loads((out / "world" / "stage.json").read_text())["signature"]["frames"] == 33
     merged = load_file(out / "merge" / "denoiser.safetensors")  # sampled merged with the base at the default share
     assert ft.merge == 0.5
@@ -232,6 +234,7 @@ def test_finetune_micro_on_the_shipped_base(tmp_path, capsys):
         assert all(k in line for k in failed) and ("not met" in line) == bool(failed), line
     report = (out / "report" / "report.md").read_text()
     assert "replayed pairs" in report and "wherever its mask is white" in report
+    assert "full of the parameters matching ['patch_embedding.*']" in report
     # the default loss weight on the characters reaches training, and every training shard carries their cells
     assert json.loads((out / "train" / "stage.json").read_text())["signature"]["region_weight"] == ft.region_weight == 8.0
     assert "loss weight 1 + 8 on the characters" in report
@@ -335,14 +338,14 @@ def test_finetune_objective_fields_reach_the_training_config(tmp_path):
 
 
 def test_finetune_learning_rate_defaults_to_the_kind_of_fine_tune(tmp_path):
-    """Finetune.lr unset: 2e-4 for a full fine-tune, 1e-3 for a LoRA; a given lr wins for both. The resolved rate is
-    the run budget's and the composed optimizer's."""
+    """Finetune.lr unset: 2e-4 for a fine-tune of every parameter, 1e-3 for a LoRA or a partial one (the default); a
+    given lr wins for all. The resolved rate is the run budget's and the composed optimizer's."""
     from tools import toy_stages
 
     base = toy_budgets.budget_from_dict(json.loads((toy_budgets.FINETUNE_BUNDLE / "manifest.json").read_text())["budget"])
     ft = toy_budgets.FINETUNES["finetune"]
-    for items, lr in (([], 2e-4), (["lora=true"], 1e-3), (["lora=true", "lr=5e-4"], 5e-4), (["lr=3e-4"], 3e-4),
-                      (["trainable=patch_embedding.*"], 1e-3), (["trainable=all"], 2e-4)):
+    for items, lr in (([], 1e-3), (["lora=true"], 1e-3), (["lora=true", "lr=5e-4"], 5e-4), (["lr=3e-4"], 3e-4),
+                      (["trainable=patch_embedding.*"], 1e-3), (["trainable=all"], 2e-4), (["trainable="], 2e-4)):
         budget = toy_budgets.with_overrides(ft, items).run_budget(base)
         assert budget.lr == lr and budget.train_args()["lr"] == lr, items
     budget = toy_budgets.with_overrides(ft, ["lora=true"]).run_budget(base)
@@ -354,7 +357,12 @@ def test_finetune_learning_rate_defaults_to_the_kind_of_fine_tune(tmp_path):
     overrides = toy_stages.train_overrides(part.run_budget(base), tmp_path / "v.safetensors", tmp_path, "latent", tmp_path, 0)
     cfg = toy_stages.compose_config("train", [*overrides, *part.train_extra(tmp_path / "w.safetensors")])
     assert list(cfg.trainable) == ["patch_embedding.*", "blocks.0.*"] and cfg.optimizer.lr == 1e-3
-    assert toy_budgets.with_overrides(ft, ["trainable=all"]).trainable == ()
+    assert toy_budgets.with_overrides(ft, ["trainable=all"]).trainable_patterns == ()
+    # by default a full fine-tune trains the patch embedding alone and a LoRA its adapters, whichever order of --set
+    assert ft.trainable_patterns == ("patch_embedding.*",) and "trainable=[patch_embedding.*]" in ft.train_extra(tmp_path)
+    lora = toy_budgets.with_overrides(ft, ["lora=true"])
+    assert lora.trainable_patterns == () and not any(o.startswith("trainable") for o in lora.train_extra(tmp_path))
+    assert toy_budgets.with_overrides(lora, ["lora=false"]).trainable_patterns == ("patch_embedding.*",)
     with pytest.raises(ValueError, match="trainable=patch_embedding.\\* selects parameters of a full fine-tune"):
         toy_budgets.with_overrides(ft, ["lora=true", "trainable=patch_embedding.*"])
     with pytest.raises(ValueError, match="lr takes a float, got 'fast'"):

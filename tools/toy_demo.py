@@ -215,8 +215,8 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = FINETUNE_BUNDLE, seed: 
     replay_shards = [out / "latents_replay" / "train"] if ft.replay else []
     sig["train"] = {**sig["latents"], **budget.train_args(), "lora": ft.lora, "lora_rank": ft.lora_rank,
                     "replay": sig.get("latents_replay"), "train_seed": train_seed}  # fmt: skip
-    if ft.trainable:  # only when set: the signatures of full fine-tunes stay as they were
-        sig["train"]["trainable"] = list(ft.trainable)
+    if ft.trainable_patterns:  # only when some: the signatures of fine-tunes of every parameter stay as they were
+        sig["train"]["trainable"] = list(ft.trainable_patterns)
     if train_overrides:  # only when given: the signatures of runs without them stay as they were
         sig["train"]["train_overrides"] = list(train_overrides)
     extra = [*ft.train_extra(base_weights), *train_overrides]

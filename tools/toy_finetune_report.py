@@ -171,7 +171,7 @@ def render(ft, base, records, tables, comparisons, criteria, modes, ceilings, fi
         f"{ft.num_train} new pairs of that family"
         f"{f' plus {ft.replay} replayed pairs of its own families' if ft.replay else ''} "
         f"({'LoRA rank ' + str(ft.lora_rank) if ft.lora else 'full'}"
-        f"{f' of the parameters matching {list(ft.trainable)}' if ft.trainable else ''}, "
+        f"{f' of the parameters matching {list(ft.trainable_patterns)}' if ft.trainable_patterns else ''}, "
         f"{f'sampled merged with the base at {ft.merge} of the fine-tune (WiSE-FT), ' if ft.merge != 1.0 else ''}"
         f"{ft.train_steps} steps, batch {ft.batch_size}, lr {ft.learning_rate}, {ft.precision}, "
         f"{f'loss weight 1 + {ft.region_weight:g} on the characters, ' if ft.region_weight else ''}"
