@@ -108,3 +108,32 @@ def test_one_noise_seed_other_than_the_run_seed_keeps_the_plain_names(tmp_path):
         (run / "report" / "stage.json").write_text(json.dumps({"status": "done", "signature": {"train_seed": 0,
                                                                                                 "sample_seeds": [5]}}))
     assert pool_finetunes.pool(runs)["family"]["psnr"]["pooled"]["diff"] == pytest.approx(0.75)
+
+
+def test_two_settings_compare_their_pooled_runs_per_clip(tmp_path):
+    """--against: setting A's runs pooled against setting B's, each against the base and A - B, paired per clip."""
+    rng = np.random.default_rng(1)
+    base = {f"c{i}": float(v) for i, v in enumerate(rng.normal(17, 1, 30))}
+    a = [{k: v + 0.3 + float(rng.normal(0, 0.05)) for k, v in base.items()} for _ in range(2)]
+    b = [{k: v + 0.1 + float(rng.normal(0, 0.05)) for k, v in base.items()} for _ in range(3)]
+    runs_a = [write_run(tmp_path, f"a{i}", base, t) for i, t in enumerate(a)]
+    runs_b = [write_run(tmp_path, f"b{i}", base, t) for i, t in enumerate(b)]
+    result = pool_finetunes.compare(runs_a, runs_b)
+    psnr = result["family"]["psnr"]
+    mean_a = {k: np.mean([t[k] for t in a]) for k in base}
+    mean_b = {k: np.mean([t[k] for t in b]) for k in base}
+    assert psnr["runs"]["diff"] == pytest.approx(np.mean([mean_a[k] - base[k] for k in base]))
+    assert psnr["against"]["diff"] == pytest.approx(np.mean([mean_b[k] - base[k] for k in base]))
+    assert psnr["diff"]["diff"] == pytest.approx(np.mean([mean_a[k] - mean_b[k] for k in base]))
+    assert psnr["diff"]["n"] == 30 and psnr["diff"]["ci"][0] > 0.1  # A is 0.2 dB ahead of B on every clip, about
+    assert result["regular"]["joint_error_px"]["diff"]["diff"] == pytest.approx(-psnr["diff"]["diff"])
+    table = pool_finetunes.compare_markdown(result, runs_a, runs_b)
+    assert "Setting A (a0, a1) against setting B (b0, b1, b2)" in table
+    assert f"| family | psnr | {psnr['runs']['diff']:+.3f} [" in table and f"**{psnr['diff']['diff']:+.3f} [" in table
+    assert pool_finetunes.main(["--against", *map(str, runs_b), "--out", str(tmp_path / "cmp.md"), *map(str, runs_a)]) == 0
+    assert json.loads((tmp_path / "cmp.json").read_text())["family"]["psnr"]["diff"]["diff"] == pytest.approx(
+        psnr["diff"]["diff"])
+    # a setting sampled from another base cannot be paired
+    other = write_run(tmp_path, "other", {k: v + 1 for k, v in base.items()}, a[0])
+    with pytest.raises(ValueError, match="differ in the base's family scores"):
+        pool_finetunes.compare(runs_a, [other])

@@ -3,11 +3,16 @@
     python tools/toy_demo.py --out runs/ft_t0
     cp -r runs/ft_t0 runs/ft_t1 && python tools/toy_demo.py --out runs/ft_t1 --train-seed 1   # reuses data, base
     python tools/pool_finetunes.py runs/ft_t0 runs/ft_t1 --out runs/ft_pooled.md
+    python tools/pool_finetunes.py runs/ft_t0 runs/ft_t1 --against runs/all_t0 runs/all_t1   # two fine-tune settings
 
 One training run's difference from the base mixes the effect of fine-tuning with the luck of that run (batch order,
 noise draws). Runs that differ only in `--train-seed` share the base's samples, so per test clip the mean of their
 fine-tuned scores can be paired with the base: that pooled difference (95% paired-bootstrap CI over clips) is the
 expected effect of fine-tuning, and the per-run rows show the spread between runs.
+
+`--against` names the runs of another fine-tune setting on the same base samples (copies of one run folder with other
+`--set` values; `cp -r runs/ft_t0 runs/all_t0 && python tools/toy_demo.py --out runs/all_t0 --set trainable=all`):
+a second table pairs the two settings per clip, each one's runs pooled, both against the base and against each other.
 """
 
 from __future__ import annotations
@@ -67,6 +72,26 @@ def same_scores(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) 
     )
 
 
+def shared_base(runs: list[Path], split: str) -> dict[str, dict[str, float]]:
+    """The base's per-clip scores, which every run must share (the same test clips and base samples)."""
+    bases = [per_sample(r, split, "base") for r in runs]
+    for run, base in zip(runs[1:], bases[1:], strict=True):
+        if not same_scores(base, bases[0]):  # other test clips or another base: the runs cannot be paired
+            raise ValueError(f"{run} and {runs[0]} differ in the base's {split} scores: not the same test clips "
+                             "and base samples (same --seed and bundle, only --train-seed may differ)")  # fmt: skip
+    return bases[0]
+
+
+def metric_of(scores: dict[str, dict[str, float]], metric: str) -> dict[str, float]:
+    return {k: v[metric] for k, v in scores.items() if metric in v}
+
+
+def runs_mean(each: list[dict[str, float]]) -> dict[str, float]:
+    """Per clip, the mean over runs (clips every run scored)."""
+    common = set.intersection(*(set(e) for e in each))
+    return {k: float(np.mean([e[k] for e in each])) for k in common}
+
+
 def pool(runs: list[Path]) -> dict:
     """{split: {metric: {"runs": [per-run difference], "pooled": difference of the runs' mean}}}."""
     if len(runs) < 2:
@@ -75,21 +100,37 @@ def pool(runs: list[Path]) -> dict:
         check_finished(run)
     out = {}
     for split in SPLITS:
-        bases = [per_sample(r, split, "base") for r in runs]
-        for run, base in zip(runs[1:], bases[1:], strict=True):
-            if not same_scores(base, bases[0]):  # other test clips or another base: the runs cannot be paired
-                raise ValueError(f"{run} and {runs[0]} differ in the base's {split} scores: not the same test clips "
-                                 "and base samples (same --seed and bundle, only --train-seed may differ)")  # fmt: skip
+        base_scores = shared_base(runs, split)
         tuned = [per_sample(r, split, "finetuned") for r in runs]
         out[split] = {}
         for metric in METRICS:
-            base = {k: v[metric] for k, v in bases[0].items() if metric in v}
-            each = [{k: v[metric] for k, v in t.items() if metric in v} for t in tuned]
-            common = set.intersection(*(set(e) for e in each))
-            mean = {k: float(np.mean([e[k] for e in each])) for k in common}
+            base = metric_of(base_scores, metric)
+            each = [metric_of(t, metric) for t in tuned]
             keys = sorted(base)
-            out[split][metric] = {"runs": [paired(e, base, keys) for e in each], "pooled": paired(mean, base, keys)}
+            out[split][metric] = {"runs": [paired(e, base, keys) for e in each], "pooled": paired(runs_mean(each), base, keys)}
     return out
+
+
+def compare(runs: list[Path], against: list[Path]) -> dict:
+    """Two fine-tune settings on the same base samples, each pooled over its runs: {split: {metric: {"runs": setting
+    A - base, "against": setting B - base, "diff": A - B}}}, every difference paired per test clip."""
+    for run in (*runs, *against):
+        check_finished(run)
+    out = {}
+    for split in SPLITS:
+        base_scores = shared_base([*runs, *against], split)
+        arms = [[per_sample(r, split, "finetuned") for r in arm] for arm in (runs, against)]
+        out[split] = {}
+        for metric in METRICS:
+            base = metric_of(base_scores, metric)
+            a, b = (runs_mean([metric_of(t, metric) for t in arm]) for arm in arms)
+            keys = sorted(set(a) & set(b))
+            out[split][metric] = {"runs": paired(a, base, keys), "against": paired(b, base, keys), "diff": paired(a, b, keys)}
+    return out
+
+
+def cell(d: dict, higher: bool) -> str:
+    return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] {verdict(d, higher)}"
 
 
 def markdown(result: dict, runs: list[Path]) -> str:
@@ -97,10 +138,6 @@ def markdown(result: dict, runs: list[Path]) -> str:
              "clip, 95% bootstrap CIs. Pooled: the runs' mean score per clip against the base.", "",
              "| split | metric | " + " | ".join(r.name for r in runs) + " | pooled |",
              "|---|---|" + "---|" * (len(runs) + 1)]  # fmt: skip
-
-    def cell(d: dict, higher: bool) -> str:
-        return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] {verdict(d, higher)}"
-
     for split, metrics in result.items():
         for metric, entry in metrics.items():
             cells = [cell(d, HIGHER[metric]) for d in entry["runs"]]
@@ -108,13 +145,31 @@ def markdown(result: dict, runs: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare_markdown(result: dict, runs: list[Path], against: list[Path]) -> str:
+    a, b = (", ".join(r.name for r in arm) for arm in (runs, against))
+    lines = [f"Setting A ({a}) against setting B ({b}), each pooled over its runs (the mean score per clip); paired per "
+             "test clip, 95% bootstrap CIs.", "",
+             "| split | metric | A - base | B - base | A - B |", "|---|---|---|---|---|"]  # fmt: skip
+    for split, metrics in result.items():
+        for metric, e in metrics.items():
+            h = HIGHER[metric]
+            lines.append(f"| {split} | {metric} | {cell(e['runs'], h)} | {cell(e['against'], h)} | **{cell(e['diff'], h)}** |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="finished fine-tune demo folders (same --seed)")
+    p.add_argument("--against", nargs="+", type=Path, default=None,
+                   help="finished runs of another fine-tune setting on the same base samples: compare the two settings")
     p.add_argument("--out", type=Path, default=None, help="write the table here (and the numbers beside it as .json)")
     args = p.parse_args(argv)
-    result = pool(args.runs)
-    text = markdown(result, args.runs)
+    if args.against:
+        result = compare(args.runs, args.against)
+        text = compare_markdown(result, args.runs, args.against)
+    else:
+        result = pool(args.runs)
+        text = markdown(result, args.runs)
     print(text)
     if args.out is not None:
         from scail_lab.files import atomic_write_bytes
