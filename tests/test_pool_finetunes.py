@@ -122,14 +122,14 @@ def test_two_settings_compare_their_pooled_runs_per_clip(tmp_path):
     psnr = result["family"]["psnr"]
     mean_a = {k: np.mean([t[k] for t in a]) for k in base}
     mean_b = {k: np.mean([t[k] for t in b]) for k in base}
-    assert psnr["runs"]["diff"] == pytest.approx(np.mean([mean_a[k] - base[k] for k in base]))
-    assert psnr["against"]["diff"] == pytest.approx(np.mean([mean_b[k] - base[k] for k in base]))
+    assert psnr["a"]["diff"] == pytest.approx(np.mean([mean_a[k] - base[k] for k in base]))
+    assert psnr["b"]["diff"] == pytest.approx(np.mean([mean_b[k] - base[k] for k in base]))
     assert psnr["diff"]["diff"] == pytest.approx(np.mean([mean_a[k] - mean_b[k] for k in base]))
     assert psnr["diff"]["n"] == 30 and psnr["diff"]["ci"][0] > 0.1  # A is 0.2 dB ahead of B on every clip, about
     assert result["regular"]["joint_error_px"]["diff"]["diff"] == pytest.approx(-psnr["diff"]["diff"])
     table = pool_finetunes.compare_markdown(result, runs_a, runs_b)
     assert "Setting A (a0, a1) against setting B (b0, b1, b2)" in table
-    assert f"| family | psnr | {psnr['runs']['diff']:+.3f} [" in table and f"**{psnr['diff']['diff']:+.3f} [" in table
+    assert f"| family | psnr | {psnr['a']['diff']:+.3f} [" in table and f"**{psnr['diff']['diff']:+.3f} [" in table
     assert pool_finetunes.main(["--against", *map(str, runs_b), "--out", str(tmp_path / "cmp.md"), *map(str, runs_a)]) == 0
     assert json.loads((tmp_path / "cmp.json").read_text())["family"]["psnr"]["diff"]["diff"] == pytest.approx(
         psnr["diff"]["diff"])

@@ -78,7 +78,7 @@ def shared_base(runs: list[Path], split: str) -> dict[str, dict[str, float]]:
     for run, base in zip(runs[1:], bases[1:], strict=True):
         if not same_scores(base, bases[0]):  # other test clips or another base: the runs cannot be paired
             raise ValueError(f"{run} and {runs[0]} differ in the base's {split} scores: not the same test clips "
-                             "and base samples (same --seed and bundle, only --train-seed may differ)")  # fmt: skip
+                             "and base samples (the same --seed, bundle and sampling settings)")  # fmt: skip
     return bases[0]
 
 
@@ -112,8 +112,8 @@ def pool(runs: list[Path]) -> dict:
 
 
 def compare(runs: list[Path], against: list[Path]) -> dict:
-    """Two fine-tune settings on the same base samples, each pooled over its runs: {split: {metric: {"runs": setting
-    A - base, "against": setting B - base, "diff": A - B}}}, every difference paired per test clip."""
+    """Two fine-tune settings on the same base samples, each pooled over its runs: {split: {metric: {"a": setting A
+    (`runs`) - base, "b": setting B (`against`) - base, "diff": A - B}}}, every difference paired per test clip."""
     for run in (*runs, *against):
         check_finished(run)
     out = {}
@@ -125,7 +125,7 @@ def compare(runs: list[Path], against: list[Path]) -> dict:
             base = metric_of(base_scores, metric)
             a, b = (runs_mean([metric_of(t, metric) for t in arm]) for arm in arms)
             keys = sorted(set(a) & set(b))
-            out[split][metric] = {"runs": paired(a, base, keys), "against": paired(b, base, keys), "diff": paired(a, b, keys)}
+            out[split][metric] = {"a": paired(a, base, keys), "b": paired(b, base, keys), "diff": paired(a, b, keys)}
     return out
 
 
@@ -153,7 +153,7 @@ def compare_markdown(result: dict, runs: list[Path], against: list[Path]) -> str
     for split, metrics in result.items():
         for metric, e in metrics.items():
             h = HIGHER[metric]
-            lines.append(f"| {split} | {metric} | {cell(e['runs'], h)} | {cell(e['against'], h)} | **{cell(e['diff'], h)}** |")
+            lines.append(f"| {split} | {metric} | {cell(e['a'], h)} | {cell(e['b'], h)} | **{cell(e['diff'], h)}** |")
     return "\n".join(lines) + "\n"
 
 
