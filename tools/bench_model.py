@@ -276,8 +276,9 @@ def bench_compile(rounds: int) -> list[str]:
 
 def bench_toy(rounds: int) -> list[str]:
     """The shipped toy base (the README main command's model) at the toy's shapes: a training step (batch 4, forward
-    + backward) and a sampling forward (batch 1), fp32 against bf16 autocast and resident bf16 weights, each with
-    torch's fused attention (`sdpa`) and with `auto` (the matmul path for short keys on a CPU)."""
+    + backward; of every parameter, and of the patch embedding alone, the fine-tune demo's default) and a sampling
+    forward (batch 1), fp32 against bf16 autocast and resident bf16 weights, each with torch's fused attention
+    (`sdpa`) and with `auto` (the matmul path for short keys on a CPU)."""
     import copy
 
     from hydra import compose, initialize_config_dir
@@ -292,20 +293,25 @@ def bench_toy(rounds: int) -> list[str]:
     c = model.config
     shapes = dict(frames=5, height=16, width=16, text_dim=c.text_dim, text_tokens=c.text_len, clip_dim=c.clip_dim,
                   clip_tokens=17, pose_downsample=model.interface.pose_downsample)  # fmt: skip
-    batches = {"train": make_inputs(batch=4, **shapes), "sample": make_inputs(batch=1, **shapes)}
+    train = make_inputs(batch=4, **shapes)
+    batches = {"train": train, "train_pe": train, "sample": make_inputs(batch=1, **shapes)}
 
     def run(kind: str, dtype: str, backend: str) -> torch.Tensor:
         net = resident if dtype == "bf16 resident" else model
         net.attention_backend = backend
-        with torch.set_grad_enabled(kind == "train"), torch.autocast("cpu", torch.bfloat16, enabled=dtype != "fp32"):
-            out = net.train(kind == "train")(batches[kind]).float()
-        if kind == "train":
+        training = kind != "sample"
+        for name, param in model.named_parameters():  # autograd skips the frozen weights' gradients
+            param.requires_grad_(kind != "train_pe" or name.startswith("patch_embedding."))
+        with torch.set_grad_enabled(training), torch.autocast("cpu", torch.bfloat16, enabled=dtype != "fp32"):
+            out = net.train(training)(batches[kind]).float()
+        if training:
             model.zero_grad(set_to_none=True)
             out.square().mean().backward()
         return out.detach()
 
     columns = [(dtype, backend) for dtype in ("fp32", "bf16 autocast") for backend in ("sdpa", "auto")]
-    variants = {(kind, *col): functools.partial(run, kind, *col) for kind in ("train", "sample") for col in columns}
+    variants = {(kind, *col): functools.partial(run, kind, *col) for kind in ("train", "train_pe", "sample")
+                for col in columns}  # fmt: skip
     variants[("sample", "bf16 resident", "auto")] = functools.partial(run, "sample", "bf16 resident", "auto")
     reference = run("sample", "fp32", "sdpa")
     diffs = {key[1:]: ((fn() - reference).abs().max() / reference.abs().max()).item()
@@ -320,8 +326,9 @@ def bench_toy(rounds: int) -> list[str]:
         f"| | {head} |",
         "| --- |" + " ---: |" * len(columns),
     ]
-    for kind, label in (("train", "training step, batch 4"), ("sample", "sampling forward, batch 1")):
-        base = med[(kind, "fp32", "sdpa")]
+    for kind, label in (("train", "training step, batch 4"), ("train_pe", "training step, patch embedding alone"),
+                        ("sample", "sampling forward, batch 1")):
+        base = med[("train" if kind == "train_pe" else kind, "fp32", "sdpa")]
         cells = [f"{1000 * med[(kind, *col)]:.0f} ({base / med[(kind, *col)]:.2f}x)" if (kind, *col) in med else ""
                  for col in columns]  # fmt: skip
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
