@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -104,7 +106,8 @@ FINETUNE_STAGES = ("world", "world_regular", "world_replay", "latents_pose1", "l
 
 def test_finetune_micro_without_replay(tmp_path):
     """The 8-fps base (--bundle data/toy_base) fine-tuned without replay and sampled as trained (merge=1), then
-    another training seed, then the same fine-tune merged with the base."""
+    another training seed in a hard-linked copy of the run folder (`cp -al`), then the same fine-tune merged with the
+    base."""
     out = tmp_path / "ft"
     bundle = ["--bundle", str(toy_budgets.BUNDLE)]
     assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", *bundle,
@@ -117,18 +120,27 @@ def test_finetune_micro_without_replay(tmp_path):
     assert json.loads((out / "report" / "stage.json").read_text())["status"] == "done"
     assert "replayed pairs" not in (out / "report" / "report.md").read_text()
 
-    # another training seed on the same data: only the fine-tuning run and what depends on it run again
+    # another training seed on the same data, in a hard-linked copy: only the fine-tuning run and what depends on it
+    # run again, each from an emptied folder, so the first run's files are never written through the links
     def records():
         return {p.parent.name: p.read_text() for p in out.glob("*/stage.json")}
 
     before = records()
-    tuned = (out / "train" / "export" / "denoiser.safetensors").read_bytes()
+    first = out
+    originals = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    out = tmp_path / "ft_t7"
+    shutil.copytree(first, out, copy_function=os.link)  # cp -al
     assert toy_demo.main(["--out", str(out), "--budget", "finetune_micro", "--threads", "1", *bundle,
                           "--set", "replay=0", "merge=1", "--train-seed", "7"]) == 0  # fmt: skip
     after = records()
     redone = {name for name in before if after[name] != before[name]}
     assert redone == {"train", "samples_finetuned_family", "samples_finetuned_regular", "report"}
-    assert (out / "train" / "export" / "denoiser.safetensors").read_bytes() != tuned
+    assert (out / "train" / "export" / "denoiser.safetensors").read_bytes() != originals[
+        first / "train" / "export" / "denoiser.safetensors"]
+    assert {p for p in first.rglob("*") if p.is_file()} == set(originals)
+    assert all(p.read_bytes() == data for p, data in originals.items())  # the first run as it was
+    assert os.path.samefile(first / "world" / "stage.json", out / "world" / "stage.json")  # reused, not rewritten
+    assert not os.path.samefile(first / "report" / "report.md", out / "report" / "report.md")
 
     # WiSE-FT: the same fine-tune sampled as base + 0.25 * (fine-tuned - base); training is not redone
     from safetensors.torch import load_file

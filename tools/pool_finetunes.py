@@ -1,7 +1,7 @@
 """Fine-tuned vs base over several training runs of the fine-tune demo on the same data and test clips.
 
     python tools/toy_demo.py --out runs/ft_t0
-    cp -r runs/ft_t0 runs/ft_t1 && python tools/toy_demo.py --out runs/ft_t1 --train-seed 1   # reuses data, base
+    cp -al runs/ft_t0 runs/ft_t1 && python tools/toy_demo.py --out runs/ft_t1 --train-seed 1   # reuses data, base
     python tools/pool_finetunes.py runs/ft_t0 runs/ft_t1 --out runs/ft_pooled.md
     python tools/pool_finetunes.py runs/ft_t0 runs/ft_t1 --against runs/all_t0 runs/all_t1   # two fine-tune settings
 
@@ -11,7 +11,7 @@ fine-tuned scores can be paired with the base: that pooled difference (95% paire
 expected effect of fine-tuning, and the per-run rows show the spread between runs.
 
 `--against` names the runs of another fine-tune setting on the same base samples (copies of one run folder with other
-`--set` values; `cp -r runs/ft_t0 runs/all_t0 && python tools/toy_demo.py --out runs/all_t0 --set trainable=all`):
+`--set` values; `cp -al runs/ft_t0 runs/all_t0 && python tools/toy_demo.py --out runs/all_t0 --set trainable=all`):
 a second table pairs the two settings per clip, each one's runs pooled, both against the base and against each other.
 """
 

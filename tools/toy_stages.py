@@ -51,9 +51,10 @@ def run_stage(out: Path, name: str, signature: dict, work: Callable[[Path], dict
     """Run `work(stage_dir)` unless <out>/<name>/stage.json records a finished run with `signature`.
 
     A stage whose record is missing or says "running" with the same signature resumes in place; one whose
-    settings changed starts from an empty folder (its tools would otherwise keep stale files). The record keeps the
-    run folder it was written in: a run folder copied elsewhere (`cp -r runs/toy runs/toy_t1`) reads its results'
-    paths inside the copy, not the original.
+    settings changed starts from an empty folder (its tools would otherwise keep stale files), so a hard-linked copy
+    of a finished run folder (`cp -al runs/toy runs/toy_t1`, no disk for the shared stages) never writes into the
+    original's files. The record keeps the run folder it was written in: a copy reads its results' paths inside
+    the copy, not the original.
     """
     signature = json.loads(json.dumps(signature))  # as stored (tuples become lists), so reruns compare equal
     folder = out / name
