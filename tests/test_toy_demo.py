@@ -191,6 +191,9 @@ def test_finetune_micro_without_replay(tmp_path):
     with pytest.raises(ValueError, match=r"--sample-overrides .*pose_guide_scal\b"):
         toy_demo.main(["--out", str(tmp_path / "y"), "--budget", "finetune_micro", "--sample-overrides",
                        "pipeline.pose_guide_scal=2"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"--set trainable=patch_embeding.\*: trainable pattern 'patch_embeding.\*' "
+                                         "matches no parameter"):  # a typo: caught from the base's tensor names
+        toy_demo.main(["--out", str(tmp_path / "y"), "--budget", "finetune_micro", "--set", "trainable=patch_embeding.*"])
     assert not (tmp_path / "y").exists()
 
 

@@ -183,6 +183,14 @@ def run_finetune(out: Path, ft: Finetune, bundle: Path = FINETUNE_BUNDLE, seed: 
                 raise ValueError(f"--{config}-overrides {list(overrides)}: {err}") from err
     base = budget_from_dict(manifest["budget"])
     vae_path, base_weights = bundle / VAE_FILE, bundle / BASE_WEIGHTS
+    if ft.trainable_patterns:  # a pattern that matches no tensor of the base stops here, not after the data stages
+        from scail_lab.checkpoints.io import SafetensorsReader
+        from scail_lab.training.module import matching_names
+
+        try:
+            matching_names(SafetensorsReader(base_weights).keys(), ft.trainable_patterns)
+        except ValueError as err:
+            raise ValueError(f"--set trainable={','.join(ft.trainable_patterns)}: {err}") from err
     joint_weights = bundle / JOINT_FILE
     budget = ft.run_budget(base)
     out = out.resolve()

@@ -179,7 +179,12 @@ def as_patterns(value: str | Sequence[str] | None) -> tuple[str, ...]:
 def trainable_names(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
     """The parameter names (official layout, e.g. `patch_embedding.weight`, `blocks.3.ffn.0.bias`) that match any of
     the fnmatch `patterns`; a pattern that matches none is an error naming it (a typo would train nothing)."""
-    names = [n for n, _ in model.named_parameters()]
+    return matching_names([n for n, _ in model.named_parameters()], patterns)
+
+
+def matching_names(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """`names` that match any of the fnmatch `patterns` (trainable_names; also a checkpoint's tensor names, checked
+    before the work that precedes training); a pattern that matches none is an error naming it."""
     for pattern in patterns:
         if not any(fnmatchcase(n, pattern) for n in names):
             raise ValueError(f"trainable pattern {pattern!r} matches no parameter of the denoiser (names look like "
